@@ -1,0 +1,68 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace KeyValueLab.Models;
+
+/// <summary>
+/// What every architecture (one file each, named after its Hugging Face <c>model_type</c>) exposes to
+/// inference, editing and tuning. Parameters keep the Hugging Face state-dict names, with every
+/// linear weight stored as <c>[out, in]</c> (GPT-2's Conv1D weights are transposed at load).
+/// </summary>
+public abstract class CausalLM : nn.Module
+{
+    protected CausalLM(string name) : base(name) { }
+
+    /// <summary>The model's configuration as read from <c>config.json</c> (or synthesised for llama2.c files).</summary>
+    public abstract ModelConfig Config { get; }
+
+    /// <summary>
+    /// Logits <c>[B, T, vocab]</c> (fp32) for <paramref name="inputIds"/> <c>[B, T]</c> (int64).
+    /// <paramref name="attentionMask"/> <c>[B, T_past + T]</c> is 1 for real tokens and 0 for padding
+    /// (right or left padding); <paramref name="positionIds"/> <c>[B, T]</c> defaults to
+    /// <c>cache.Length + 0..T-1</c>. With a cache, keys and values of these tokens are appended to it.
+    /// </summary>
+    public abstract Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null);
+
+    /// <summary>The feed-forward block of one layer: its key matrices, value matrix and activation.</summary>
+    public abstract FfnParts Ffn(int layer);
+
+    /// <summary>A new, empty key/value cache for incremental decoding.</summary>
+    public KvCache NewCache() => new(Config.NumLayers);
+}
+
+/// <summary>
+/// The linear modules of one FFN block, by their Hugging Face names. Keys: GPT-2 <c>c_fc</c>, GPT-J
+/// <c>fc_in</c>, Llama <c>gate_proj</c> and <c>up_proj</c>; value: <c>c_proj</c>, <c>fc_out</c>, <c>down_proj</c>.
+/// <paramref name="Prefix"/> is the state-dict prefix of the block, e.g. <c>transformer.h.3.mlp</c>.
+/// The memory coefficients f(h·Kᵀ) are exactly the input of <paramref name="Value"/>.
+/// </summary>
+public sealed record FfnParts(string Prefix, IReadOnlyDictionary<string, Linear> Keys, string ValueName, Linear Value);
+
+/// <summary>Per-layer attention keys and values <c>[B, kv_heads, T, head_dim]</c> kept across decoding steps.</summary>
+public sealed class KvCache(int layers) : IDisposable
+{
+    private readonly Tensor?[] _k = new Tensor?[layers], _v = new Tensor?[layers];
+
+    /// <summary>Number of positions cached so far.</summary>
+    public long Length => _k[0]?.shape[2] ?? 0;
+
+    /// <summary>Appends this step's keys/values for a layer and returns the full (past + new) tensors.</summary>
+    public (Tensor K, Tensor V) Append(int layer, Tensor k, Tensor v)
+    {
+        var (oldK, oldV) = (_k[layer], _v[layer]);
+        var newK = oldK is null ? k.detach().clone() : cat([oldK, k.detach()], 2);
+        var newV = oldV is null ? v.detach().clone() : cat([oldV, v.detach()], 2);
+        newK.DetachFromDisposeScope();
+        newV.DetachFromDisposeScope();
+        oldK?.Dispose();
+        oldV?.Dispose();
+        (_k[layer], _v[layer]) = (newK, newV);
+        return (newK, newV);
+    }
+
+    public void Dispose()
+    {
+        for (int i = 0; i < _k.Length; i++) { _k[i]?.Dispose(); _v[i]?.Dispose(); _k[i] = _v[i] = null; }
+    }
+}

@@ -1,0 +1,25 @@
+using System.Text.Json.Nodes;
+
+namespace KeyValueLab.Models;
+
+/// <summary>
+/// Architecture-independent view of a model's <c>config.json</c>. Each architecture file parses its
+/// own fields (GPT-2 <c>n_embd</c>, Llama <c>hidden_size</c>, …) into this record and keeps the
+/// original JSON in <see cref="Raw"/> so a saved model writes back the same config.
+/// </summary>
+public sealed record ModelConfig
+{
+    public required string ModelType { get; init; }
+    public required int VocabSize { get; init; }
+    public required int HiddenSize { get; init; }
+    public required int NumLayers { get; init; }
+    public required int NumHeads { get; init; }
+    public required int NumKvHeads { get; init; }
+    public required int IntermediateSize { get; init; }
+    public required int MaxPositions { get; init; }
+    public required bool TieWordEmbeddings { get; init; }
+    public int? BosTokenId { get; init; }
+    public int? EosTokenId { get; init; }
+    public int HeadDim => HiddenSize / NumHeads;
+    public required JsonObject Raw { get; init; }
+}
