@@ -111,7 +111,7 @@ public static class ModelLoader
             {
                 if (name.EndsWith(".bias", StringComparison.Ordinal)) p.zero_();
                 else if (p.dim() == 1) p.fill_(1.0);
-                else nn.init.normal_(p, 0.0, std, generator);
+                else p.normal_(0.0, std, generator);  // (nn.init.normal_ ignores its generator in TorchSharp 0.107)
             }
         }
         return new LoadedModel(model, DefaultLayout(model), null, null);
