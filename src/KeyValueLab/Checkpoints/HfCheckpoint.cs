@@ -55,7 +55,7 @@ public sealed class HfCheckpoint : ICheckpoint
 
     public JsonObject Config { get; }
 
-    /// <summary>The safetensors files, in shard order.</summary>
+    /// <summary>The safetensors files, sorted by file name (model-00001-of-… first).</summary>
     public IReadOnlyList<SafetensorsFile> Shards { get; }
 
     /// <summary>Every tensor, shard by shard, in file order within each shard.</summary>
@@ -154,6 +154,7 @@ public sealed class HfCheckpoint : ICheckpoint
                 if (!shardOf.ContainsKey(t.Name))
                     throw new InputException(shard.SourcePath, $"holds tensor {t.Name}, which {IndexFile} does not list");
 
+        order.Sort((a, b) => string.CompareOrdinal(a.SourcePath, b.SourcePath));
         return new HfCheckpoint(folder, config, order, shardOf);
     }
 
