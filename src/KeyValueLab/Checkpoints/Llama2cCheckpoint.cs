@@ -103,7 +103,7 @@ public sealed class Llama2cCheckpoint : ICheckpoint
         for (int i = 0; i < 7; i++)
         {
             long v = i == 5 ? Math.Abs((long)h[i]) : h[i];
-            if (v <= 0) throw new InputException(path, $"header field {names[i]} is {h[i]}; it must be positive");
+            if (v <= 0 || v > int.MaxValue) throw new InputException(path, $"header field {names[i]} is {h[i]}; it must be positive");
         }
         var header = new Llama2cHeader(h[0], h[1], h[2], h[3], h[4], (int)Math.Abs((long)h[5]), h[6], h[5] > 0);
         if (header.Dim % header.NumHeads != 0)

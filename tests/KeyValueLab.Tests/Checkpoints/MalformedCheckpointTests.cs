@@ -283,6 +283,13 @@ public class MalformedCheckpointTests : IDisposable
     }
 
     [Fact]
+    public void ConfigWithADuplicateKey()
+    {
+        string folder = Folder("dupconfig", """{"model_type": "gpt2", "n_embd": 16, "n_embd": 32}""");
+        Fails(Path.Combine(folder, "config.json"), "duplicate key", () => HfCheckpoint.Open(folder));
+    }
+
+    [Fact]
     public void ConfigNotAnObject()
     {
         string folder = Folder("arrayconfig", "[]");
