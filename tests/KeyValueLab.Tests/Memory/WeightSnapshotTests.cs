@@ -1,0 +1,62 @@
+using KeyValueLab.Memory;
+using KeyValueLab.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace KeyValueLab.Tests.Memory;
+
+public class WeightSnapshotTests
+{
+    [Theory]
+    [InlineData("tiny_gpt2")]
+    [InlineData("tiny_llama_gqa")]
+    public void RestoreIsBitExactAndSnapshotsNeverAlias(string fixture)
+    {
+        using var loaded = ModelLoader.Load(TestData.Path("fixtures/" + fixture));
+        var model = loaded.Model;
+        var memory = new FfnMemory(model);
+        string original = ParameterHash.Sha256(model);
+        var names = memory.ParameterNames([0, 1], biases: true);
+        using var snapshot = WeightSnapshot.Take(model, names);
+        using var everything = WeightSnapshot.TakeAll(model);
+        Assert.Equal(names.Count, snapshot.Names.Count);
+        var live = model.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+
+        using (no_grad())
+            foreach (var name in names) live[name].add_(1.0f);
+        Assert.NotEqual(original, ParameterHash.Sha256(model));
+        foreach (var name in names)
+        {
+            Assert.True(snapshot[name].eq(everything[name]).all().item<bool>(), $"{name}: the snapshot moved with the live weights");
+        }
+
+        snapshot.Restore(model);
+        Assert.Equal(original, ParameterHash.Sha256(model));
+
+        // Sequential edits: restore from the same snapshot again after more changes, including to other parameters.
+        using (no_grad())
+            foreach (var p in model.parameters()) p.mul_(1.5f);
+        everything.Restore(model);
+        Assert.Equal(original, ParameterHash.Sha256(model));
+    }
+
+    [Fact]
+    public void HashSeesOneBitAndUnknownNamesAreRefused()
+    {
+        using var loaded = ModelLoader.Load(TestData.Path("fixtures/tiny_gptj"));
+        var model = loaded.Model;
+        var memory = new FfnMemory(model);
+        string original = ParameterHash.Sha256(model);
+        using var snapshot = WeightSnapshot.Take(model, [memory.ValuesName(1)]);
+        using (no_grad())
+        {
+            var v = memory.Values(1);
+            float x = v[0, 0].item<float>();
+            v[0, 0] = BitConverter.Int32BitsToSingle(BitConverter.SingleToInt32Bits(x) ^ 1);  // flip the lowest mantissa bit
+        }
+        Assert.NotEqual(original, ParameterHash.Sha256(model));
+        snapshot.Restore(model);
+        Assert.Equal(original, ParameterHash.Sha256(model));
+        Assert.Throws<ArgumentException>(() => WeightSnapshot.Take(model, ["transformer.h.9.mlp.fc_in.weight"]));
+    }
+}
