@@ -39,7 +39,10 @@ public static class Architectures
         return node is JsonObject obj ? ParseConfig(obj, source) : throw new InputException(source, "expected a JSON object");
     }
 
-    /// <summary>A model with freshly initialised parameters (the constructors' defaults) on <paramref name="device"/> (CPU by default).</summary>
+    /// <summary>
+    /// A model on <paramref name="device"/> (CPU by default) with zero weights and unit norm scales, to be filled
+    /// from a checkpoint (<see cref="ModelLoader.Load"/>) or initialised (<see cref="ModelLoader.Create(ModelConfig, long)"/>).
+    /// </summary>
     public static CausalLM Build(ModelConfig config, Device? device = null) =>
         Known.TryGetValue(config.ModelType, out var arch)
             ? arch.Build(config, device)

@@ -22,8 +22,8 @@ public sealed class Gpt2Attention : nn.Module<Tensor, AttentionContext, Tensor>
     public Gpt2Attention(int layer, ModelConfig config, Gpt2Options options, Device? device) : base("attn")
     {
         (_layer, _heads) = (layer, config.NumHeads);
-        _cAttn = nn.Linear(config.HiddenSize, 3L * config.HiddenSize, hasBias: true, device: device);
-        _cProj = nn.Linear(config.HiddenSize, config.HiddenSize, hasBias: true, device: device);
+        _cAttn = Layers.Linear(config.HiddenSize, 3L * config.HiddenSize, hasBias: true, device);
+        _cProj = Layers.Linear(config.HiddenSize, config.HiddenSize, hasBias: true, device);
         // scaled_dot_product_attention always divides by √d; the rarer GPT-2 variants rescale q instead.
         _queryScale = (options.ScaleAttnWeights ? 1.0 : Math.Sqrt(config.HeadDim))
                       / (options.ScaleAttnByInverseLayerIdx ? layer + 1 : 1);
@@ -56,8 +56,8 @@ public sealed class Gpt2Mlp : nn.Module<Tensor, Tensor>
 
     public Gpt2Mlp(ModelConfig config, Gpt2Options options, Device? device) : base("mlp")
     {
-        _cFc = nn.Linear(config.HiddenSize, config.IntermediateSize, hasBias: true, device: device);
-        _cProj = nn.Linear(config.IntermediateSize, config.HiddenSize, hasBias: true, device: device);
+        _cFc = Layers.Linear(config.HiddenSize, config.IntermediateSize, hasBias: true, device);
+        _cProj = Layers.Linear(config.IntermediateSize, config.HiddenSize, hasBias: true, device);
         _act = options.Activation;
         RegisterComponents();
     }
@@ -148,7 +148,7 @@ public sealed class Gpt2 : CausalLM
         Config = config;
         var options = Gpt2Options.Read(new ConfigReader(config.Raw, "config.json"));
         _transformer = new Gpt2Model(config, options, device);
-        if (!config.TieWordEmbeddings) _lmHead = nn.Linear(config.HiddenSize, config.VocabSize, hasBias: false, device: device);
+        if (!config.TieWordEmbeddings) _lmHead = Layers.Linear(config.HiddenSize, config.VocabSize, hasBias: false, device);
         RegisterComponents();
     }
 

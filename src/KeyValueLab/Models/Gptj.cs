@@ -53,10 +53,10 @@ public sealed class GptjAttention : nn.Module<Tensor, AttentionContext, Tensor>
     {
         (_layer, _heads) = (layer, config.NumHeads);
         long c = config.HiddenSize;
-        _qProj = nn.Linear(c, c, hasBias: false, device: device);
-        _kProj = nn.Linear(c, c, hasBias: false, device: device);
-        _vProj = nn.Linear(c, c, hasBias: false, device: device);
-        _outProj = nn.Linear(c, c, hasBias: false, device: device);
+        _qProj = Layers.Linear(c, c, hasBias: false, device);
+        _kProj = Layers.Linear(c, c, hasBias: false, device);
+        _vProj = Layers.Linear(c, c, hasBias: false, device);
+        _outProj = Layers.Linear(c, c, hasBias: false, device);
         RegisterComponents();
     }
 
@@ -83,8 +83,8 @@ public sealed class GptjMlp : nn.Module<Tensor, Tensor>
 
     public GptjMlp(ModelConfig config, GptjOptions options, Device? device) : base("mlp")
     {
-        _fcIn = nn.Linear(config.HiddenSize, config.IntermediateSize, hasBias: true, device: device);
-        _fcOut = nn.Linear(config.IntermediateSize, config.HiddenSize, hasBias: true, device: device);
+        _fcIn = Layers.Linear(config.HiddenSize, config.IntermediateSize, hasBias: true, device);
+        _fcOut = Layers.Linear(config.IntermediateSize, config.HiddenSize, hasBias: true, device);
         _act = options.Activation;
         RegisterComponents();
     }
@@ -173,7 +173,7 @@ public sealed class Gptj : CausalLM
         var options = GptjOptions.Read(new ConfigReader(config.Raw, "config.json"), config.HeadDim);
         _rotaryDim = options.RotaryDim;
         _transformer = new GptjModel(config, options, device);
-        _lmHead = nn.Linear(config.HiddenSize, config.VocabSize, hasBias: true, device: device);
+        _lmHead = Layers.Linear(config.HiddenSize, config.VocabSize, hasBias: true, device);
         RegisterComponents();
     }
 

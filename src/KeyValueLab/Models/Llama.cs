@@ -68,10 +68,10 @@ public sealed class LlamaAttention : nn.Module<Tensor, AttentionContext, Tensor>
     {
         (_layer, _heads, _kvHeads, _headDim) = (layer, config.NumHeads, config.NumKvHeads, config.HeadDim);
         long c = config.HiddenSize;
-        _qProj = nn.Linear(c, (long)_heads * _headDim, hasBias: options.AttentionBias, device: device);
-        _kProj = nn.Linear(c, (long)_kvHeads * _headDim, hasBias: options.AttentionBias, device: device);
-        _vProj = nn.Linear(c, (long)_kvHeads * _headDim, hasBias: options.AttentionBias, device: device);
-        _oProj = nn.Linear((long)_heads * _headDim, c, hasBias: options.AttentionBias, device: device);
+        _qProj = Layers.Linear(c, (long)_heads * _headDim, hasBias: options.AttentionBias, device);
+        _kProj = Layers.Linear(c, (long)_kvHeads * _headDim, hasBias: options.AttentionBias, device);
+        _vProj = Layers.Linear(c, (long)_kvHeads * _headDim, hasBias: options.AttentionBias, device);
+        _oProj = Layers.Linear((long)_heads * _headDim, c, hasBias: options.AttentionBias, device);
         RegisterComponents();
     }
 
@@ -99,9 +99,9 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
 
     public LlamaMlp(ModelConfig config, LlamaOptions options, Device? device) : base("mlp")
     {
-        _gateProj = nn.Linear(config.HiddenSize, config.IntermediateSize, hasBias: options.MlpBias, device: device);
-        _upProj = nn.Linear(config.HiddenSize, config.IntermediateSize, hasBias: options.MlpBias, device: device);
-        _downProj = nn.Linear(config.IntermediateSize, config.HiddenSize, hasBias: options.MlpBias, device: device);
+        _gateProj = Layers.Linear(config.HiddenSize, config.IntermediateSize, hasBias: options.MlpBias, device);
+        _upProj = Layers.Linear(config.HiddenSize, config.IntermediateSize, hasBias: options.MlpBias, device);
+        _downProj = Layers.Linear(config.IntermediateSize, config.HiddenSize, hasBias: options.MlpBias, device);
         _act = options.Activation;
         RegisterComponents();
     }
@@ -198,7 +198,7 @@ public sealed class Llama : CausalLM
         Config = config;
         _options = LlamaOptions.Read(new ConfigReader(config.Raw, "config.json"));
         _model = new LlamaModel(config, _options, device);
-        if (!config.TieWordEmbeddings) _lmHead = nn.Linear(config.HiddenSize, config.VocabSize, hasBias: false, device: device);
+        if (!config.TieWordEmbeddings) _lmHead = Layers.Linear(config.HiddenSize, config.VocabSize, hasBias: false, device);
         RegisterComponents();
     }
 

@@ -15,7 +15,7 @@ public sealed class TokenEmbedding : nn.Module<Tensor, Tensor>
 
     public TokenEmbedding(long count, long dim, Device? device) : base("embedding")
     {
-        using (no_grad()) _weight = new Parameter(empty(count, dim, ScalarType.Float32, device).normal_(0.0, 0.02));
+        _weight = new Parameter(zeros(count, dim, ScalarType.Float32, device));
         RegisterComponents();
     }
 
