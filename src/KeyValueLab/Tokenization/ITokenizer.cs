@@ -24,8 +24,8 @@ public interface ITokenizer
 
     /// <summary>
     /// The text a streaming generator prints for token <paramref name="id"/> after <paramref name="previousId"/>
-    /// (llama2.c <c>run.c</c> <c>decode</c>: after BOS a leading space of the piece is dropped; a byte token
-    /// <c>&lt;0xXX&gt;</c> stands for that byte). A token that is only part of a UTF-8 character gives U+FFFD here;
+    /// (for SentencePiece vocabularies llama2.c <c>run.c</c> <c>decode</c>: after BOS a leading space of the piece
+    /// is dropped; a byte token <c>&lt;0xXX&gt;</c> stands for that byte; GPT-2 tokens print as they are). A token that is only part of a UTF-8 character gives U+FFFD here;
     /// write <see cref="DecodeTokenBytes"/> to a byte stream to reproduce the reference output exactly.
     /// </summary>
     string DecodeToken(int previousId, int id);

@@ -178,6 +178,14 @@ public sealed class Llama2cTokenizer : ITokenizer
     /// <summary>The stored piece (e.g. " Once", "&lt;0x0A&gt;", "\n&lt;s&gt;\n").</summary>
     public string TokenText(int id) => TokenBytes.ToDisplay(_pieces[CheckId(id)]);
 
+    /// <summary>
+    /// run.c <c>safe_printf</c>: whether llama2.c writes a decoded piece at all. It skips empty pieces and a
+    /// lone byte that is neither printable ASCII nor whitespace (so raw UTF-8 byte tokens never reach its stdout).
+    /// A generator that must match llama2.c's output byte for byte writes only the pieces this accepts.
+    /// </summary>
+    public static bool IsPrintedByRunC(ReadOnlySpan<byte> piece) =>
+        piece.Length > 1 || (piece.Length == 1 && (piece[0] is >= 0x20 and <= 0x7E || piece[0] is (byte)' ' or >= 0x09 and <= 0x0D));
+
     private int CheckId(int id) =>
         (uint)id < (uint)_pieces.Length ? id : throw new ArgumentOutOfRangeException(nameof(id), id, $"token id outside 0..{_pieces.Length - 1}");
 }

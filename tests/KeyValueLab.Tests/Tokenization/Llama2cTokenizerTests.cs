@@ -109,3 +109,30 @@ public class Llama2cTokenizerTests
         Assert.Equal(300, tok.VocabSize);
     }
 }
+
+public class Llama2cTokenizerScaleTests
+{
+    [Fact]
+    public void LongTextEncodesQuicklyAndRoundTrips()
+    {
+        string story = string.Concat(Enumerable.Repeat("Once upon a time, Lily saw a big dog named Zoë 🦙. ", 200));   // ~10k characters
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        var ids = TokenizerFixtures.Llama2Bin.Encode(story, addBos: true);
+        var tok512 = TokenizerFixtures.Tok512.Encode(story, addBos: true);
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(5), $"encoding took {sw.Elapsed}");
+        Assert.Equal(story, TokenizerFixtures.Llama2Bin.Decode(ids));
+        Assert.Equal(story, TokenizerFixtures.Tok512.Decode(tok512));
+        Assert.Equal(TokenizerFixtures.Llama2Model.Encode(story, addBos: true), ids);
+    }
+
+    [Fact]
+    public void SafePrintfSkipsLoneNonPrintableBytes()
+    {
+        Assert.True(Llama2cTokenizer.IsPrintedByRunC("Once"u8));
+        Assert.True(Llama2cTokenizer.IsPrintedByRunC("\n"u8));
+        Assert.True(Llama2cTokenizer.IsPrintedByRunC("a"u8));
+        Assert.False(Llama2cTokenizer.IsPrintedByRunC([]));
+        Assert.False(Llama2cTokenizer.IsPrintedByRunC([0xF0]));
+        Assert.False(Llama2cTokenizer.IsPrintedByRunC([0x07]));
+    }
+}
