@@ -174,7 +174,7 @@ public static class TorchRuntime
     }
 
     /// <summary>Finds a native library among the folders .NET itself probes for this application.</summary>
-    private static string? FindNative(string file)
+    internal static string? FindNative(string file)
     {
         var dirs = new List<string>();
         if (AppContext.GetData("NATIVE_DLL_SEARCH_DIRECTORIES") is string s)

@@ -39,3 +39,50 @@ public class TorchRuntimeTests
         Assert.Equal(0x0d696913u, ElfImage.ElfHash("GLIBC_2.3"));
     }
 }
+
+public class LibTorchSharpPatchTests
+{
+    private static ElfImage? Original()
+    {
+        if (!OperatingSystem.IsLinux()) return null;
+        string? path = TorchRuntime.FindNative("libLibTorchSharp.so");
+        Assert.NotNull(path);
+        return ElfImage.Read(path);
+    }
+
+    [Fact]
+    public void RewritesOnlyTheMissingVersionAndItsHarmlessSymbol()
+    {
+        if (Original() is not { } image) return;
+        var needs = image.NeededVersions().Where(v => v.File == "libstdc++.so.6").ToList();
+        var missing = needs.Where(v => v.Name == "GLIBCXX_3.4.32").ToList();
+        Assert.Single(missing);
+        var defined = needs.Select(v => v.Name).Where(n => n != "GLIBCXX_3.4.32").ToHashSet();
+        byte[] before = (byte[])image.Bytes.Clone();
+
+        var patched = new ElfImage("patched", TorchRuntime.Patch(image, needs, missing, defined, "libstdc++.so.6"));
+
+        var after = patched.NeededVersions();
+        Assert.DoesNotContain(after, v => v.Name == "GLIBCXX_3.4.32");
+        Assert.Equal(image.NeededVersions().Count, after.Count);
+        // Exactly the one vernaux entry (hash + name = 8 bytes) and one symbol name (4 bytes) changed.
+        int changed = before.Zip(patched.Bytes).Count(p => p.First != p.Second);
+        Assert.InRange(changed, 1, 12);
+        var sym = patched.DynamicSymbols().Single(s => s.Version == missing[0].Index);
+        Assert.True(sym.Undefined);
+        Assert.Contains(patched.DynamicSymbols(), s => s.Index != sym.Index && s.Name == sym.Name);
+    }
+
+    [Fact]
+    public void RefusesWhenAMissingVersionCarriesRealImports()
+    {
+        if (Original() is not { } image) return;
+        var needs = image.NeededVersions().Where(v => v.File == "libstdc++.so.6").ToList();
+        // Pretend the system lacks GLIBCXX_3.4.21 (std::__cxx11 strings): those symbols are really called.
+        var missing = needs.Where(v => v.Name == "GLIBCXX_3.4.21").ToList();
+        var defined = needs.Select(v => v.Name).Where(n => n != "GLIBCXX_3.4.21").ToHashSet();
+        var e = Assert.Throws<TorchRuntimeException>(() => TorchRuntime.Patch(image, needs, missing, defined, "/usr/lib/libstdc++.so.6"));
+        Assert.Contains("GLIBCXX_3.4.21", e.Message);
+        Assert.DoesNotContain("\n", e.Message);
+    }
+}
