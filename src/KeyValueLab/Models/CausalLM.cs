@@ -24,7 +24,23 @@ public abstract class CausalLM : nn.Module
     /// Hugging Face generation), else to <c>cache.Length + 0..T-1</c>; both agree when nothing is padded.
     /// With a cache, keys and values of these tokens are appended to it.
     /// </summary>
-    public abstract Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null);
+    public virtual Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
+    {
+        using var scope = NewDisposeScope();
+        return Logits(Hidden(inputIds, attentionMask, positionIds, cache)).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Final hidden states <c>[B, T, C]</c> (after the last norm), with the same arguments as <see cref="Forward"/>;
+    /// <c>Forward = Logits(Hidden(...))</c>. Generation can unembed only the last position.
+    /// </summary>
+    public abstract Tensor Hidden(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null);
+
+    /// <summary>
+    /// The unembedding alone: logits <c>[..., vocab]</c> for vectors <c>[..., C]</c> (no final norm applied),
+    /// e.g. for the last position of <see cref="Hidden"/>, or for value vectors as in Geva et al. 2022.
+    /// </summary>
+    public abstract Tensor Logits(Tensor hidden);
 
     /// <summary>The feed-forward block of one layer: its key matrices, value matrix and activation.</summary>
     public abstract FfnParts Ffn(int layer);

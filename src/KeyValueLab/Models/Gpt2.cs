@@ -179,17 +179,19 @@ public sealed class Gpt2 : CausalLM
         };
     }
 
-    public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
+    public override Tensor Hidden(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
         using var scope = NewDisposeScope();
         var ctx = AttentionContext.Build(inputIds, attentionMask, positionIds, cache);
         long maxPosition = ctx.Positions.max().item<long>();
         if (maxPosition >= Config.MaxPositions)
             throw new ArgumentException($"position {maxPosition} is past GPT-2's n_positions {Config.MaxPositions}");
-        var x = _transformer.call(inputIds, ctx);                                             // [B, T, C]
-        var logits = _lmHead is null ? nn.functional.linear(x, _transformer.Wte.weight) : _lmHead.call(x);  // [B, T, V]
-        return logits.MoveToOuterDisposeScope();
+        return _transformer.call(inputIds, ctx).MoveToOuterDisposeScope();  // [B, T, C]
     }
+
+    /// <summary>Logits through the tied token embedding (or <c>lm_head</c> when untied).</summary>
+    public override Tensor Logits(Tensor hidden) =>
+        _lmHead is null ? nn.functional.linear(hidden, _transformer.Wte.weight) : _lmHead.call(hidden);  // [..., V]
 
     public override FfnParts Ffn(int layer)
     {

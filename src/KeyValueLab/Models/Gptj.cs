@@ -207,14 +207,16 @@ public sealed class Gptj : CausalLM
         };
     }
 
-    public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
+    public override Tensor Hidden(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
         using var scope = NewDisposeScope();
         var ctx = AttentionContext.Build(inputIds, attentionMask, positionIds, cache);
         (ctx.Cos, ctx.Sin) = InterleavedRotary.Tables(ctx.Positions, _rotaryDim, RotaryBase);
-        var x = _transformer.call(inputIds, ctx);  // [B, T, C]
-        return _lmHead.call(x).MoveToOuterDisposeScope();  // [B, T, V]
+        return _transformer.call(inputIds, ctx).MoveToOuterDisposeScope();  // [B, T, C]
     }
+
+    /// <summary>Logits through <c>lm_head</c> (weight and bias).</summary>
+    public override Tensor Logits(Tensor hidden) => _lmHead.call(hidden);  // [..., V]
 
     public override FfnParts Ffn(int layer)
     {

@@ -234,15 +234,17 @@ public sealed class Llama : CausalLM
         };
     }
 
-    public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
+    public override Tensor Hidden(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
         using var scope = NewDisposeScope();
         var ctx = AttentionContext.Build(inputIds, attentionMask, positionIds, cache);
         (ctx.Cos, ctx.Sin) = HalfRotary.Tables(ctx.Positions, Config.HeadDim, _options.RopeTheta, _options.RopePositionScale);
-        var x = _model.call(inputIds, ctx);                                                            // [B, T, C]
-        var logits = _lmHead is null ? nn.functional.linear(x, _model.EmbedTokens.weight) : _lmHead.call(x);  // [B, T, V]
-        return logits.MoveToOuterDisposeScope();
+        return _model.call(inputIds, ctx).MoveToOuterDisposeScope();  // [B, T, C]
     }
+
+    /// <summary>Logits through <c>lm_head</c>, or the tied token embedding.</summary>
+    public override Tensor Logits(Tensor hidden) =>
+        _lmHead is null ? nn.functional.linear(hidden, _model.EmbedTokens.weight) : _lmHead.call(hidden);  // [..., V]
 
     public override FfnParts Ffn(int layer)
     {
