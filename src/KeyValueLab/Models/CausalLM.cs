@@ -42,8 +42,16 @@ public abstract class CausalLM : nn.Module
     /// </summary>
     public abstract Tensor Logits(Tensor hidden);
 
-    /// <summary>The feed-forward block of one layer: its key matrices, value matrix and activation.</summary>
+    /// <summary>The feed-forward block of one layer: its key matrices and value matrix.</summary>
     public abstract FfnParts Ffn(int layer);
+
+    /// <summary>
+    /// The transformer block of one layer (<c>transformer.h.{layer}</c> or <c>model.layers.{layer}</c>): it maps the
+    /// residual stream <c>[B, T, C]</c> before the layer to the one after, so forward hooks on it read or
+    /// change the hidden state of that layer (as ROME and MEMIT need). Tensors a hook creates belong to the
+    /// dispose scope of the forward pass: call <c>DetachFromDisposeScope()</c> on those kept afterwards.
+    /// </summary>
+    public abstract nn.Module<Tensor, AttentionContext, Tensor> Block(int layer);
 
     /// <summary>A new, empty key/value cache for incremental decoding.</summary>
     public KvCache NewCache() => new(Config.NumLayers);

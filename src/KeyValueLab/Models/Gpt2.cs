@@ -193,6 +193,8 @@ public sealed class Gpt2 : CausalLM
     public override Tensor Logits(Tensor hidden) =>
         _lmHead is null ? nn.functional.linear(hidden, _transformer.Wte.weight) : _lmHead.call(hidden);  // [..., V]
 
+    public override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => _transformer.H[CheckLayer(layer)];
+
     public override FfnParts Ffn(int layer)
     {
         var mlp = _transformer.H[CheckLayer(layer)].Mlp;

@@ -218,6 +218,8 @@ public sealed class Gptj : CausalLM
     /// <summary>Logits through <c>lm_head</c> (weight and bias).</summary>
     public override Tensor Logits(Tensor hidden) => _lmHead.call(hidden);  // [..., V]
 
+    public override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => _transformer.H[CheckLayer(layer)];
+
     public override FfnParts Ffn(int layer)
     {
         var mlp = _transformer.H[CheckLayer(layer)].Mlp;

@@ -246,6 +246,8 @@ public sealed class Llama : CausalLM
     public override Tensor Logits(Tensor hidden) =>
         _lmHead is null ? nn.functional.linear(hidden, _model.EmbedTokens.weight) : _lmHead.call(hidden);  // [..., V]
 
+    public override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => _model.Layers[CheckLayer(layer)];
+
     public override FfnParts Ffn(int layer)
     {
         var mlp = _model.Layers[CheckLayer(layer)].Mlp;

@@ -60,3 +60,35 @@ public class ForwardApiTests
         Assert.Contains("n_positions 64", e.Message);
     }
 }
+
+public class BlockHookTests
+{
+    [Theory]
+    [InlineData("tiny_gpt2")]
+    [InlineData("tiny_gptj")]
+    [InlineData("tiny_llama_gqa")]
+    public void HooksOnBlocksSeeAndChangeTheResidualStream(string fixture)
+    {
+        using var loaded = ModelLoader.Load(TestData.Path("fixtures/" + fixture));
+        var model = loaded.Model;
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var ids = tensor(new long[] { 5, 17, 99, 3 }, [1, 4]);
+        var plain = model.Forward(ids);
+        var block = model.Block(model.Config.NumLayers - 1);
+        Tensor? seen = null;
+        // Tensors made inside a hook belong to Forward's dispose scope: keep them by detaching them from it.
+        var hook = block.register_forward_hook((_, _, _, output) => { seen = output.detach().clone().DetachFromDisposeScope(); return output; });
+        model.Forward(ids);
+        hook.remove();
+        Assert.NotNull(seen);
+        Assert.Equal(new long[] { 1, 4, model.Config.HiddenSize }, seen!.shape);
+        seen.Dispose();
+
+        var zeroLast = block.register_forward_hook((_, _, _, output) => zeros_like(output));
+        var changed = model.Forward(ids);
+        zeroLast.remove();
+        Assert.False(plain.eq(changed).all().item<bool>());
+        Assert.True(plain.eq(model.Forward(ids)).all().item<bool>());
+    }
+}
