@@ -54,12 +54,7 @@ public sealed class FfnMemory(CausalLM model)
     public Parameter? ValueBias(int layer) => ValueModule(layer).bias;
 
     /// <summary>The key module (e.g. <c>c_fc</c>); hooks on it see h and f's argument.</summary>
-    public Linear KeyModule(int layer, KeyKind? kind = null)
-    {
-        var (name, module) = Key(layer, kind);
-        _ = name;
-        return module;
-    }
+    public Linear KeyModule(int layer, KeyKind? kind = null) => Key(layer, kind).Module;
 
     /// <summary>The value module (e.g. <c>c_proj</c>); its input is the memory coefficients.</summary>
     public Linear ValueModule(int layer) => Model.Ffn(layer).Value;
