@@ -1,0 +1,25 @@
+using KeyValueLab.Models;
+using KeyValueLab.Tokenizers;
+
+namespace KeyValueLab.Inference;
+
+/// <summary>How a prompt becomes the ids a model is fed.</summary>
+public static class PromptEncoding
+{
+    /// <summary>
+    /// Whether a model expects BOS before a prompt: Llama-family models were trained with it
+    /// (SentencePiece adds it, so do llama2.c and Hugging Face), GPT-2 and GPT-J were not.
+    /// </summary>
+    public static bool UsesBos(CausalLM model) =>
+        model.Config.ModelType is "llama" or "mistral" or "qwen2" or "gemma";
+
+    /// <summary>
+    /// Ids of <paramref name="prompt"/>, with BOS first when <paramref name="addBos"/> (default
+    /// <see cref="UsesBos"/>) and the tokenizer has one.
+    /// </summary>
+    public static int[] Encode(CausalLM model, ITokenizer tokenizer, string prompt, bool? addBos = null)
+    {
+        bool bos = (addBos ?? UsesBos(model)) && tokenizer.BosId is not null;
+        return [.. tokenizer.Encode(prompt, bos)];
+    }
+}
