@@ -104,7 +104,8 @@ public static class Scorer
 
         var logits = model.Forward(batch.InputIds, batch.AttentionMask, batch.PositionIds);       // [B, T, V]
         var targetTensor = tensor(targets, [b, t, 1], dtype: ScalarType.Int64);
-        var logProbs = logits.log_softmax(-1).gather(-1, targetTensor).squeeze(-1);               // [B, T]
+        // log P = logit − logsumexp: no second [B, T, V] tensor, which matters at GPT-2's 50k vocabulary.
+        var logProbs = logits.gather(-1, targetTensor).squeeze(-1) - logits.logsumexp(-1);          // [B, T]
         float[] lp = logProbs.to(ScalarType.Float32).data<float>().ToArray();
         long[] am = logits.argmax(-1).data<long>().ToArray();                                    // [B, T]
 
