@@ -19,8 +19,10 @@ public abstract class CausalLM : nn.Module
     /// <summary>
     /// Logits <c>[B, T, vocab]</c> (fp32) for <paramref name="inputIds"/> <c>[B, T]</c> (int64).
     /// <paramref name="attentionMask"/> <c>[B, T_past + T]</c> is 1 for real tokens and 0 for padding
-    /// (right or left padding); <paramref name="positionIds"/> <c>[B, T]</c> defaults to
-    /// <c>cache.Length + 0..T-1</c>. With a cache, keys and values of these tokens are appended to it.
+    /// (right or left padding); <paramref name="positionIds"/> <c>[B, T]</c> defaults to the number of real
+    /// tokens before each token when a mask is given (so left-padded rows start at position 0, as in
+    /// Hugging Face generation), else to <c>cache.Length + 0..T-1</c>; both agree when nothing is padded.
+    /// With a cache, keys and values of these tokens are appended to it.
     /// </summary>
     public abstract Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null);
 
@@ -29,6 +31,14 @@ public abstract class CausalLM : nn.Module
 
     /// <summary>A new, empty key/value cache for incremental decoding.</summary>
     public KvCache NewCache() => new(Config.NumLayers);
+
+    /// <summary>True for parameters the checkpoint stores transposed (GPT-2's Conv1D <c>[in, out]</c> weights).</summary>
+    internal virtual bool IsStoredTransposed(string parameterName) => false;
+
+    /// <summary>Returns <paramref name="layer"/> or throws when it is not a layer of this model.</summary>
+    protected int CheckLayer(int layer) =>
+        layer >= 0 && layer < Config.NumLayers ? layer
+        : throw new ArgumentOutOfRangeException(nameof(layer), layer, $"the model has layers 0..{Config.NumLayers - 1}");
 }
 
 /// <summary>

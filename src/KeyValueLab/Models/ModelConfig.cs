@@ -20,6 +20,8 @@ public sealed record ModelConfig
     public required bool TieWordEmbeddings { get; init; }
     public int? BosTokenId { get; init; }
     public int? EosTokenId { get; init; }
-    public int HeadDim => HiddenSize / NumHeads;
+    /// <summary>Per-head width; <c>HiddenSize / NumHeads</c> unless the config says otherwise (Llama <c>head_dim</c>).</summary>
+    public int HeadDim { get => _headDim ?? HiddenSize / NumHeads; init => _headDim = value; }
+    private readonly int? _headDim;
     public required JsonObject Raw { get; init; }
 }

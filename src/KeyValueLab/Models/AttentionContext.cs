@@ -1,0 +1,96 @@
+using static TorchSharp.torch;
+
+namespace KeyValueLab.Models;
+
+/// <summary>
+/// What every attention layer of one forward pass shares: which keys each query may see (causal order,
+/// padding), the position of every token, the rotary tables of the architecture, and the cache.
+/// Built once per <see cref="CausalLM.Forward"/>; its tensors live in that call's dispose scope.
+/// </summary>
+public sealed class AttentionContext
+{
+    /// <summary>Batch size and number of new tokens.</summary>
+    public long Batch { get; }
+    public long Length { get; }
+
+    /// <summary>Positions already in <see cref="Cache"/> before this call.</summary>
+    public long Past { get; }
+
+    /// <summary>Position of each new token <c>[B, T]</c> (int64).</summary>
+    public Tensor Positions { get; }
+
+    /// <summary>Additive mask <c>[B or 1, 1, T, Past + T]</c> (0 where allowed, the float minimum where not); null when <see cref="IsCausal"/> or no mask is needed.</summary>
+    public Tensor? Mask { get; }
+
+    /// <summary>True when plain causal attention over the new tokens alone is exact (no cache, no padding).</summary>
+    public bool IsCausal { get; }
+
+    public KvCache? Cache { get; }
+
+    /// <summary>Rotary tables <c>[B, 1, T, rotary dims]</c> set by rotary architectures (GPT-J, Llama).</summary>
+    public Tensor? Cos { get; internal set; }
+    public Tensor? Sin { get; internal set; }
+
+    private AttentionContext(long batch, long length, long past, Tensor positions, Tensor? mask, bool isCausal, KvCache? cache)
+    {
+        (Batch, Length, Past, Positions, Mask, IsCausal, Cache) = (batch, length, past, positions, mask, isCausal, cache);
+    }
+
+    /// <summary>
+    /// Checks the shapes of the forward inputs and derives the mask and positions. Without
+    /// <paramref name="positionIds"/>, positions come from the attention mask (count of real tokens
+    /// before each one, as Hugging Face generation does, so left padding works) or else
+    /// run <c>Past .. Past+T-1</c>.
+    /// </summary>
+    public static AttentionContext Build(Tensor inputIds, Tensor? attentionMask, Tensor? positionIds, KvCache? cache)
+    {
+        if (inputIds.dim() != 2 || inputIds.dtype != ScalarType.Int64)
+            throw new ArgumentException($"inputIds must be int64 [batch, tokens], got {inputIds.dtype} [{string.Join(", ", inputIds.shape)}]");
+        long batch = inputIds.shape[0], length = inputIds.shape[1], past = cache?.Length ?? 0, total = past + length;
+        if (length == 0) throw new ArgumentException("inputIds has no tokens");
+        if (attentionMask is not null && (attentionMask.dim() != 2 || attentionMask.shape[0] != batch || attentionMask.shape[1] != total))
+            throw new ArgumentException($"attentionMask must be [batch, past + tokens] = [{batch}, {total}], got [{string.Join(", ", attentionMask.shape)}]");
+        if (positionIds is not null && (positionIds.dim() != 2 || positionIds.shape[0] != batch || positionIds.shape[1] != length))
+            throw new ArgumentException($"positionIds must be [batch, tokens] = [{batch}, {length}], got [{string.Join(", ", positionIds.shape)}]");
+
+        var device = inputIds.device;
+        Tensor positions;
+        if (positionIds is not null) positions = positionIds.to(ScalarType.Int64);
+        else if (attentionMask is not null)
+            positions = (attentionMask.to(ScalarType.Int64).cumsum(1) - 1).clamp_min(0).narrow(1, past, length);
+        else positions = arange(past, total, dtype: ScalarType.Int64, device: device).unsqueeze(0).expand(batch, length);
+
+        Tensor? mask = null;
+        bool isCausal = attentionMask is null && past == 0;
+        if (!isCausal && !(attentionMask is null && length == 1))
+        {
+            var queryAt = arange(past, total, dtype: ScalarType.Int64, device: device).unsqueeze(1);  // [T, 1]
+            var keyAt = arange(0, total, dtype: ScalarType.Int64, device: device).unsqueeze(0);      // [1, Tk]
+            var allowed = keyAt.le(queryAt).unsqueeze(0).unsqueeze(0);                                 // [1, 1, T, Tk]
+            if (attentionMask is not null)
+                allowed = allowed.logical_and(attentionMask.ne(0).unsqueeze(1).unsqueeze(1));          // [B, 1, T, Tk]
+            // The float minimum rather than -inf: a query that sees nothing (a left-pad position) gets a
+            // uniform average instead of NaN, and its output is never used.
+            mask = zeros(allowed.shape, ScalarType.Float32, device).masked_fill(allowed.logical_not(), float.MinValue);
+        }
+        return new AttentionContext(batch, length, past, positions, mask, isCausal, cache);
+    }
+
+    /// <summary>
+    /// Scaled dot-product attention of <paramref name="q"/> <c>[B, H, T, d]</c> over <paramref name="k"/>,
+    /// <paramref name="v"/> <c>[B, H_kv, Tk, d]</c>; key/value heads are repeated for grouped-query attention.
+    /// Returns <c>[B, H, T, d]</c>.
+    /// </summary>
+    public Tensor Attend(Tensor q, Tensor k, Tensor v)
+    {
+        long heads = q.shape[1], kvHeads = k.shape[1];
+        if (heads != kvHeads)
+        {
+            // TorchSharp's scaled_dot_product_attention has no GQA flag: each key/value head serves
+            // heads / kvHeads consecutive query heads (as Hugging Face's repeat_kv).
+            k = k.repeat_interleave(heads / kvHeads, dim: 1);  // [B, H, Tk, d]
+            v = v.repeat_interleave(heads / kvHeads, dim: 1);
+        }
+        return nn.functional.scaled_dot_product_attention(q, k, v, Mask?.to(q.dtype), is_casual: IsCausal);
+    }
+}
