@@ -1,6 +1,6 @@
 using System.Text;
 using KeyValueLab.Models;
-using KeyValueLab.Tokenizers;
+using KeyValueLab.Tokenization;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -45,17 +45,23 @@ public sealed record GenerationOptions
 }
 
 /// <summary>What one generation run produced.</summary>
-/// <param name="Text">
-/// The prompt followed by the generated text, exactly as <c>kvlab generate</c> (like llama2.c <c>run</c>)
-/// prints it before its final newline: the concatenated pieces the streaming callback received.
+/// <param name="Bytes">
+/// The prompt followed by the generated text, as the bytes <c>kvlab generate</c> (like llama2.c <c>run</c>)
+/// writes before its final newline: each token's <c>DecodeTokenBytes(previous, next)</c>, concatenated.
 /// </param>
 /// <param name="Tokens">Every token of the sequence: BOS (if any), the prompt, then the generated tokens.</param>
 /// <param name="PromptLength">How many of <paramref name="Tokens"/> were forced by the prompt (BOS included).</param>
 /// <param name="StoppedAtEos">True when a stop token ended the run before <see cref="GenerationOptions.Steps"/>.</param>
 /// <param name="Logits">When asked for: the logits <c>[vocab]</c> at each position run, in order.</param>
-public sealed record GenerationResult(string Text, IReadOnlyList<int> Tokens, int PromptLength, bool StoppedAtEos, IReadOnlyList<float[]>? Logits)
+public sealed record GenerationResult(byte[] Bytes, IReadOnlyList<int> Tokens, int PromptLength, bool StoppedAtEos, IReadOnlyList<float[]>? Logits)
 {
-    /// <summary>Exactly what the CLI writes to stdout: <see cref="Text"/> and one newline.</summary>
+    /// <summary><see cref="Bytes"/> as text (UTF-8; invalid sequences become U+FFFD): what the streaming callback received.</summary>
+    public string Text => Encoding.UTF8.GetString(Bytes);
+
+    /// <summary>Exactly what the CLI writes to stdout: <see cref="Bytes"/> and one newline.</summary>
+    public byte[] StdoutBytes => [.. Bytes, (byte)'\n'];
+
+    /// <summary><see cref="StdoutBytes"/> as text.</summary>
     public string Stdout => Text + "\n";
 
     /// <summary>The generated tokens (after the prompt).</summary>
@@ -77,9 +83,11 @@ public static class Generator
     /// <summary>
     /// Runs the model over <paramref name="prompt"/> and continues it, following llama2.c's loop: at
     /// each position the next token is the prompt's while the prompt lasts, then a sampled one; each
-    /// token after the first is streamed as <c>DecodeToken(previous, next)</c>. BOS is never printed; a
-    /// first prompt token that is not BOS is. Single control characters are not printed (llama2.c's
-    /// safe_printf).
+    /// token after the first is written as <c>DecodeTokenBytes(previous, next)</c>. BOS is never printed; a
+    /// first prompt token that is not BOS is. A piece that is one ASCII control byte other than
+    /// whitespace is not printed (llama2.c's safe_printf); unlike safe_printf, single bytes ≥ 0x80 are
+    /// kept, so characters split over byte tokens come out whole. <paramref name="onText"/> receives the
+    /// text as it grows, decoded incrementally so a character split over tokens arrives whole.
     /// </summary>
     public static GenerationResult Generate(CausalLM model, ITokenizer tokenizer, string prompt, GenerationOptions? options = null, Action<string>? onText = null)
     {
@@ -115,16 +123,21 @@ public static class Generator
             if (tokenizer.BosId is int bos) stopIds.Add(bos);
         }
 
-        var text = new StringBuilder();
-        void Emit(string piece)
+        var output = new List<byte>();
+        var utf8 = Encoding.UTF8.GetDecoder();
+        void Emit(byte[] piece)
         {
-            if (piece.Length == 0 || (piece.Length == 1 && char.IsControl(piece[0]) && !char.IsWhiteSpace(piece[0]))) return;
-            text.Append(piece);
-            onText?.Invoke(piece);
+            if (piece.Length == 0 || (piece.Length == 1 && piece[0] < 0x80 && IsUnprintable(piece[0]))) return;
+            output.AddRange(piece);
+            if (onText is null) return;
+            var chars = new char[utf8.GetCharCount(piece, flush: false)];
+            utf8.GetChars(piece, chars, flush: false);
+            if (chars.Length > 0) onText(new string(chars));
         }
 
         var sequence = new List<int>(steps + 1) { promptIds[0] };
-        if (tokenizer.BosId != promptIds[0]) Emit(tokenizer.Decode([promptIds[0]]));
+        // The first token has no predecessor: decode it as if after BOS (SentencePiece drops its dummy-prefix space).
+        if (tokenizer.BosId != promptIds[0]) Emit(tokenizer.DecodeTokenBytes(tokenizer.BosId ?? -1, promptIds[0]));
 
         var kept = options.KeepLogits ? new List<float[]>() : null;
         using var cache = options.UseCache ? model.NewCache() : null;
@@ -154,11 +167,11 @@ public static class Generator
             int next = forced ? promptIds[pos + 1] : sampler.Sample(logits!);
             pos++;
             if (!forced && stopIds.Contains(next)) { stopped = true; break; }
-            Emit(tokenizer.DecodeToken(token, next));
+            Emit(tokenizer.DecodeTokenBytes(token, next));
             sequence.Add(next);
             token = next;
         }
-        return new GenerationResult(text.ToString(), sequence, Math.Min(promptLength, sequence.Count), stopped, kept);
+        return new GenerationResult([.. output], sequence, Math.Min(promptLength, sequence.Count), stopped, kept);
     }
 
     /// <summary>
@@ -275,6 +288,9 @@ public static class Generator
         }
         return [.. generated.Select(g => g.ToArray())];
     }
+
+    // C's isprint || isspace in the "C" locale.
+    private static bool IsUnprintable(byte b) => !(b is >= 0x20 and < 0x7F || b is (byte)'\t' or (byte)'\n' or (byte)'\v' or (byte)'\f' or (byte)'\r');
 
     /// <summary>Runs <paramref name="ids"/> as one row (appending to <paramref name="cache"/>) and copies out the logit rows <paramref name="keep"/> selects.</summary>
     private static float[]?[] ForwardRows(CausalLM model, long[] ids, KvCache? cache, Func<int, bool> keep)

@@ -1,5 +1,5 @@
 using KeyValueLab.Models;
-using KeyValueLab.Tokenizers;
+using KeyValueLab.Tokenization;
 
 namespace KeyValueLab.Inference;
 

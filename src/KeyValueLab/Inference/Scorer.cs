@@ -1,5 +1,5 @@
 using KeyValueLab.Models;
-using KeyValueLab.Tokenizers;
+using KeyValueLab.Tokenization;
 using TorchSharp;
 using static TorchSharp.torch;
 

@@ -1,6 +1,6 @@
 using System.Text.Json.Nodes;
 using KeyValueLab.Models;
-using KeyValueLab.Tokenizers;
+using KeyValueLab.Tokenization;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -16,11 +16,17 @@ internal sealed class CharTokenizer : ITokenizer
 
     public static int Id(char c) => c is >= ' ' and <= '~' ? 3 + (c - ' ') : 0;
 
-    public IReadOnlyList<int> Encode(string text, bool addBos) => [.. (addBos ? [1] : Array.Empty<int>()), .. text.Select(Id)];
+    public IReadOnlyList<int> Encode(string text, bool addBos = false) => [.. (addBos ? [1] : Array.Empty<int>()), .. text.Select(Id)];
 
     public string Decode(IEnumerable<int> ids) => string.Concat(ids.Select(Piece));
 
-    public string DecodeToken(int prev, int id) => prev == 1 && Piece(id) == " " ? "" : Piece(id);
+    public string DecodeToken(int previousId, int id) => previousId == 1 && Piece(id) == " " ? "" : Piece(id);
+
+    public byte[] DecodeTokenBytes(int previousId, int id) => System.Text.Encoding.UTF8.GetBytes(DecodeToken(previousId, id));
+
+    public int VocabSize => Vocab;
+
+    public string TokenText(int id) => Piece(id);
 
     private static string Piece(int id) => id >= 3 && id < Vocab ? ((char)(' ' + id - 3)).ToString() : "";
 }
@@ -151,4 +157,18 @@ internal sealed class TinyBlock : nn.Module
         x = x + o.call(att);
         return x + fc2.call(nn.functional.gelu(fc1.call(ln_2.call(x))));
     }
+}
+
+/// <summary>One token per byte (ids 0..255), BOS = 256, EOS = 257: characters can be split over tokens.</summary>
+internal sealed class ByteTokenizer : ITokenizer
+{
+    public int VocabSize => 258;
+    public int? BosId => 256;
+    public int? EosId => 257;
+    public IReadOnlyList<int> Encode(string text, bool addBos = false) =>
+        [.. (addBos ? [256] : Array.Empty<int>()), .. System.Text.Encoding.UTF8.GetBytes(text).Select(b => (int)b)];
+    public string Decode(IEnumerable<int> ids) => System.Text.Encoding.UTF8.GetString([.. ids.Where(i => i < 256).Select(i => (byte)i)]);
+    public string DecodeToken(int previousId, int id) => System.Text.Encoding.UTF8.GetString(DecodeTokenBytes(previousId, id));
+    public byte[] DecodeTokenBytes(int previousId, int id) => id < 256 ? [(byte)id] : [];
+    public string TokenText(int id) => id < 256 ? $"<0x{id:X2}>" : id == 256 ? "<s>" : "</s>";
 }

@@ -116,3 +116,25 @@ public class GeneratorTests
         Assert.Equal("bcdef", result[1].Text);
     }
 }
+
+public class GeneratorByteTests
+{
+    [Fact]
+    public void CharactersSplitOverTokensStreamWholeAndControlBytesAreSkipped()
+    {
+        // Chain after BOS: 'a' → 0xC3 → 0xA9 ("é") → 0x07 (bell, not printed) → 'b' → EOS.
+        var next = new Dictionary<int, int> { ['a'] = 0xC3, [0xC3] = 0xA9, [0xA9] = 0x07, [0x07] = 'b', ['b'] = 257 };
+        var table = BigramLM.TableWithChain(258, i => next.GetValueOrDefault(i, 257), seed: 4);
+        using var model = new BigramLM(table, "llama");
+        var streamed = new List<string>();
+
+        var result = Generator.Generate(model, new ByteTokenizer(), "a", new GenerationOptions { Steps = 20, Temperature = 0 }, streamed.Add);
+
+        Assert.Equal("aéb", result.Text);
+        Assert.Equal(new byte[] { (byte)'a', 0xC3, 0xA9, (byte)'b' }, result.Bytes);
+        Assert.Equal(new byte[] { (byte)'a', 0xC3, 0xA9, (byte)'b', (byte)'\n' }, result.StdoutBytes);
+        Assert.Equal(new[] { "a", "é", "b" }, streamed);
+        Assert.True(result.StoppedAtEos);
+        Assert.Equal(new[] { 256, 'a', 0xC3, 0xA9, 0x07, 'b' }, result.Tokens);
+    }
+}
