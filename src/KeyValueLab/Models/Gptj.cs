@@ -30,10 +30,11 @@ internal static class InterleavedRotary
     {
         long rot = cos.shape[^1], d = x.shape[^1];
         var xr = rot == d ? x : x.narrow(-1, 0, rot);
-        var pairs = xr.unflatten(-1, [rot / 2, 2]);                                    // [B, H, T, rot/2, 2]
+        long[] shape = xr.shape;
+        var pairs = xr.reshape([.. shape[..^1], rot / 2, 2]);                        // [B, H, T, rot/2, 2]
         var x1 = pairs.select(-1, 0);
         var x2 = pairs.select(-1, 1);
-        var rotated = stack([-x2, x1], dim: -1).flatten(-2);                         // (-x1, x0, -x3, x2, …)
+        var rotated = stack([-x2, x1], dim: -1).reshape(shape);                      // (-x1, x0, -x3, x2, …)
         var y = xr * cos.to(x.dtype) + rotated * sin.to(x.dtype);
         return rot == d ? y : cat([y, x.narrow(-1, rot, d - rot)], dim: -1);
     }
