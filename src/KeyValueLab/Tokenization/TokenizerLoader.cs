@@ -1,0 +1,105 @@
+using System.Text.Json;
+
+namespace KeyValueLab.Tokenization;
+
+/// <summary>Opens whichever tokenizer a file or model folder holds.</summary>
+public static class TokenizerLoader
+{
+    /// <summary>
+    /// Loads a tokenizer from a folder or a file.
+    /// A folder is searched for, in order: <c>tokenizer.json</c> (byte-level BPE; a SentencePiece-style
+    /// <c>tokenizer.json</c> is passed over when <c>tokenizer.model</c> is beside it), <c>vocab.json</c> +
+    /// <c>merges.txt</c>, <c>tokenizer.model</c>, <c>tokenizer.bin</c>. A file is read by its extension:
+    /// <c>.json</c> (<c>tokenizer.json</c>, or <c>vocab.json</c> with <c>merges.txt</c> beside it),
+    /// <c>.txt</c> (merges, with <c>vocab.json</c> beside it), <c>.model</c> (SentencePiece), <c>.bin</c> (llama2.c).
+    /// For GPT-2 style files, BOS/EOS/unknown tokens come from <c>tokenizer_config.json</c> beside them when present.
+    /// </summary>
+    /// <exception cref="InputException">Nothing loadable there, or the file is malformed.</exception>
+    public static ITokenizer Load(string path)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        if (Directory.Exists(path)) return LoadFolder(path);
+        if (!File.Exists(path)) throw new InputException(path, "no such file or folder");
+
+        string folder = Path.GetDirectoryName(Path.GetFullPath(path))!;
+        string name = Path.GetFileName(path);
+        switch (Path.GetExtension(path).ToLowerInvariant())
+        {
+            case ".model":
+                return SentencePieceTokenizer.FromFile(path);
+            case ".bin":
+                return Llama2cTokenizer.FromFile(path);
+            case ".txt":
+                return LoadVocabAndMerges(Beside(path, "vocab.json"), path);
+            case ".json" when name.Equals("vocab.json", StringComparison.OrdinalIgnoreCase):
+                return LoadVocabAndMerges(path, Beside(path, "merges.txt"));
+            case ".json":
+                var (bos, eos, unk) = ReadSpecialTokens(folder);
+                return Gpt2Tokenizer.FromTokenizerJson(path, bos, eos, unk);
+            default:
+                throw new InputException(path, "unknown tokenizer file type (expected tokenizer.json, vocab.json, merges.txt, tokenizer.model or a llama2.c .bin)");
+        }
+    }
+
+    private static ITokenizer LoadFolder(string folder)
+    {
+        string json = Path.Combine(folder, "tokenizer.json");
+        string vocab = Path.Combine(folder, "vocab.json");
+        string merges = Path.Combine(folder, "merges.txt");
+        string model = Path.Combine(folder, "tokenizer.model");
+        string bin = Path.Combine(folder, "tokenizer.bin");
+
+        if (File.Exists(json))
+        {
+            var (bos, eos, unk) = ReadSpecialTokens(folder);
+            try { return Gpt2Tokenizer.FromTokenizerJson(json, bos, eos, unk); }
+            // Llama folders ship a SentencePiece-style tokenizer.json beside tokenizer.model: use the model.
+            catch (InputException) when (File.Exists(model)) { return SentencePieceTokenizer.FromFile(model); }
+        }
+        if (File.Exists(vocab) || File.Exists(merges))
+        {
+            if (File.Exists(vocab) && File.Exists(merges)) return LoadVocabAndMerges(vocab, merges);
+            if (!File.Exists(model)) throw new InputException(File.Exists(vocab) ? merges : vocab, "missing (vocab.json and merges.txt go together)");
+        }
+        if (File.Exists(model)) return SentencePieceTokenizer.FromFile(model);
+        if (File.Exists(bin)) return Llama2cTokenizer.FromFile(bin);
+        throw new InputException(folder, "no tokenizer found (looked for tokenizer.json, vocab.json + merges.txt, tokenizer.model, tokenizer.bin)");
+    }
+
+    private static Gpt2Tokenizer LoadVocabAndMerges(string vocab, string merges)
+    {
+        foreach (var f in new[] { vocab, merges })
+            if (!File.Exists(f)) throw new InputException(f, "missing (vocab.json and merges.txt go together)");
+        var (bos, eos, unk) = ReadSpecialTokens(Path.GetDirectoryName(Path.GetFullPath(vocab))!);
+        return Gpt2Tokenizer.FromFiles(vocab, merges, bos, eos, unk);
+    }
+
+    private static string Beside(string file, string name) => Path.Combine(Path.GetDirectoryName(Path.GetFullPath(file))!, name);
+
+    /// <summary>bos_token, eos_token and unk_token from a Hugging Face tokenizer_config.json, else GPT-2's defaults.</summary>
+    private static (string? Bos, string? Eos, string? Unk) ReadSpecialTokens(string folder)
+    {
+        const string d = Gpt2Tokenizer.EndOfText;
+        string config = Path.Combine(folder, "tokenizer_config.json");
+        if (!File.Exists(config)) return (d, d, d);
+        try
+        {
+            using var doc = JsonDocument.Parse(File.ReadAllBytes(config));
+            if (doc.RootElement.ValueKind != JsonValueKind.Object) throw new InputException(config, "expected a JSON object");
+            string? Token(string key)
+            {
+                if (!doc.RootElement.TryGetProperty(key, out var v)) return d;
+                return v.ValueKind switch
+                {
+                    JsonValueKind.String => v.GetString(),
+                    JsonValueKind.Object when v.TryGetProperty("content", out var c) && c.ValueKind == JsonValueKind.String => c.GetString(),
+                    JsonValueKind.Null => null,
+                    _ => throw new InputException(config, $"{key}: expected a string, {{\"content\": ...}} or null"),
+                };
+            }
+            return (Token("bos_token"), Token("eos_token"), Token("unk_token"));
+        }
+        catch (JsonException e) { throw new InputException(config, "not valid JSON: " + e.Message, e); }
+        catch (IOException e) { throw new InputException(config, "cannot read: " + e.Message, e); }
+    }
+}
