@@ -22,4 +22,25 @@ public static class PromptEncoding
         bool bos = (addBos ?? UsesBos(model)) && tokenizer.BosId is not null;
         return [.. tokenizer.Encode(prompt, bos)];
     }
+
+    /// <summary>
+    /// True when the tokenizer puts a space before the text it encodes (SentencePiece's dummy prefix,
+    /// llama2.c's encode): "x" then already encodes as the word-initial "▁x".
+    /// </summary>
+    public static bool AddsDummyPrefix(ITokenizer tokenizer)
+    {
+        var ids = tokenizer.Encode("x");
+        return ids.Count > 0 && tokenizer.TokenText(ids[0]) is [' ' or '▁', ..];
+    }
+
+    /// <summary>
+    /// Ids of a target continuation, word-initial as SPEC §3's <c>tokenize(" " + o)</c>:
+    /// <paramref name="targetPrefix"/> (default " ") is put before the target, except by default for
+    /// tokenizers that add a dummy-prefix space themselves, where " " + o would start with a lone "▁" token.
+    /// </summary>
+    public static int[] EncodeTarget(ITokenizer tokenizer, string target, string? targetPrefix = null)
+    {
+        targetPrefix ??= AddsDummyPrefix(tokenizer) ? "" : " ";
+        return [.. tokenizer.Encode(targetPrefix + target)];
+    }
 }

@@ -37,20 +37,20 @@ public static class Scorer
     /// <summary>
     /// Scores each (prompt, target): ids = [BOS] ⊕ tokenize(prompt) ⊕ tokenize(<paramref name="targetPrefix"/> + target),
     /// prompt and target tokenised separately as ROME does. <paramref name="addBos"/> defaults to
-    /// <see cref="PromptEncoding.UsesBos"/> (Llama yes, GPT-2/GPT-J no). SentencePiece tokenizers add
-    /// their own leading space, so for them " Paris" may start with a lone "▁" token; pass
-    /// <paramref name="targetPrefix"/> = "" to avoid it.
+    /// <see cref="PromptEncoding.UsesBos"/> (Llama yes, GPT-2/GPT-J no). <paramref name="targetPrefix"/>
+    /// defaults to " ", or to "" for tokenizers that add their own dummy-prefix space (SentencePiece,
+    /// llama2.c), where " Paris" would encode as a lone "▁" then "▁Paris"; see <see cref="PromptEncoding.EncodeTarget"/>.
     /// </summary>
     public static IReadOnlyList<ContinuationScore> Score(
         CausalLM model, ITokenizer tokenizer, IReadOnlyList<(string Prompt, string Target)> items,
-        int batchSize = 16, bool? addBos = null, string targetPrefix = " ")
+        int batchSize = 16, bool? addBos = null, string? targetPrefix = null)
     {
         ArgumentNullException.ThrowIfNull(items);
         var encoded = new (IReadOnlyList<int> Prompt, IReadOnlyList<int> Target)[items.Count];
         for (int i = 0; i < items.Count; i++)
         {
             var (prompt, target) = items[i];
-            encoded[i] = (PromptEncoding.Encode(model, tokenizer, prompt, addBos), tokenizer.Encode(targetPrefix + target, false).ToArray());
+            encoded[i] = (PromptEncoding.Encode(model, tokenizer, prompt, addBos), PromptEncoding.EncodeTarget(tokenizer, target, targetPrefix));
         }
         int padId = tokenizer.EosId ?? 0;
         return ScoreIds(model, encoded, batchSize, padId);

@@ -56,3 +56,21 @@ public class FixtureModelTests
         Assert.Equal(tok.Encode(" Paris"), score.TargetIds);
     }
 }
+
+public class TargetEncodingTests
+{
+    [Fact]
+    public void TargetsAreWordInitialForEveryTokenizerKind()
+    {
+        var gpt2 = TokenizerLoader.Load(TestData.Path("gpt2_tokenizer"));
+        var llama = TokenizerLoader.Load(TestData.Path("llama2_tokenizer/tokenizer.model"));
+        var llama2c = TokenizerLoader.Load(TestData.Path("llama2c_stories260K/tok512.bin"));
+        Assert.False(PromptEncoding.AddsDummyPrefix(gpt2));
+        Assert.True(PromptEncoding.AddsDummyPrefix(llama));
+        Assert.True(PromptEncoding.AddsDummyPrefix(llama2c));
+        Assert.Equal(gpt2.Encode(" Paris"), PromptEncoding.EncodeTarget(gpt2, "Paris"));
+        Assert.Equal(llama.Encode("Paris"), PromptEncoding.EncodeTarget(llama, "Paris"));
+        Assert.Single(PromptEncoding.EncodeTarget(llama, "Paris")); // "▁Paris", not "▁" + "▁Paris"
+        Assert.Equal(llama.Encode(" Paris"), PromptEncoding.EncodeTarget(llama, "Paris", targetPrefix: " "));
+    }
+}

@@ -103,6 +103,8 @@ public class Stories260KTests(Stories260KFixture f) : IClassFixture<Stories260KF
         for (int i = 0; i < items.Length; i++)
         {
             Assert.Equal(1, batched[i].PromptIds[0]); // Llama: BOS by default
+            // The tokenizer's dummy prefix makes the target word-initial; no lone " " token in front.
+            Assert.Equal(f.Tokenizer.Encode(items[i].Item2), batched[i].TargetIds);
             Assert.Equal(alone[i].ArgmaxIds, batched[i].ArgmaxIds);
             for (int j = 0; j < alone[i].TokenLogProbs.Length; j++) Assert.Equal(alone[i].TokenLogProbs[j], batched[i].TokenLogProbs[j], 1e-5);
         }
