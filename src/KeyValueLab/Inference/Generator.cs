@@ -176,7 +176,8 @@ public static class Generator
 
     /// <summary>
     /// Greedy continuations of <paramref name="prompts"/>, up to <paramref name="maxNewTokens"/> each,
-    /// a row stopping at EOS when <paramref name="stopAtEos"/>. Same tokens as one prompt at a time.
+    /// a row stopping at EOS (or BOS, as <see cref="GenerationOptions.StopAtEos"/>) when <paramref name="stopAtEos"/>.
+    /// Same tokens as one prompt at a time. <see cref="GreedyContinuation.Text"/> is the generated text alone.
     /// </summary>
     public static IReadOnlyList<GreedyContinuation> GreedyBatch(
         CausalLM model, ITokenizer tokenizer, IReadOnlyList<string> prompts, int maxNewTokens,
@@ -193,6 +194,7 @@ public static class Generator
         }
         var stopIds = new List<int>();
         if (stopAtEos && tokenizer.EosId is int eos) stopIds.Add(eos);
+        if (stopAtEos && tokenizer.BosId is int bos) stopIds.Add(bos);
         var newIds = GreedyBatchIds(model, encoded, maxNewTokens, stopIds, batchSize, padId: tokenizer.EosId ?? 0);
         return [.. encoded.Select((p, i) => new GreedyContinuation(p, newIds[i], tokenizer.Decode(newIds[i])))];
     }
