@@ -55,7 +55,7 @@ public sealed class HfCheckpoint : ICheckpoint
 
     public JsonObject Config { get; }
 
-    /// <summary>The safetensors files, in shard order.</summary>
+    /// <summary>The safetensors files, sorted by file name (model-00001-of-… first).</summary>
     public IReadOnlyList<SafetensorsFile> Shards { get; }
 
     /// <summary>Every tensor, shard by shard, in file order within each shard.</summary>
@@ -93,6 +93,9 @@ public sealed class HfCheckpoint : ICheckpoint
         throw new InputException(folder, $"no {SingleFile} or {IndexFile}{hint}");
     }
 
+    /// <summary>Largest JSON file read (configs and indexes are kilobytes; this only bounds a wrong file).</summary>
+    private const long MaxJsonBytes = 64 << 20;
+
     /// <summary>Reads a JSON object file, turning every problem into an <see cref="InputException"/> naming it.</summary>
     internal static JsonObject ReadJsonObject(string path)
     {
@@ -100,18 +103,32 @@ public sealed class HfCheckpoint : ICheckpoint
         JsonNode? node;
         try
         {
-            using var stream = File.OpenRead(path);
-            node = JsonNode.Parse(stream, documentOptions: new JsonDocumentOptions { AllowTrailingCommas = false, MaxDepth = 64 });
+            long length = new FileInfo(path).Length;
+            if (length > MaxJsonBytes) throw new InputException(path, $"is {length} bytes, too large for a JSON config (limit {MaxJsonBytes})");
+            byte[] bytes = File.ReadAllBytes(path);
+            if (!System.Text.Unicode.Utf8.IsValid(bytes)) throw new InputException(path, "not valid JSON: invalid UTF-8 bytes");
+            node = JsonNode.Parse(bytes, documentOptions: new JsonDocumentOptions { MaxDepth = 64 });
+            Materialise(node); // JsonObject builds its dictionary lazily; surface duplicate keys now.
         }
         catch (JsonException e)
         {
             throw new InputException(path, $"not valid JSON: {e.Message}", e);
+        }
+        catch (ArgumentException e)
+        {
+            throw new InputException(path, $"not valid JSON: duplicate key ({e.Message})", e);
         }
         catch (IOException e)
         {
             throw new InputException(path, $"cannot read: {e.Message}", e);
         }
         return node as JsonObject ?? throw new InputException(path, $"must be a JSON object, found {node?.GetValueKind().ToString() ?? "null"}");
+    }
+
+    private static void Materialise(JsonNode? node)
+    {
+        if (node is JsonObject o) foreach (var (_, child) in o) Materialise(child);
+        else if (node is JsonArray a) foreach (var child in a) Materialise(child);
     }
 
     private static JsonObject ReadConfig(string path) => ReadJsonObject(path);
@@ -154,6 +171,7 @@ public sealed class HfCheckpoint : ICheckpoint
                 if (!shardOf.ContainsKey(t.Name))
                     throw new InputException(shard.SourcePath, $"holds tensor {t.Name}, which {IndexFile} does not list");
 
+        order.Sort((a, b) => string.CompareOrdinal(a.SourcePath, b.SourcePath));
         return new HfCheckpoint(folder, config, order, shardOf);
     }
 

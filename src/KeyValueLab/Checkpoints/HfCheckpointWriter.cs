@@ -21,6 +21,44 @@ public static class HfCheckpointWriter
 {
     private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true, Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 
+    /// <summary>
+    /// Writes every tensor of <paramref name="source"/> into a Hugging Face folder, reading one tensor at a
+    /// time (e.g. a llama2.c file converted to the Hugging Face layout, or a checkpoint re-stored as BF16).
+    /// </summary>
+    /// <param name="source">The tensors, written under their stored names.</param>
+    /// <param name="folder">The target folder.</param>
+    /// <param name="config">Written as config.json.</param>
+    /// <param name="dtype">The dtype to store; null keeps each tensor's stored dtype (bytes copied exactly).</param>
+    /// <param name="maxShardBytes">As in <see cref="Save"/>.</param>
+    /// <param name="overwrite">As in <see cref="Save"/>.</param>
+    /// <param name="metadata">As in <see cref="Save"/>.</param>
+    /// <param name="extraFiles">As in <see cref="Save"/>.</param>
+    public static IReadOnlyList<string> SaveFrom(
+        ITensorSource source,
+        string folder,
+        JsonObject config,
+        string? dtype = null,
+        long? maxShardBytes = null,
+        bool overwrite = false,
+        IReadOnlyDictionary<string, string>? metadata = null,
+        IEnumerable<string>? extraFiles = null)
+    {
+        var tensors = source.Tensors.Select(info =>
+        {
+            string target = dtype ?? info.DType;
+            bool exact = target == info.DType && source is HfCheckpoint or SafetensorsFile;
+            return TensorToSave.Lazy(info.Name, info.Shape, target, () => exact ? ReadStored(source, info.Name) : source.ReadFloat32(info.Name));
+        });
+        return Save(folder, config, tensors, maxShardBytes, overwrite, metadata, extraFiles);
+    }
+
+    private static TorchSharp.torch.Tensor ReadStored(ITensorSource source, string name) => source switch
+    {
+        HfCheckpoint h => h.ReadStored(name),
+        SafetensorsFile f => f.ReadStored(name),
+        _ => source.ReadFloat32(name),
+    };
+
     /// <summary>Writes the folder. Returns the paths of the weight files written.</summary>
     /// <param name="folder">The target folder.</param>
     /// <param name="config">Written as config.json.</param>

@@ -75,12 +75,10 @@ public sealed class Llama2cCheckpoint : ICheckpoint
         }
 
         var header = Validate(path, raw);
-        List<Slot> slots;
         long expected;
         try
         {
-            slots = Layout(header, out long totalFloats);
-            expected = checked(HeaderBytes + 4 * totalFloats);
+            expected = checked(HeaderBytes + 4 * FloatCount(header));
         }
         catch (OverflowException)
         {
@@ -91,6 +89,9 @@ public sealed class Llama2cCheckpoint : ICheckpoint
                 $"file is {length} bytes but its header (dim {header.Dim}, hidden {header.HiddenDim}, layers {header.NumLayers}, heads {header.NumHeads}, " +
                 $"kv heads {header.NumKvHeads}, vocab {(header.SharedClassifier ? "" : "-")}{header.VocabSize}, seq_len {header.SeqLen}) implies {expected} bytes" +
                 (length < expected ? " (truncated?)" : " (extra bytes: not a llama2.c v0 file, or a newer version?)"));
+        // Only now, with the size confirmed, is the layer count small enough to list every tensor.
+        var slots = Layout(header, out long totalFloats);
+        if (totalFloats != FloatCount(header)) throw new InvalidOperationException("llama2.c layout and size disagree");
         return new Llama2cCheckpoint(path, header, slots);
     }
 
@@ -102,7 +103,7 @@ public sealed class Llama2cCheckpoint : ICheckpoint
         for (int i = 0; i < 7; i++)
         {
             long v = i == 5 ? Math.Abs((long)h[i]) : h[i];
-            if (v <= 0) throw new InputException(path, $"header field {names[i]} is {h[i]}; it must be positive");
+            if (v <= 0 || v > int.MaxValue) throw new InputException(path, $"header field {names[i]} is {h[i]}; it must be positive");
         }
         var header = new Llama2cHeader(h[0], h[1], h[2], h[3], h[4], (int)Math.Abs((long)h[5]), h[6], h[5] > 0);
         if (header.Dim % header.NumHeads != 0)
@@ -112,6 +113,18 @@ public sealed class Llama2cCheckpoint : ICheckpoint
         if (header.HeadSize % 2 != 0)
             throw new InputException(path, $"header is inconsistent: head size {header.HeadSize} (dim / n_heads) must be even for rotary embeddings");
         return header;
+    }
+
+    /// <summary>Floats after the header, as run.c's memory_map_weights lays them out.</summary>
+    private static long FloatCount(Llama2cHeader h)
+    {
+        checked
+        {
+            long L = h.NumLayers, dim = h.Dim, hidden = h.HiddenDim, kv = h.KvDim, vocab = h.VocabSize;
+            long perLayer = dim + dim * dim + 2 * kv * dim + dim * dim + dim + 3 * hidden * dim;
+            long freqs = 2L * h.SeqLen * (h.HeadSize / 2);
+            return vocab * dim + L * perLayer + dim + freqs + (h.SharedClassifier ? 0 : vocab * dim);
+        }
     }
 
     /// <summary>run.c's memory_map_weights order, with Hugging Face names.</summary>

@@ -96,6 +96,8 @@ public sealed class SafetensorsFile : ITensorSource
         long dataStart = 8 + header.LongLength;
         long dataLength = fileLength - dataStart;
 
+        if (!System.Text.Unicode.Utf8.IsValid(header))
+            throw new InputException(path, "header is not valid UTF-8 JSON: invalid UTF-8 bytes");
         JsonDocument doc;
         try
         {

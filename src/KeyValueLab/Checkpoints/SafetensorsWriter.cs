@@ -5,12 +5,56 @@ using TorchSharp;
 
 namespace KeyValueLab.Checkpoints;
 
-/// <summary>One tensor to save: its name, the tensor (any float dtype, any device) and the dtype to store (F32, F16 or BF16).</summary>
-public readonly record struct TensorToSave(string Name, torch.Tensor Tensor, string DType = SafetensorsDType.F32)
+/// <summary>
+/// One tensor to save: its name, the dtype to store (F32, F16 or BF16, narrowed from whatever float
+/// dtype the tensor has), and either the tensor itself or a function that reads it when its turn
+/// comes (so a whole checkpoint can be converted holding one tensor at a time).
+/// </summary>
+public sealed class TensorToSave
 {
+    public string Name { get; }
+    public string DType { get; }
+    public long[] Shape { get; }
+
+    /// <summary>The tensor, when given in memory; null for a lazily read one.</summary>
+    public torch.Tensor? Tensor { get; }
+
+    private readonly Func<torch.Tensor>? _read;
+
+    /// <summary>A tensor already in memory (any float dtype, any device); it is not disposed.</summary>
+    public TensorToSave(string name, torch.Tensor tensor, string dtype = SafetensorsDType.F32)
+    {
+        Name = name;
+        Tensor = tensor;
+        DType = dtype;
+        Shape = tensor.shape;
+    }
+
+    private TensorToSave(string name, long[] shape, string dtype, Func<torch.Tensor> read)
+    {
+        Name = name;
+        Shape = shape;
+        DType = dtype;
+        _read = read;
+    }
+
+    /// <summary>A tensor read by <paramref name="read"/> only while it is written, then disposed.</summary>
+    public static TensorToSave Lazy(string name, long[] shape, string dtype, Func<torch.Tensor> read) => new(name, shape, dtype, read);
+
     public static implicit operator TensorToSave((string name, torch.Tensor tensor, string dtype) t) => new(t.name, t.tensor, t.dtype);
 
-    internal long ByteCount => Tensor.numel() * SafetensorsDType.ElementSize(DType);
+    internal long ByteCount => Shape.Aggregate(1L, (a, b) => checked(a * b)) * SafetensorsDType.ElementSize(DType);
+
+    /// <summary>The tensor to write; call inside a dispose scope, which then owns a lazily read one.</summary>
+    internal torch.Tensor Load()
+    {
+        var t = Tensor ?? _read!();
+        if (!t.shape.AsSpan().SequenceEqual(Shape))
+            throw new InvalidOperationException($"tensor {Name} was announced as [{string.Join(", ", Shape)}] but is [{string.Join(", ", t.shape)}]");
+        if (!t.is_floating_point())
+            throw new ArgumentException($"tensor {Name} is {t.dtype}, not a float tensor");
+        return t;
+    }
 }
 
 /// <summary>
@@ -58,7 +102,7 @@ public static class SafetensorsWriter
         foreach (var t in ordered)
         {
             using var scope = torch.NewDisposeScope();
-            var stored = t.Tensor.detach().cpu().to(SafetensorsDType.ToScalarType(t.DType)).contiguous();
+            var stored = t.Load().detach().cpu().to(SafetensorsDType.ToScalarType(t.DType)).contiguous();
             long before = stream.CanSeek ? stream.Position : -1;
             TensorBytes.WriteTo(stream, stored);
             if (before >= 0 && stream.Position - before != t.ByteCount)
@@ -79,8 +123,8 @@ public static class SafetensorsWriter
             if (!names.Add(t.Name)) throw new ArgumentException($"tensor {t.Name} given twice", nameof(tensors));
             if (!SafetensorsDType.IsSupported(t.DType))
                 throw new ArgumentException($"tensor {t.Name}: cannot store dtype {t.DType} (supported: F32, F16, BF16)", nameof(tensors));
-            if (!t.Tensor.is_floating_point())
-                throw new ArgumentException($"tensor {t.Name} is {t.Tensor.dtype}, not a float tensor", nameof(tensors));
+            if (t.Tensor is { } inMemory && !inMemory.is_floating_point())
+                throw new ArgumentException($"tensor {t.Name} is {inMemory.dtype}, not a float tensor", nameof(tensors));
         }
     }
 
@@ -105,7 +149,7 @@ public static class SafetensorsWriter
                 json.WriteStartObject(t.Name);
                 json.WriteString("dtype", t.DType);
                 json.WriteStartArray("shape");
-                foreach (long d in t.Tensor.shape) json.WriteNumberValue(d);
+                foreach (long d in t.Shape) json.WriteNumberValue(d);
                 json.WriteEndArray();
                 json.WriteStartArray("data_offsets");
                 json.WriteNumberValue(offset);

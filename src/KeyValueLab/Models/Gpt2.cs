@@ -98,22 +98,22 @@ public sealed class Gpt2Block : nn.Module<Tensor, AttentionContext, Tensor>
 /// <summary>The body (<c>transformer.*</c>): token and position embeddings, blocks <c>h</c>, final LayerNorm.</summary>
 public sealed class Gpt2Model : nn.Module<Tensor, AttentionContext, Tensor>
 {
-    [ComponentName(Name = "wte")] private readonly Embedding _wte;
-    [ComponentName(Name = "wpe")] private readonly Embedding _wpe;
+    [ComponentName(Name = "wte")] private readonly TokenEmbedding _wte;
+    [ComponentName(Name = "wpe")] private readonly TokenEmbedding _wpe;
     [ComponentName(Name = "h")] private readonly ModuleList<Gpt2Block> _h;
     [ComponentName(Name = "ln_f")] private readonly LayerNorm _lnF;
 
     public Gpt2Model(ModelConfig config, Gpt2Options options, Device? device) : base("transformer")
     {
-        _wte = nn.Embedding(config.VocabSize, config.HiddenSize, device: device);
-        _wpe = nn.Embedding(config.MaxPositions, config.HiddenSize, device: device);
+        _wte = new TokenEmbedding(config.VocabSize, config.HiddenSize, device);
+        _wpe = new TokenEmbedding(config.MaxPositions, config.HiddenSize, device);
         _h = nn.ModuleList(Enumerable.Range(0, config.NumLayers).Select(i => new Gpt2Block(i, config, options, device)).ToArray());
         _lnF = nn.LayerNorm(config.HiddenSize, options.LayerNormEps, device: device);
         RegisterComponents();
     }
 
-    public Embedding Wte => _wte;
-    public Embedding Wpe => _wpe;
+    public TokenEmbedding Wte => _wte;
+    public TokenEmbedding Wpe => _wpe;
     public ModuleList<Gpt2Block> H => _h;
 
     /// <summary>Final hidden states <c>[B, T, C]</c> after <c>ln_f</c>.</summary>
@@ -187,7 +187,7 @@ public sealed class Gpt2 : CausalLM
         if (maxPosition >= Config.MaxPositions)
             throw new ArgumentException($"position {maxPosition} is past GPT-2's n_positions {Config.MaxPositions}");
         var x = _transformer.call(inputIds, ctx);                                             // [B, T, C]
-        var logits = _lmHead is null ? nn.functional.linear(x, _transformer.Wte.weight!) : _lmHead.call(x);  // [B, T, V]
+        var logits = _lmHead is null ? nn.functional.linear(x, _transformer.Wte.weight) : _lmHead.call(x);  // [B, T, V]
         return logits.MoveToOuterDisposeScope();
     }
 

@@ -123,19 +123,19 @@ public sealed class GptjBlock : nn.Module<Tensor, AttentionContext, Tensor>
 /// <summary>The body (<c>transformer.*</c>): token embedding <c>wte</c>, blocks <c>h</c>, final LayerNorm <c>ln_f</c>.</summary>
 public sealed class GptjModel : nn.Module<Tensor, AttentionContext, Tensor>
 {
-    [ComponentName(Name = "wte")] private readonly Embedding _wte;
+    [ComponentName(Name = "wte")] private readonly TokenEmbedding _wte;
     [ComponentName(Name = "h")] private readonly ModuleList<GptjBlock> _h;
     [ComponentName(Name = "ln_f")] private readonly LayerNorm _lnF;
 
     public GptjModel(ModelConfig config, GptjOptions options, Device? device) : base("transformer")
     {
-        _wte = nn.Embedding(config.VocabSize, config.HiddenSize, device: device);
+        _wte = new TokenEmbedding(config.VocabSize, config.HiddenSize, device);
         _h = nn.ModuleList(Enumerable.Range(0, config.NumLayers).Select(i => new GptjBlock(i, config, options, device)).ToArray());
         _lnF = nn.LayerNorm(config.HiddenSize, options.LayerNormEps, device: device);
         RegisterComponents();
     }
 
-    public Embedding Wte => _wte;
+    public TokenEmbedding Wte => _wte;
     public ModuleList<GptjBlock> H => _h;
 
     public override Tensor forward(Tensor inputIds, AttentionContext ctx)

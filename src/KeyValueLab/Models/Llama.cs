@@ -143,19 +143,19 @@ public sealed class LlamaDecoderLayer : nn.Module<Tensor, AttentionContext, Tens
 /// <summary>The body (<c>model.*</c>): <c>embed_tokens</c>, <c>layers</c>, final <c>norm</c>.</summary>
 public sealed class LlamaModel : nn.Module<Tensor, AttentionContext, Tensor>
 {
-    [ComponentName(Name = "embed_tokens")] private readonly Embedding _embedTokens;
+    [ComponentName(Name = "embed_tokens")] private readonly TokenEmbedding _embedTokens;
     [ComponentName(Name = "layers")] private readonly ModuleList<LlamaDecoderLayer> _layers;
     [ComponentName(Name = "norm")] private readonly LlamaRmsNorm _norm;
 
     public LlamaModel(ModelConfig config, LlamaOptions options, Device? device) : base("model")
     {
-        _embedTokens = nn.Embedding(config.VocabSize, config.HiddenSize, device: device);
+        _embedTokens = new TokenEmbedding(config.VocabSize, config.HiddenSize, device);
         _layers = nn.ModuleList(Enumerable.Range(0, config.NumLayers).Select(i => new LlamaDecoderLayer(i, config, options, device)).ToArray());
         _norm = new LlamaRmsNorm(config.HiddenSize, options.RmsNormEps, device);
         RegisterComponents();
     }
 
-    public Embedding EmbedTokens => _embedTokens;
+    public TokenEmbedding EmbedTokens => _embedTokens;
     public ModuleList<LlamaDecoderLayer> Layers => _layers;
 
     public override Tensor forward(Tensor inputIds, AttentionContext ctx)
@@ -240,7 +240,7 @@ public sealed class Llama : CausalLM
         var ctx = AttentionContext.Build(inputIds, attentionMask, positionIds, cache);
         (ctx.Cos, ctx.Sin) = HalfRotary.Tables(ctx.Positions, Config.HeadDim, _options.RopeTheta, _options.RopePositionScale);
         var x = _model.call(inputIds, ctx);                                                            // [B, T, C]
-        var logits = _lmHead is null ? nn.functional.linear(x, _model.EmbedTokens.weight!) : _lmHead.call(x);  // [B, T, V]
+        var logits = _lmHead is null ? nn.functional.linear(x, _model.EmbedTokens.weight) : _lmHead.call(x);  // [B, T, V]
         return logits.MoveToOuterDisposeScope();
     }
 

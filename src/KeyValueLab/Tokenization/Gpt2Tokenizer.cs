@@ -6,7 +6,7 @@ using Microsoft.ML.Tokenizers;
 namespace KeyValueLab.Tokenization;
 
 /// <summary>
-/// GPT-2 byte-level BPE (also GPT-J, GPT-Neo, RoBERTa-style vocabularies): GPT-2's pre-tokenisation regex,
+/// GPT-2 byte-level BPE (the GPT-2 / GPT-J vocabulary and others built the same way): GPT-2's pre-tokenisation regex,
 /// bytes mapped to printable characters, then the ranked merges. Encoding is done by Microsoft.ML.Tokenizers'
 /// <see cref="BpeTokenizer"/>, which gives Hugging Face's ids exactly; added tokens such as <c>&lt;|endoftext|&gt;</c>
 /// are recognised in the text, as Hugging Face does.

@@ -1,0 +1,34 @@
+using System.Security.Cryptography;
+using System.Text;
+using static TorchSharp.torch;
+
+namespace KeyValueLab.Models;
+
+/// <summary>A SHA-256 fingerprint of a model's parameters, for bit-exact comparisons in tests and logs.</summary>
+public static class ParameterHash
+{
+    private const long ChunkBytes = 1 << 26;
+
+    /// <summary>
+    /// Lower-case hex SHA-256 over every parameter in ordinal name order: name, dtype, shape, then the raw
+    /// bytes of its values (contiguous, on the CPU). Equal hashes mean bit-identical parameters.
+    /// </summary>
+    public static string Sha256(nn.Module model, IEnumerable<string>? names = null)
+    {
+        var parameters = model.named_parameters().ToDictionary(p => p.name, p => p.parameter, StringComparer.Ordinal);
+        var chosen = (names ?? parameters.Keys).Distinct().Order(StringComparer.Ordinal);
+        using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        foreach (string name in chosen)
+        {
+            var p = parameters.TryGetValue(name, out var found) ? found : throw new ArgumentException($"the model has no parameter {name}", nameof(names));
+            sha.AppendData(Encoding.UTF8.GetBytes($"{name}\0{p.dtype}\0{string.Join(",", p.shape)}\0"));
+            using var scope = NewDisposeScope();
+            var flat = p.detach().cpu().contiguous().view(-1);
+            long count = flat.numel(), perChunk = Math.Max(1, ChunkBytes / flat.ElementSize);
+            for (long start = 0; start < count; start += perChunk)
+                using (var part = flat.narrow(0, start, Math.Min(perChunk, count - start)))
+                    sha.AppendData(part.bytes);
+        }
+        return Convert.ToHexStringLower(sha.GetHashAndReset());
+    }
+}

@@ -1,0 +1,26 @@
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using ComponentName = TorchSharp.Utils.ComponentNameAttribute;
+
+namespace KeyValueLab.Models;
+
+/// <summary>
+/// A lookup table <c>weight</c> <c>[count, dim]</c> (token or position embeddings). TorchSharp's
+/// nn.Embedding always builds and initialises its table on the CPU before moving it, which for real
+/// vocabularies costs seconds even on the meta device; this one allocates where it is asked to.
+/// </summary>
+public sealed class TokenEmbedding : nn.Module<Tensor, Tensor>
+{
+    [ComponentName(Name = "weight")] private readonly Parameter _weight;
+
+    public TokenEmbedding(long count, long dim, Device? device) : base("embedding")
+    {
+        using (no_grad()) _weight = new Parameter(empty(count, dim, ScalarType.Float32, device).normal_(0.0, 0.02));
+        RegisterComponents();
+    }
+
+    public Parameter weight => _weight;
+
+    /// <summary>Rows of the table for <paramref name="ids"/> <c>[...]</c> → <c>[..., dim]</c>.</summary>
+    public override Tensor forward(Tensor ids) => _weight.index_select(0, ids.reshape(-1)).view([.. ids.shape, _weight.shape[1]]);
+}
