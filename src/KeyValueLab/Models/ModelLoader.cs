@@ -170,7 +170,7 @@ public static class ModelLoader
         }
         finally
         {
-            foreach (var t in tensors) t.Tensor.Dispose();
+            foreach (var t in tensors) t.Tensor?.Dispose();
         }
     }
 
