@@ -1,6 +1,28 @@
-using KeyValueLab.Native;
-using TorchSharp;
-TorchRuntime.EnsureLoaded();
-var t = torch.ones(3, 3);
-Console.WriteLine(t.matmul(t).sum().item<float>());
-Console.Error.WriteLine($"patched={TorchRuntime.PatchedLibraryPath} missing={string.Join(",", TorchRuntime.MissingVersions)}");
+using System.CommandLine;
+using KeyValueLab.Cli.Commands;
+
+namespace KeyValueLab.Cli;
+
+/// <summary><c>kvlab</c>: thin commands over the KeyValueLab library.</summary>
+public static class Program
+{
+    public static int Main(string[] args) => Run(args, Console.Out, Console.Error);
+
+    /// <summary>Parses and runs one command line; tests call this with their own writers.</summary>
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        var root = new RootCommand("KeyValueLab: study and change what transformer language models know by updating the keys or the values of their feed-forward layers.");
+        root.Subcommands.Add(GenerateCommand.Create(stdout, stderr));
+        root.Subcommands.Add(InspectCommand.Create(stdout, stderr));
+
+        var parse = root.Parse(args);
+        if (parse.Errors.Count > 0)
+        {
+            foreach (var error in parse.Errors) stderr.WriteLine($"kvlab: {error.Message}");
+            stderr.WriteLine("Try 'kvlab --help'.");
+            return ExitCodes.Usage;
+        }
+        var config = new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false };
+        return parse.Invoke(config);
+    }
+}

@@ -191,7 +191,7 @@ public sealed class Gpt2 : CausalLM
 
     /// <summary>Logits through the tied token embedding (or <c>lm_head</c> when untied).</summary>
     public override Tensor Logits(Tensor hidden) =>
-        _lmHead is null ? nn.functional.linear(hidden, _transformer.Wte.weight) : _lmHead.call(hidden);  // [..., V]
+        Unembedding.Project(hidden, _lmHead?.weight ?? _transformer.Wte.weight!, _lmHead?.bias);  // [..., V]
 
     public override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => _transformer.H[CheckLayer(layer)];
 

@@ -216,7 +216,7 @@ public sealed class Gptj : CausalLM
     }
 
     /// <summary>Logits through <c>lm_head</c> (weight and bias).</summary>
-    public override Tensor Logits(Tensor hidden) => _lmHead.call(hidden);  // [..., V]
+    public override Tensor Logits(Tensor hidden) => Unembedding.Project(hidden, _lmHead.weight!, _lmHead.bias);  // [..., V]
 
     public override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => _transformer.H[CheckLayer(layer)];
 

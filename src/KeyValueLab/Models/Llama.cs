@@ -244,7 +244,7 @@ public sealed class Llama : CausalLM
 
     /// <summary>Logits through <c>lm_head</c>, or the tied token embedding.</summary>
     public override Tensor Logits(Tensor hidden) =>
-        _lmHead is null ? nn.functional.linear(hidden, _model.EmbedTokens.weight) : _lmHead.call(hidden);  // [..., V]
+        Unembedding.Project(hidden, _lmHead?.weight ?? _model.EmbedTokens.weight!, _lmHead?.bias);  // [..., V]
 
     public override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => _model.Layers[CheckLayer(layer)];
 

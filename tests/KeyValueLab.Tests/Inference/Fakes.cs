@@ -61,7 +61,15 @@ internal sealed class BigramLM : CausalLM
     public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null) =>
         _table.index_select(0, inputIds.flatten()).view(inputIds.shape[0], inputIds.shape[1], -1);
 
+    /// <summary>The looked-up table rows are already the logits: Hidden is the lookup, Logits the identity.</summary>
+    public override Tensor Hidden(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null) =>
+        Forward(inputIds, attentionMask, positionIds, cache);
+
+    public override Tensor Logits(Tensor hidden) => hidden;
+
     public override FfnParts Ffn(int layer) => throw new NotSupportedException();
+
+    public override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => throw new NotSupportedException();
 
     /// <summary>A random table where each row's argmax is <paramref name="next"/>(row), by a clear margin.</summary>
     public static float[,] TableWithChain(int vocab, Func<int, int> next, int seed)
@@ -108,7 +116,14 @@ internal sealed class TinyLM : CausalLM
 
     public override ModelConfig Config => _config;
 
-    public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
+    public override Tensor Forward(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null) =>
+        Logits(Hidden(inputIds, attentionMask, positionIds, cache));
+
+    public override Tensor Logits(Tensor hidden) => lm_head.call(hidden);
+
+    public override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => throw new NotSupportedException();
+
+    public override Tensor Hidden(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
         long b = inputIds.shape[0], t = inputIds.shape[1], past = cache?.Length ?? 0, total = past + t;
         positionIds ??= (arange(t, dtype: ScalarType.Int64) + past).unsqueeze(0).expand(b, t);
@@ -117,7 +132,7 @@ internal sealed class TinyLM : CausalLM
         if (attentionMask is not null) allowed = allowed.logical_and(attentionMask.to(ScalarType.Bool).unsqueeze(1));
         var bias = zeros(allowed.shape).masked_fill(allowed.logical_not(), -1e9f).unsqueeze(1); // [B, 1, T, S]
         for (int i = 0; i < h.Count; i++) x = h[i].Run(x, bias, cache, i);
-        return lm_head.call(ln_f.call(x));
+        return ln_f.call(x);
     }
 
     public override FfnParts Ffn(int layer) =>

@@ -1,0 +1,57 @@
+using KeyValueLab.Native;
+
+namespace KeyValueLab.Cli;
+
+/// <summary>Process exit codes of <c>kvlab</c>.</summary>
+public static class ExitCodes
+{
+    public const int Ok = 0;
+    /// <summary>An unexpected failure inside kvlab (a bug): the message says what.</summary>
+    public const int Internal = 1;
+    /// <summary>Bad input: a file, a config, a dataset row or a command-line value.</summary>
+    public const int BadInput = 2;
+    /// <summary>Command-line usage error (unknown option, missing value).</summary>
+    public const int Usage = 2;
+    /// <summary>The native tensor runtime could not be loaded on this system.</summary>
+    public const int Runtime = 3;
+    public const int Interrupted = 130;
+}
+
+/// <summary>Runs a command body and turns failures into one line on stderr and an exit code.</summary>
+internal static class CommandRunner
+{
+    public static int Run(TextWriter stderr, Func<int> body)
+    {
+        try
+        {
+            TorchRuntime.EnsureLoaded();
+            return body();
+        }
+        catch (InputException e)
+        {
+            stderr.WriteLine($"kvlab: {e.Message}");
+            return ExitCodes.BadInput;
+        }
+        catch (UsageException e)
+        {
+            stderr.WriteLine($"kvlab: {e.Message}");
+            return ExitCodes.Usage;
+        }
+        catch (TorchRuntimeException e)
+        {
+            stderr.WriteLine($"kvlab: {e.Message}");
+            return ExitCodes.Runtime;
+        }
+        catch (OperationCanceledException)
+        {
+            stderr.WriteLine("kvlab: interrupted");
+            return ExitCodes.Interrupted;
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            stderr.WriteLine($"kvlab: internal error: {e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")}");
+            if (Environment.GetEnvironmentVariable("KVLAB_DEBUG") == "1") stderr.WriteLine(e);
+            return ExitCodes.Internal;
+        }
+    }
+}

@@ -1,0 +1,36 @@
+using KeyValueLab.Models;
+using static TorchSharp.torch;
+
+namespace KeyValueLab.Tests.Models;
+
+public class UnembeddingTests
+{
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void SlicedProjectionEqualsOneLinear(bool withBias)
+    {
+        using var scope = NewDisposeScope();
+        var gen = new TorchSharp.torch.Generator(7);
+        var hidden = randn([3, 9, 24], generator: gen);                   // [B, T, d]: 27 rows, enough to slice
+        var weight = randn([4 * Unembedding.Slice + 123, 24], generator: gen); // vocab not a multiple of the slice
+        var bias = withBias ? randn([weight.shape[0]], generator: gen) : null;
+        var expected = nn.functional.linear(hidden, weight, bias);
+        using var noGrad = no_grad();
+        var sliced = Unembedding.Project(hidden, weight, bias);
+        Assert.Equal(expected.shape, sliced.shape);
+        Assert.True(sliced.is_contiguous());
+        Assert.True(expected.allclose(sliced, rtol: 0, atol: 1e-5), $"max diff {(expected - sliced).abs().max().item<float>()}");
+    }
+
+    [Fact]
+    public void WithGradientsTheSingleLinearKeepsTheGraph()
+    {
+        using var scope = NewDisposeScope();
+        var hidden = randn([2, 20, 8]);
+        var weight = randn([5 * Unembedding.Slice, 8]).requires_grad_();
+        var logits = Unembedding.Project(hidden, weight);
+        logits.sum().backward();
+        Assert.NotNull(weight.grad);
+    }
+}
