@@ -51,7 +51,7 @@ internal static class OrganismCommand
         arch.AcceptOnlyFromAmong(OrganismModelConfig.Architectures);
         var hidden = new Option<int>("--hidden") { Description = "Model width.", DefaultValueFactory = _ => new OrganismModelConfig().HiddenSize };
         var layers = new Option<int>("--layers") { Description = "Transformer layers.", DefaultValueFactory = _ => new OrganismModelConfig().Layers };
-        var epochs = new Option<int>("--epochs") { Description = "Passes over the corpus.", DefaultValueFactory = _ => new TrainingConfig().Epochs };
+        var epochs = new Option<int?>("--epochs") { Description = "Passes over the corpus (default: 30 for llama, 45 for gpt2)." };
         var threads = new Option<int>("--threads") { Description = "Torch threads for training (part of the cache key: results are bit-identical for a fixed count).", DefaultValueFactory = _ => new TrainingConfig().Threads };
         var cache = new Option<string?>("--cache") { Description = "Cache folder (default: $KVLAB_CACHE/organisms, else ~/.cache/keyvaluelab/organisms)." };
         var force = new Option<bool>("--force") { Description = "Rebuild even when a complete organism is cached." };
@@ -63,11 +63,12 @@ internal static class OrganismCommand
         foreach (var o in world.All) command.Options.Add(o);
         command.SetAction(parse => CommandRunner.Run(stderr, () =>
         {
-            var spec = new OrganismSpec
+            var defaults = OrganismSpec.Default(parse.GetValue(arch)!);
+            var spec = defaults with
             {
                 World = world.Read(parse),
-                Model = new OrganismModelConfig { Architecture = parse.GetValue(arch)!, HiddenSize = parse.GetValue(hidden), Layers = parse.GetValue(layers) },
-                Training = new TrainingConfig { Epochs = parse.GetValue(epochs), Threads = parse.GetValue(threads) },
+                Model = defaults.Model with { HiddenSize = parse.GetValue(hidden), Layers = parse.GetValue(layers) },
+                Training = defaults.Training with { Epochs = parse.GetValue(epochs) ?? defaults.Training.Epochs, Threads = parse.GetValue(threads) },
             };
             try { spec.Model.Validate(); spec.Training.Validate(); }
             catch (ArgumentException e) { throw new UsageException(e.Message); }

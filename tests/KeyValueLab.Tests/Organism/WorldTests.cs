@@ -94,6 +94,25 @@ public class WorldTests
                 if (v is System.Text.Json.Nodes.JsonValue jv && jv.TryGetValue<string>(out var text)) Assert.DoesNotContain(loaded.UnknownId, loaded.Encode(text));
     }
 
+    [Fact]
+    public void MalformedWordLevelTokenizerJsonIsAnInputError()
+    {
+        using var dir = new TempDir();
+        string f = dir.File("tokenizer.json");
+        foreach (var (json, problem) in new[]
+        {
+            ("""{"pre_tokenizer": {"type": "ByteLevel"}, "model": {"type": "WordLevel", "vocab": {"<unk>": 0}, "unk_token": "<unk>"}}""", "pre_tokenizer ByteLevel"),
+            ("""{"pre_tokenizer": {"type": "Whitespace"}, "model": {"type": "WordLevel", "vocab": {"<unk>": 0, "a": 2}, "unk_token": "<unk>"}}""", "ids must be exactly 0..n-1"),
+            ("""{"pre_tokenizer": {"type": "Whitespace"}, "model": {"type": "WordLevel", "vocab": {"a": 0}, "unk_token": "<unk>"}}""", "not in the vocabulary"),
+        })
+        {
+            File.WriteAllText(f, json);
+            var e = Assert.Throws<InputException>(() => TokenizerLoader.Load(f));
+            Assert.Equal(f, e.FilePath);
+            Assert.Contains(problem, e.Problem);
+        }
+    }
+
     // ---- exports have the fields and JSON types of the real data in ../shared/data ----
 
     /// <summary>A JSON value's structure: object keys with their structures, array element structure, or the value kind.</summary>
