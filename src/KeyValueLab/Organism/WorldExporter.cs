@@ -91,7 +91,7 @@ public static class WorldExporter
             yield return new JsonObject
             {
                 ["case_id"] = caseId++,
-                ["pararel_idx"] = world.Facts.Count == 0 ? 0 : fact.Subject * world.Relations.Count + fact.Relation,
+                ["pararel_idx"] = fact.Subject * world.Relations.Count + fact.Relation,  // the fact's index in world.json
                 ["requested_rewrite"] = new JsonObject
                 {
                     ["prompt"] = world.Template(fact, rewrite),
