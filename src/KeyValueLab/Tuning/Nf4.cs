@@ -75,6 +75,9 @@ public sealed class Nf4Tensor : IDisposable
     private static readonly float[] Nf4Midpoints = Nf4Codes.Midpoints(Nf4Codes.Nf4);
     private static readonly float[] DynamicMidpoints = Nf4Codes.Midpoints(Nf4Codes.DynamicSigned);
 
+    // For each byte value b: (code[b >> 4], code[b & 15]); one gather decodes both nibbles.
+    private static readonly float[] BytePairs = [.. Enumerable.Range(0, 256).SelectMany(b => new[] { Nf4Codes.Nf4[b >> 4], Nf4Codes.Nf4[b & 15] })];
+
     private Nf4Tensor(long[] shape, Tensor packed, Tensor qAbsmax, Tensor nestedAbsmax, float offset)
     {
         Shape = shape;
@@ -158,9 +161,7 @@ public sealed class Nf4Tensor : IDisposable
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         long n = Count, blocks = QuantizedAbsmax.shape[0];
-        var bytes = Packed.to(ScalarType.Int64);
-        var indices = stack([bytes.bitwise_right_shift(4), bytes.bitwise_and(15)], 1).flatten();  // [2·ceil(n/2)]
-        var values = tensor(Nf4Codes.Nf4).index_select(0, indices);
+        var values = tensor(BytePairs).view(256, 2).index_select(0, Packed.to(ScalarType.Int32)).flatten();  // [2·ceil(n/2)]
         if (values.shape[0] < blocks * BlockSize) values = cat([values, zeros(blocks * BlockSize - values.shape[0], ScalarType.Float32)]);
         var weights = values.narrow(0, 0, blocks * BlockSize).view(blocks, BlockSize) * Absmax().unsqueeze(1);  // [blocks, 64]
         return weights.flatten().narrow(0, 0, n).view(Shape).MoveToOuterDisposeScope();
