@@ -90,6 +90,7 @@ public sealed class LoraModel : IDisposable
             var hook = layer.Base.register_forward_hook((_, x, y) =>
             {
                 if (Merged) return y;
+                if (x.shape[^1] == 0 && Nf4Base.InputOf(layer.Base) is Tensor real) x = real;  // NF4 base: the real input
                 var input = Training && p > 0 ? nn.functional.dropout(x, p, training: true) : x;
                 return y + nn.functional.linear(nn.functional.linear(input, a), b) * scale;  // [.., out]
             });

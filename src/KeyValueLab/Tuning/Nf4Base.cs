@@ -7,19 +7,20 @@ using static TorchSharp.torch;
 namespace KeyValueLab.Tuning;
 
 /// <summary>
-/// Freezes a model's linear layers in NF4 (QLoRA's "4-bit base"): each weight is replaced by an
-/// <see cref="Nf4Tensor"/> and an empty placeholder; a forward pre-hook puts the dequantised fp32 weight
-/// back for the duration of the call and a forward hook removes it again, so between calls only the
-/// 4-bit bytes stay resident. The architectures keep their <c>nn.Linear</c> fields unchanged.
+/// Freezes a model's linear layers in NF4 (QLoRA's "4-bit base"): each weight is replaced by an <see cref="Nf4Tensor"/>
+/// and a zero-width placeholder <c>[out, 0]</c>. A forward pre-hook keeps the real input and hands the linear a zero-width
+/// view of it (so nn.Linear computes only its bias); a forward hook adds x·dequant(W)ᵀ through <see cref="Nf4LinearFunction"/>,
+/// a custom autograd function that dequantises again in the backward pass instead of keeping the fp32 weight, as
+/// bitsandbytes' <c>MatMul4Bit</c> does. Only the 4-bit bytes stay resident; the architectures keep their nn.Linear fields.
 /// </summary>
 /// <remarks>
 /// As with <c>load_in_4bit</c> in Hugging Face transformers, <c>lm_head</c> stays in full precision.
-/// Gradients still flow to the inputs (LoRA adapters upstream), but autograd keeps each dequantised
-/// weight until the backward pass, so training holds fp32 copies of the layers it passes through.
+/// Other forward hooks on a quantised linear (LoRA) read the real input with <see cref="InputOf"/>.
 /// </remarks>
 public sealed class Nf4Base : IDisposable
 {
     private static readonly ConditionalWeakTable<Linear, Nf4Tensor> Quantized = new();
+    private static readonly ConditionalWeakTable<Linear, Tensor> Inputs = new();
     private readonly List<(string Name, Linear Module)> _layers = [];
     private readonly List<Action> _unhook = [];
 
@@ -44,23 +45,26 @@ public sealed class Nf4Base : IDisposable
             if (Quantized.TryGetValue(linear, out _)) throw new InvalidOperationException($"{name} is already quantised");
             var weight = Nf4Tensor.Quantize(linear.weight!);
             result.Fp32Bytes += linear.weight!.NumberOfElements * 4;
-            linear.weight = Placeholder();
+            linear.weight = Placeholder(weight.Shape[0]);
             Quantized.Add(linear, weight);
             result._layers.Add((name, linear));
             var before = linear.register_forward_pre_hook((m, x) =>
             {
-                ((Linear)m).weight = new Parameter(Of((Linear)m)!.Dequantize(), requires_grad: false);
-                return x;
+                Inputs.AddOrUpdate((Linear)m, x);
+                return x.narrow(-1, 0, 0);  // [.., 0]: nn.Linear then yields just its bias
             });
             var after = linear.register_forward_hook((m, _, y) =>
             {
-                ((Linear)m).weight = Placeholder();
-                return y;
+                var lin = (Linear)m;
+                return y + Nf4LinearFunction.Apply(InputOf(lin)!, Of(lin)!);  // [.., out]
             });
             result._unhook.Add(() => { before.remove(); after.remove(); });
         }
         return result;
     }
+
+    /// <summary>The input of the current call of a quantised linear (its forward hooks see a zero-width view), or null.</summary>
+    public static Tensor? InputOf(Linear linear) => Inputs.TryGetValue(linear, out var x) ? x : null;
 
     /// <summary>The NF4 weight behind <paramref name="linear"/>, or null when it is not quantised.</summary>
     public static Nf4Tensor? Of(Linear linear) => Quantized.TryGetValue(linear, out var w) ? w : null;
@@ -83,7 +87,7 @@ public sealed class Nf4Base : IDisposable
         old.Dispose();
     }
 
-    private static Parameter Placeholder() => new(empty(0, ScalarType.Float32), requires_grad: false);
+    private static Parameter Placeholder(long outFeatures) => new(empty(outFeatures, 0, ScalarType.Float32), requires_grad: false);
 
     /// <summary>Removes the hooks and puts the dequantised fp32 weights back.</summary>
     public void Dispose()
@@ -95,8 +99,44 @@ public sealed class Nf4Base : IDisposable
             var weight = Of(linear)!;
             linear.weight = new Parameter(weight.Dequantize(), requires_grad: false);
             Quantized.Remove(linear);
+            Inputs.Remove(linear);
             weight.Dispose();
         }
         _layers.Clear();
+    }
+}
+
+/// <summary>
+/// y = x·dequant(W)ᵀ with W frozen in NF4: the backward pass dequantises W again for dL/dx = dL/dy·W rather than
+/// keeping the fp32 weight alive from the forward pass (bitsandbytes' MatMul4Bit does the same).
+/// </summary>
+public sealed class Nf4LinearFunction : autograd.SingleTensorFunction<Nf4LinearFunction>
+{
+    public override string Name => nameof(Nf4LinearFunction);
+
+    /// <summary>x <c>[.., in]</c> → <c>[.., out]</c>; plain dequantise-then-matmul when no gradient is needed.</summary>
+    public static Tensor Apply(Tensor x, Nf4Tensor weight)
+    {
+        if (!is_grad_enabled() || !x.requires_grad)
+        {
+            using var w = weight.Dequantize();
+            return nn.functional.linear(x, w);
+        }
+        return apply(x, weight);
+    }
+
+    public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+    {
+        var (x, weight) = ((Tensor)vars[0], (Nf4Tensor)vars[1]);
+        ctx.save_data("weight", weight);
+        using var w = weight.Dequantize();
+        return nn.functional.linear(x, w);
+    }
+
+    public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
+    {
+        var weight = (Nf4Tensor)ctx.get_data("weight");
+        using var w = weight.Dequantize();
+        return [gradOutput.matmul(w), null!];  // [.., out]·[out, in]; no gradient for the frozen weight
     }
 }

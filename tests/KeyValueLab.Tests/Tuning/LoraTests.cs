@@ -184,5 +184,26 @@ public class LoraTests(ITestOutputHelper output)
         Assert.Contains(lora.Layers, l => l.B.grad!.abs().sum().item<float>() > 0);
         output.WriteLine(lora.TrainableSummary());
         Assert.Contains("trainable params: ", lora.TrainableSummary());
+
+        // Gradients through the 4-bit base (re-dequantised in backward) equal those of an fp32 model holding the dequantised weights.
+        using var twin = ModelLoader.Create(Nf4Tests.SmallLlamaConfig, seed: 2);
+        var quantised = model.named_modules().Where(m => m.module is TorchSharp.Modules.Linear).ToDictionary(m => m.name, m => (TorchSharp.Modules.Linear)m.module);
+        using (no_grad())
+            foreach (var (name, module) in twin.Model.named_modules())
+                if (module is TorchSharp.Modules.Linear lin && Nf4Base.Of(quantised[name]) is Nf4Tensor q)
+                    using (var w = q.Dequantize()) lin.weight!.copy_(w);
+        using var twinLora = LoraModel.Attach(twin.Model, lora.Config, seed: 1);
+        using (no_grad()) foreach (var (a, b) in lora.Layers.Zip(twinLora.Layers)) { b.A.copy_(a.A); b.B.copy_(a.B); }
+        lora.Training = twinLora.Training = false;
+        foreach (var p in lora.Parameters().Concat(twinLora.Parameters())) p.grad?.zero_();
+        var l1 = nn.functional.cross_entropy(model.Forward(ids)[0, ..^1], ids[0, 1..]);
+        var l2 = nn.functional.cross_entropy(twin.Model.Forward(ids)[0, ..^1], ids[0, 1..]);
+        Assert.Equal(l2.item<float>(), l1.item<float>(), 1e-5f);
+        l1.backward();
+        l2.backward();
+        double worst = lora.Parameters().Zip(twinLora.Parameters()).Max(p => (p.First.grad! - p.Second.grad!).abs().max().item<float>());
+        output.WriteLine($"LoRA grads, NF4 base vs fp32 twin: max |Δ| = {worst:G3}");
+        Assert.True(worst < 1e-5, $"{worst}");
+        Assert.True(lora.Parameters().Max(p => p.grad!.abs().max().item<float>()) > 0);
     }
 }
