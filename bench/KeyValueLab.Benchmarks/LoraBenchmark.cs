@@ -28,6 +28,7 @@ internal static class LoraBenchmark
         using var nf4 = baseKind == "nf4" ? Nf4Base.Quantize(model) : null;
         double quantiseSeconds = clock.Elapsed.TotalSeconds;
         GC.Collect();
+        GC.WaitForPendingFinalizers();
         using var lora = LoraModel.Attach(model, new LoraConfig { TargetModules = LoraConfig.ResolveTargets(targets, model.Config.ModelType) }, seed: 1);
         lora.Training = true;
         Console.WriteLine($"base {baseKind}: linears {linearFp32 / 1e6:F1} MB fp32 → {(nf4?.Nf4Bytes ?? linearFp32) / 1e6:F1} MB resident " +

@@ -45,7 +45,9 @@ public sealed class Nf4Base : IDisposable
             if (Quantized.TryGetValue(linear, out _)) throw new InvalidOperationException($"{name} is already quantised");
             var weight = Nf4Tensor.Quantize(linear.weight!);
             result.Fp32Bytes += linear.weight!.NumberOfElements * 4;
+            var fp32 = linear.weight!;
             linear.weight = Placeholder(weight.Shape[0]);
+            fp32.Dispose();  // free the fp32 storage now, not at the next GC
             Quantized.Add(linear, weight);
             result._layers.Add((name, linear));
             var before = linear.register_forward_pre_hook((m, x) =>
