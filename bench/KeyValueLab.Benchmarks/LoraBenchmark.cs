@@ -18,8 +18,13 @@ internal static class LoraBenchmark
          "activation_function":"gelu_new","layer_norm_epsilon":1e-5,"tie_word_embeddings":true}
         """;
 
+    [System.Runtime.InteropServices.DllImport("libc")]
+    private static extern int mallopt(int param, int value);
+
     public static void Run(string baseKind, int steps, int batch, int tokens, string targets, string? configJson)
     {
+        // A fixed mmap threshold (glibc's is dynamic, up to 32 MB) so freed tensors go back to the OS and RSS tracks tensor memory.
+        if (OperatingSystem.IsLinux()) mallopt(-3 /* M_MMAP_THRESHOLD */, 1 << 20);
         using var loaded = ModelLoader.Create(configJson ?? Gpt2MediumConfig, seed: 1);
         var model = loaded.Model;
         long linearFp32 = model.named_modules().Where(m => m.module is TorchSharp.Modules.Linear && m.name != "lm_head")

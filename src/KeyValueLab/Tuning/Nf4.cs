@@ -156,15 +156,34 @@ public sealed class Nf4Tensor : IDisposable
     }
 
     /// <summary>The float32 weights <c>code[index] × absmax[block]</c>, in the original shape.</summary>
+    /// <remarks>Decoded by a plain loop over the bytes (both cores): several times faster than the equivalent tensor ops,
+    /// which would first widen every byte to an int64 index.</remarks>
     public Tensor Dequantize()
     {
-        using var scope = NewDisposeScope();
-        using var noGrad = no_grad();
-        long n = Count, blocks = QuantizedAbsmax.shape[0];
-        var values = tensor(BytePairs).view(256, 2).index_select(0, Packed.to(ScalarType.Int32)).flatten();  // [2·ceil(n/2)]
-        if (values.shape[0] < blocks * BlockSize) values = cat([values, zeros(blocks * BlockSize - values.shape[0], ScalarType.Float32)]);
-        var weights = values.narrow(0, 0, blocks * BlockSize).view(blocks, BlockSize) * Absmax().unsqueeze(1);  // [blocks, 64]
-        return weights.flatten().narrow(0, 0, n).view(Shape).MoveToOuterDisposeScope();
+        long n = Count;
+        byte[] packed = Packed.bytes.ToArray();
+        float[] absmax;
+        using (var a = Absmax()) absmax = a.data<float>().ToArray();
+        var result = new float[n];
+        float[] pairs = BytePairs;
+        long blocks = absmax.Length;
+        const int blocksPerTask = 256;
+        Parallel.For(0, (int)((blocks + blocksPerTask - 1) / blocksPerTask), task =>
+        {
+            long firstBlock = (long)task * blocksPerTask, lastBlock = Math.Min(blocks, firstBlock + blocksPerTask);
+            for (long block = firstBlock; block < lastBlock; block++)
+            {
+                float scale = absmax[block];
+                long start = block * BlockSize, end = Math.Min(n, start + BlockSize);
+                for (long i = start; i < end; i += 2)
+                {
+                    int b = packed[i >> 1];
+                    result[i] = pairs[2 * b] * scale;
+                    if (i + 1 < end) result[i + 1] = pairs[2 * b + 1] * scale;
+                }
+            }
+        });
+        return tensor(result, Shape);
     }
 
     public void Dispose()
