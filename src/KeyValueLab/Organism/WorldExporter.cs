@@ -215,12 +215,7 @@ public static class WorldExporter
         return new JsonObject
         {
             ["format"] = "keyvaluelab-organism-world/1",
-            ["config"] = new JsonObject
-            {
-                ["seed"] = c.Seed, ["subjects"] = c.Subjects, ["relations"] = c.Relations, ["objects_per_relation"] = c.ObjectsPerRelation,
-                ["trained_phrasings"] = c.TrainedPhrasings, ["counterfact_cases"] = c.CounterFactCases, ["zsre_cases"] = c.ZsreCases,
-                ["task_train_examples"] = c.TaskTrainExamples, ["task_eval_examples"] = c.TaskEvalExamples,
-            },
+            ["config"] = ConfigJson(c),
             ["relations"] = new JsonArray([.. world.Relations.Select(r => (JsonNode?)new JsonObject
             {
                 ["relation_id"] = r.Id,
@@ -242,6 +237,14 @@ public static class WorldExporter
             })]),
         };
     }
+
+    /// <summary>The world config as JSON (snake_case keys).</summary>
+    public static JsonObject ConfigJson(WorldConfig c) => new()
+    {
+        ["seed"] = c.Seed, ["subjects"] = c.Subjects, ["relations"] = c.Relations, ["objects_per_relation"] = c.ObjectsPerRelation,
+        ["trained_phrasings"] = c.TrainedPhrasings, ["counterfact_cases"] = c.CounterFactCases, ["zsre_cases"] = c.ZsreCases,
+        ["task_train_examples"] = c.TaskTrainExamples, ["task_eval_examples"] = c.TaskEvalExamples,
+    };
 
     private static string Readme(World world)
     {
