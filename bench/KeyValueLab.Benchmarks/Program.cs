@@ -16,6 +16,8 @@ namespace KeyValueLab.Benchmarks;
 ///   runtime [--stories DIR]   forward GFLOP/s of a GPT-2-small-shaped model ÷ fp32 matmul GFLOP/s,
 ///                             and greedy tokens/s on stories260K when DIR (with stories260K.bin, tok512.bin) is given
 ///   bdn                       the same forward and matmul under BenchmarkDotNet (slower, with statistics)
+///   lora --base fp32|nf4 [--steps N --batch B --tokens T --targets q,v --config FILE]
+///                             LoRA training tokens/s and peak memory on a GPT-2-medium-shaped random model
 /// </summary>
 public static class Program
 {
@@ -28,9 +30,16 @@ public static class Program
             BenchmarkRunner.Run<ForwardBenchmarks>(args: args[1..]);
             return 0;
         }
+        if (mode == "lora")
+        {
+            string? config = Option(args, "--config");
+            LoraBenchmark.Run(Option(args, "--base") ?? "fp32", Int(args, "--steps", 3), Int(args, "--batch", 1), Int(args, "--tokens", 128),
+                Option(args, "--targets") ?? "c_attn,keys", config is null ? null : File.ReadAllText(config));
+            return 0;
+        }
         if (mode != "runtime")
         {
-            Console.Error.WriteLine("usage: KeyValueLab.Benchmarks [runtime [--stories DIR] | bdn]");
+            Console.Error.WriteLine("usage: KeyValueLab.Benchmarks [runtime [--stories DIR] | bdn | lora --base fp32|nf4]");
             return 2;
         }
         string? stories = Option(args, "--stories");
@@ -38,6 +47,8 @@ public static class Program
         RuntimeBenchmark.Run(stories, repeats);
         return 0;
     }
+
+    private static int Int(string[] args, string name, int fallback) => int.TryParse(Option(args, name), out int v) ? v : fallback;
 
     private static string? Option(string[] args, string name)
     {

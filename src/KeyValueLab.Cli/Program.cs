@@ -15,6 +15,8 @@ public static class Program
         root.Subcommands.Add(GenerateCommand.Create(stdout, stderr));
         root.Subcommands.Add(InspectCommand.Create(stdout, stderr));
         root.Subcommands.Add(OrganismCommand.Create(stdout, stderr));
+        root.Subcommands.Add(TuneCommand.Create(stdout, stderr));
+        root.Subcommands.Add(TuneEvalCommand.Create(stdout, stderr));
 
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)

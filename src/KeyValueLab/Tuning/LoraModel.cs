@@ -1,0 +1,221 @@
+using System.Globalization;
+using System.Text.Json;
+using KeyValueLab.Checkpoints;
+using KeyValueLab.Models;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace KeyValueLab.Tuning;
+
+/// <summary>One adapted linear: A <c>[r, in]</c>, B <c>[out, r]</c>, y = W·x + scale·B·A·dropout(x).</summary>
+public sealed record LoraLayer(string Name, Linear Base, Parameter A, Parameter B)
+{
+    /// <summary>PEFT's key of A in <c>adapter_model.safetensors</c>, e.g. <c>base_model.model.model.layers.0.mlp.up_proj.lora_A.weight</c>.</summary>
+    public string KeyA => $"{LoraModel.PeftPrefix}{Name}.lora_A.weight";
+    public string KeyB => $"{LoraModel.PeftPrefix}{Name}.lora_B.weight";
+}
+
+/// <summary>
+/// LoRA adapters (Hu et al. 2021) on the linears of a <see cref="CausalLM"/> chosen by a <see cref="LoraConfig"/>,
+/// as PEFT builds them: A kaiming-uniform(a=√5), B zero, so the adapted model starts equal to the base.
+/// The adapters are forward hooks on the existing <c>nn.Linear</c> modules, which therefore keep their
+/// names and types (and may be NF4-quantised by <see cref="Nf4Base"/>). The base model is frozen.
+/// </summary>
+public sealed class LoraModel : IDisposable
+{
+    /// <summary>PEFT's prefix before module names in adapter files (the adapter name "default" is dropped).</summary>
+    public const string PeftPrefix = "base_model.model.";
+    public const string ConfigFile = "adapter_config.json";
+    public const string WeightsFile = "adapter_model.safetensors";
+
+    private readonly List<Action> _unhook = [];
+
+    private LoraModel(CausalLM model, LoraConfig config, List<LoraLayer> layers)
+    {
+        Model = model;
+        Config = config;
+        Layers = layers;
+    }
+
+    public CausalLM Model { get; }
+    public LoraConfig Config { get; }
+    public IReadOnlyList<LoraLayer> Layers { get; }
+
+    /// <summary>Dropout on the adapter input is active only while training.</summary>
+    public bool Training { get; set; }
+
+    /// <summary>True after <see cref="Merge"/>: B·A is inside W and the hooks add nothing.</summary>
+    public bool Merged { get; private set; }
+
+    /// <summary>
+    /// Freezes <paramref name="model"/> and adds adapters to every linear whose state-dict module name the config selects
+    /// (no match → <see cref="ArgumentException"/> naming the model's linears). A is drawn from a generator seeded with <paramref name="seed"/>.
+    /// </summary>
+    public static LoraModel Attach(CausalLM model, LoraConfig config, long seed = 0)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(config.R, 1);
+        foreach (var p in model.parameters()) p.requires_grad = false;
+        var linears = model.named_modules().Where(m => m.module is Linear).Select(m => (m.name, (Linear)m.module)).ToList();
+        var chosen = linears.Where(l => config.Matches(l.name)).ToList();
+        if (chosen.Count == 0)
+        {
+            string targets = config.TargetRegex ?? string.Join(", ", config.TargetModules);
+            var kinds = linears.Select(l => l.name.Split('.')[^1]).Distinct();
+            throw new ArgumentException($"LoRA targets [{targets}] match no linear of this {model.Config.ModelType} model (its linears: {string.Join(", ", kinds)})");
+        }
+        var generator = new Generator((ulong)seed);
+        var layers = new List<LoraLayer>();
+        foreach (var (name, linear) in chosen)
+        {
+            long[] shape = Nf4Base.WeightShape(linear);  // [out, in]
+            long outF = shape[0], inF = shape[1];
+            // kaiming_uniform_(a=√5): gain √(2/(1+5)), bound gain·√(3/fan_in) = 1/√in.
+            double bound = 1.0 / Math.Sqrt(inF);
+            var a = new Parameter((rand([config.R, inF], generator: generator) * (2 * bound) - bound).detach(), requires_grad: true);
+            var b = new Parameter(zeros(outF, config.R), requires_grad: true);
+            layers.Add(new LoraLayer(name, linear, a, b));
+        }
+        var lora = new LoraModel(model, config, layers);
+        lora.Hook();
+        return lora;
+    }
+
+    private void Hook()
+    {
+        double scale = Config.Scale, p = Config.Dropout;
+        foreach (var layer in Layers)
+        {
+            var (a, b) = (layer.A, layer.B);
+            var hook = layer.Base.register_forward_hook((_, x, y) =>
+            {
+                if (Merged) return y;
+                if (x.shape[^1] == 0 && Nf4Base.InputOf(layer.Base) is Tensor real) x = real;  // NF4 base: the real input
+                var input = Training && p > 0 ? nn.functional.dropout(x, p, training: true) : x;
+                return y + nn.functional.linear(nn.functional.linear(input, a), b) * scale;  // [.., out]
+            });
+            _unhook.Add(hook.remove);
+        }
+    }
+
+    /// <summary>The adapter parameters (A, B per layer), in a fixed order.</summary>
+    public IReadOnlyList<Parameter> Parameters() => [.. Layers.SelectMany(l => new[] { l.A, l.B })];
+
+    /// <summary>Number of trainable (adapter) parameters.</summary>
+    public long TrainableCount => Layers.Sum(l => l.A.NumberOfElements + l.B.NumberOfElements);
+
+    /// <summary>Parameters of the base model (4-bit weights counted as the weights they stand for) plus the adapters.</summary>
+    public long AllCount
+    {
+        get
+        {
+            long count = Model.parameters().Sum(p => p.NumberOfElements);
+            foreach (var (_, module) in Model.named_modules())
+                if (module is Linear linear && Nf4Base.Of(linear) is Nf4Tensor q) count += q.Count - linear.weight!.NumberOfElements;
+            return count + TrainableCount;
+        }
+    }
+
+    /// <summary>PEFT's <c>print_trainable_parameters()</c> line.</summary>
+    public string TrainableSummary() => string.Create(CultureInfo.InvariantCulture,
+        $"trainable params: {TrainableCount:N0} || all params: {AllCount:N0} || trainable%: {100.0 * TrainableCount / AllCount:F4}");
+
+    /// <summary>W += scale·B·A for every adapted linear (4-bit weights are dequantised, updated and requantised).</summary>
+    public void Merge()
+    {
+        if (Merged) throw new InvalidOperationException("the adapters are already merged");
+        AddDelta(+1);
+        Merged = true;
+    }
+
+    /// <summary>W −= scale·B·A, undoing <see cref="Merge"/> (exactly up to float rounding for fp32 weights).</summary>
+    public void Unmerge()
+    {
+        if (!Merged) throw new InvalidOperationException("the adapters are not merged");
+        AddDelta(-1);
+        Merged = false;
+    }
+
+    private void AddDelta(double sign)
+    {
+        using var noGrad = no_grad();
+        foreach (var layer in Layers)
+        {
+            using var scope = NewDisposeScope();
+            var delta = layer.B.matmul(layer.A) * (sign * Config.Scale);  // [out, in]
+            if (Nf4Base.Of(layer.Base) is null) layer.Base.weight!.add_(delta);
+            else Nf4Base.SetWeight(layer.Base, Nf4Base.Weight(layer.Base) + delta);
+        }
+    }
+
+    /// <summary>Writes PEFT's <c>adapter_config.json</c> and <c>adapter_model.safetensors</c> (fp32) into <paramref name="folder"/>.</summary>
+    public void Save(string folder)
+    {
+        Directory.CreateDirectory(folder);
+        var config = Config with
+        {
+            TargetModules = Config.TargetRegex is null ? [.. Config.TargetModules.OrderBy(t => t, StringComparer.Ordinal)] : [],
+            FanInFanOut = Model.Config.ModelType == Gpt2.ModelType,
+        };
+        File.WriteAllText(Path.Combine(folder, ConfigFile), config.ToPeftJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        var tensors = Layers.SelectMany(l => new TensorToSave[] { new(l.KeyA, l.A.detach()), new(l.KeyB, l.B.detach()) })
+            .OrderBy(t => t.Name, StringComparer.Ordinal).ToList();
+        SafetensorsWriter.Write(Path.Combine(folder, WeightsFile), tensors, new Dictionary<string, string> { ["format"] = "pt" });
+    }
+
+    /// <summary>
+    /// Attaches the adapter saved in <paramref name="folder"/> (ours or PEFT's) to <paramref name="model"/>. Missing or
+    /// unexpected keys and wrong shapes → <see cref="InputException"/>; PEFT's "default" adapter names are accepted.
+    /// </summary>
+    public static LoraModel Load(CausalLM model, string folder)
+    {
+        string configPath = Path.Combine(folder, ConfigFile), weightsPath = Path.Combine(folder, WeightsFile);
+        if (!File.Exists(configPath)) throw new InputException(configPath, "no adapter_config.json in the adapter folder");
+        if (!File.Exists(weightsPath)) throw new InputException(weightsPath, "no adapter_model.safetensors in the adapter folder");
+        var config = LoraConfig.FromPeftJson(File.ReadAllText(configPath), configPath);
+        LoraModel lora;
+        try { lora = Attach(model, config); }
+        catch (ArgumentException e) { throw new InputException(configPath, e.Message, e); }
+        try
+        {
+            lora.LoadWeights(weightsPath);
+            return lora;
+        }
+        catch
+        {
+            lora.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Copies A and B from a PEFT <c>adapter_model.safetensors</c> into these adapters.</summary>
+    public void LoadWeights(string path)
+    {
+        using var file = SafetensorsFile.Open(path);
+        var byName = file.Tensors.ToDictionary(t => t.Name.Replace(".default.weight", ".weight", StringComparison.Ordinal), t => t.Name, StringComparer.Ordinal);
+        var expected = Layers.SelectMany(l => new[] { l.KeyA, l.KeyB }).ToHashSet(StringComparer.Ordinal);
+        var missing = expected.Where(k => !byName.ContainsKey(k)).ToList();
+        var unexpected = byName.Keys.Where(k => !expected.Contains(k)).ToList();
+        if (missing.Count > 0 || unexpected.Count > 0)
+            throw new InputException(path, $"adapter keys do not fit the model: missing [{string.Join(", ", missing.Take(4))}{(missing.Count > 4 ? ", …" : "")}], " +
+                                           $"unexpected [{string.Join(", ", unexpected.Take(4))}{(unexpected.Count > 4 ? ", …" : "")}]");
+        using var noGrad = no_grad();
+        foreach (var layer in Layers)
+            foreach (var (key, target) in new[] { (layer.KeyA, layer.A), (layer.KeyB, layer.B) })
+            {
+                using var stored = file.ReadFloat32(byName[key]);
+                if (!stored.shape.SequenceEqual(target.shape))
+                    throw new InputException(path, $"{key} has shape [{string.Join(", ", stored.shape)}], the model needs [{string.Join(", ", target.shape)}]");
+                target.copy_(stored);
+            }
+    }
+
+    /// <summary>Removes the hooks (unmerging first) and frees the adapters.</summary>
+    public void Dispose()
+    {
+        if (Merged) Unmerge();
+        foreach (var unhook in _unhook) unhook();
+        _unhook.Clear();
+        foreach (var layer in Layers) { layer.A.Dispose(); layer.B.Dispose(); }
+    }
+}

@@ -1,0 +1,226 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using KeyValueLab.Inference;
+using KeyValueLab.Models;
+using KeyValueLab.Tokenization;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace KeyValueLab.Tuning;
+
+/// <summary>
+/// Supervised fine-tuning settings with the paper's defaults (TRL SFTTrainer + transformers Trainer): AdamW lr 2e-4, constant
+/// after a 3% linear warmup, max grad norm 0.3, 5 epochs, effective batch 64 = 32 × 2 accumulation, packing to 512 tokens.
+/// (The paper used paged AdamW 32-bit on a GPU; on CPU plain AdamW with fp32 states is the same update.)
+/// </summary>
+public sealed record TrainOptions
+{
+    public double LearningRate { get; init; } = 2e-4;
+    public double WarmupRatio { get; init; } = 0.03;
+    public double MaxGradNorm { get; init; } = 0.3;
+    public double WeightDecay { get; init; }
+    public int Epochs { get; init; } = 5;
+    public int MicroBatch { get; init; } = 32;
+    public int GradientAccumulation { get; init; } = 2;
+    public int MaxLength { get; init; } = 512;
+
+    /// <summary>Count the loss on the label tokens (and the EOS after them) only; the paper trained on every token.</summary>
+    public bool AnswerOnlyLoss { get; init; }
+    public int Seed { get; init; } = 42;
+
+    /// <summary>Stop after this many optimizer steps in all (0 = no limit); for smoke tests.</summary>
+    public int MaxSteps { get; init; }
+
+    /// <summary>Where to write <c>checkpoint-epoch-N/</c> after every epoch (adapter + optimizer + trainer_state.json); null = none.</summary>
+    public string? CheckpointDir { get; init; }
+
+    /// <summary>Continue from the last complete epoch checkpoint in <see cref="CheckpointDir"/>.</summary>
+    public bool Resume { get; init; }
+}
+
+/// <summary>Fixed-length training rows: ids <c>[rows, L]</c>, labels (−100 = no loss) and how many positions are real.</summary>
+public sealed record PackedData(long[][] Ids, long[][] Labels, int[] Lengths, long Tokens)
+{
+    public int Rows => Ids.Length;
+}
+
+/// <summary>What a training run did.</summary>
+public sealed record TrainResult(int Steps, int Epochs, IReadOnlyList<double> EpochLosses, double TokensPerSecond, double Seconds);
+
+/// <summary>
+/// Causal-LM SFT of the adapters of a <see cref="LoraModel"/>: every example becomes <c>[BOS] prompt+label EOS</c>, the examples
+/// are concatenated and cut into rows of <see cref="TrainOptions.MaxLength"/> (packing, as TRL's ConstantLengthDataset: attention
+/// crosses example boundaries), rows are shuffled per epoch with a seed, and AdamW steps the adapter parameters.
+/// </summary>
+public static class SftTrainer
+{
+    public const long IgnoreIndex = -100;
+
+    /// <summary>Tokenises and packs <paramref name="examples"/>; the last, shorter row is padded (and ignored by the loss).</summary>
+    public static PackedData Pack(CausalLM model, ITokenizer tokenizer, IEnumerable<TaskExample> examples, int maxLength, bool answerOnly)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxLength, 2);
+        int eos = tokenizer.EosId ?? throw new ArgumentException("the tokenizer has no EOS token to end each example with");
+        var ids = new List<long>();
+        var counted = new List<bool>();
+        foreach (var example in examples)
+        {
+            var full = PromptEncoding.Encode(model, tokenizer, example.TrainingText);
+            int answerStart = answerOnly ? AnswerStart(model, tokenizer, example, full) : 0;
+            for (int i = 0; i < full.Length; i++) { ids.Add(full[i]); counted.Add(i >= answerStart); }
+            ids.Add(eos);
+            counted.Add(true);
+        }
+        int rows = (ids.Count + maxLength - 1) / maxLength;
+        var rowIds = new long[rows][];
+        var rowLabels = new long[rows][];
+        var lengths = new int[rows];
+        for (int r = 0; r < rows; r++)
+        {
+            int start = r * maxLength, len = Math.Min(maxLength, ids.Count - start);
+            rowIds[r] = new long[maxLength];
+            rowLabels[r] = new long[maxLength];
+            Array.Fill(rowIds[r], eos);
+            Array.Fill(rowLabels[r], IgnoreIndex);
+            for (int i = 0; i < len; i++)
+            {
+                rowIds[r][i] = ids[start + i];
+                if (counted[start + i]) rowLabels[r][i] = ids[start + i];
+            }
+            lengths[r] = len;
+        }
+        return new PackedData(rowIds, rowLabels, lengths, ids.Count);
+    }
+
+    /// <summary>Index of the first label token in the ids of prompt+label: where they stop agreeing with the prompt's own ids.</summary>
+    internal static int AnswerStart(CausalLM model, ITokenizer tokenizer, TaskExample example, int[] full)
+    {
+        var prompt = PromptEncoding.Encode(model, tokenizer, example.Prompt);
+        int common = 0;
+        while (common < prompt.Length && common < full.Length && prompt[common] == full[common]) common++;
+        return Math.Min(common, Math.Max(0, full.Length - 1));
+    }
+
+    /// <summary>
+    /// Trains the adapters of <paramref name="lora"/> on <paramref name="examples"/>; writes a progress bar (loss, tokens/s) to
+    /// <paramref name="progress"/> when given, and a checkpoint after every epoch when <see cref="TrainOptions.CheckpointDir"/> is set.
+    /// </summary>
+    public static TrainResult Train(LoraModel lora, ITokenizer tokenizer, IReadOnlyList<TaskExample> examples, TrainOptions options, TextWriter? progress = null)
+    {
+        var model = lora.Model;
+        var data = Pack(model, tokenizer, examples, options.MaxLength, options.AnswerOnlyLoss);
+        int perStep = options.MicroBatch * options.GradientAccumulation;
+        int stepsPerEpoch = (data.Rows + perStep - 1) / perStep;
+        int totalSteps = stepsPerEpoch * options.Epochs;
+        if (options.MaxSteps > 0) totalSteps = Math.Min(totalSteps, options.MaxSteps);
+        int warmup = (int)Math.Ceiling(options.WarmupRatio * totalSteps);
+
+        var parameters = lora.Parameters();
+        using var optimizer = optim.AdamW(parameters, options.LearningRate, weight_decay: options.WeightDecay);
+        int startEpoch = 0, step = 0;
+        var epochLosses = new List<double>();
+        if (options.Resume && options.CheckpointDir is not null && LastCheckpoint(options.CheckpointDir) is (string dir, int doneEpochs))
+        {
+            lora.LoadWeights(Path.Combine(dir, LoraModel.WeightsFile));
+            optimizer.load_state_dict(Path.Combine(dir, "optimizer.bin"));
+            var state = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "trainer_state.json")))!.AsObject();
+            step = (int)state["global_step"]!;
+            epochLosses.AddRange(state["epoch_losses"]!.AsArray().Select(n => (double)n!));
+            startEpoch = doneEpochs;
+            progress?.WriteLine($"resuming after epoch {doneEpochs} (step {step}) from {dir}");
+        }
+
+        lora.Training = true;
+        var clock = Stopwatch.StartNew();
+        long tokensSeen = 0;
+        for (int epoch = startEpoch; epoch < options.Epochs && (options.MaxSteps <= 0 || step < totalSteps); epoch++)
+        {
+            torch.manual_seed(options.Seed + epoch);  // dropout masks; seeded per epoch so a resumed run continues identically
+            var order = TaskLoader.Permutation(data.Rows, options.Seed + epoch);
+            double lossSum = 0;
+            int lossCount = 0;
+            for (int s = 0; s < stepsPerEpoch && (options.MaxSteps <= 0 || step < totalSteps); s++)
+            {
+                double lr = options.LearningRate * (step < warmup ? (double)step / Math.Max(1, warmup) : 1.0);
+                foreach (var group in optimizer.ParamGroups) group.LearningRate = lr;
+                optimizer.zero_grad();
+                var rows = order.Skip(s * perStep).Take(perStep).ToArray();
+                var micro = rows.Chunk(options.MicroBatch).ToArray();
+                double stepLoss = 0;
+                foreach (var batch in micro)
+                {
+                    using var scope = NewDisposeScope();
+                    var loss = BatchLoss(model, data, batch);
+                    (loss / micro.Length).backward();
+                    stepLoss += loss.item<float>() / micro.Length;
+                    tokensSeen += batch.Sum(r => (long)data.Lengths[r]);
+                }
+                nn.utils.clip_grad_norm_(parameters, options.MaxGradNorm);
+                optimizer.step();
+                step++;
+                lossSum += stepLoss;
+                lossCount++;
+                progress?.Write(string.Create(CultureInfo.InvariantCulture,
+                    $"\repoch {epoch + 1}/{options.Epochs} {Bar(step, totalSteps)} step {step}/{totalSteps} loss {stepLoss:F4} lr {lr:G3} {tokensSeen / clock.Elapsed.TotalSeconds:F0} tok/s   "));
+            }
+            epochLosses.Add(lossCount > 0 ? lossSum / lossCount : double.NaN);
+            progress?.WriteLine();
+            if (options.CheckpointDir is not null) SaveCheckpoint(lora, optimizer, options.CheckpointDir, epoch + 1, step, epochLosses);
+        }
+        lora.Training = false;
+        double seconds = clock.Elapsed.TotalSeconds;
+        return new TrainResult(step, options.Epochs, epochLosses, seconds > 0 ? tokensSeen / seconds : 0, seconds);
+    }
+
+    /// <summary>Mean next-token cross-entropy over the counted positions of some packed rows.</summary>
+    internal static Tensor BatchLoss(CausalLM model, PackedData data, int[] rows)
+    {
+        int width = rows.Max(r => data.Lengths[r]);
+        var ids = tensor(rows.SelectMany(r => data.Ids[r].Take(width)).ToArray(), [rows.Length, width]);
+        var labels = tensor(rows.SelectMany(r => data.Labels[r].Take(width)).ToArray(), [rows.Length, width]);
+        Tensor? mask = rows.Any(r => data.Lengths[r] < width)
+            ? tensor(rows.SelectMany(r => Enumerable.Range(0, width).Select(i => i < data.Lengths[r] ? 1L : 0L)).ToArray(), [rows.Length, width])
+            : null;
+        var logits = model.Forward(ids, mask);  // [B, T, V]
+        var shifted = logits[.., ..^1].reshape(-1, logits.shape[2]);
+        return nn.functional.cross_entropy(shifted, labels[.., 1..].reshape(-1), ignore_index: IgnoreIndex);
+    }
+
+    private static string Bar(int done, int total)
+    {
+        int width = 20, filled = total > 0 ? (int)Math.Round(width * (double)done / total) : width;
+        return "[" + new string('#', filled) + new string('.', width - filled) + "]";
+    }
+
+    private static void SaveCheckpoint(LoraModel lora, TorchSharp.Modules.AdamW optimizer, string root, int epoch, int step, List<double> losses)
+    {
+        string dir = Path.Combine(root, $"checkpoint-epoch-{epoch}");
+        string tmp = dir + ".partial";
+        if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
+        lora.Save(tmp);
+        optimizer.save_state_dict(Path.Combine(tmp, "optimizer.bin"));
+        var state = new JsonObject
+        {
+            ["epoch"] = epoch,
+            ["global_step"] = step,
+            ["epoch_losses"] = new JsonArray([.. losses.Select(l => (JsonNode?)JsonValue.Create(l))]),
+        };
+        File.WriteAllText(Path.Combine(tmp, "trainer_state.json"), state.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+        if (Directory.Exists(dir)) Directory.Delete(dir, true);
+        Directory.Move(tmp, dir);  // a checkpoint folder exists only when complete
+    }
+
+    /// <summary>The complete checkpoint with the highest epoch under <paramref name="root"/>, or null.</summary>
+    public static (string Dir, int Epoch)? LastCheckpoint(string root)
+    {
+        if (!Directory.Exists(root)) return null;
+        return Directory.GetDirectories(root, "checkpoint-epoch-*")
+            .Select(d => (Dir: d, Ok: int.TryParse(Path.GetFileName(d)["checkpoint-epoch-".Length..], out int e), Epoch: e))
+            .Where(c => c.Ok && File.Exists(Path.Combine(c.Dir, "trainer_state.json")))
+            .OrderByDescending(c => c.Epoch)
+            .Select(c => ((string, int)?)(c.Dir, c.Epoch))
+            .FirstOrDefault();
+    }
+}
