@@ -45,6 +45,12 @@ public sealed class LoraModel : IDisposable
     /// <summary>Dropout on the adapter input is active only while training.</summary>
     public bool Training { get; set; }
 
+    /// <summary>
+    /// Source of the dropout masks while training. A private generator, so seeded training does not
+    /// depend on (or disturb) torch's global random state; null uses the global generator.
+    /// </summary>
+    public torch.Generator? DropoutGenerator { get; set; }
+
     /// <summary>True after <see cref="Merge"/>: B·A is inside W and the hooks add nothing.</summary>
     public bool Merged { get; private set; }
 
@@ -81,6 +87,14 @@ public sealed class LoraModel : IDisposable
         return lora;
     }
 
+    /// <summary>Inverted dropout as PyTorch's, with masks drawn from <see cref="DropoutGenerator"/>.</summary>
+    private Tensor Dropout(Tensor x, double p)
+    {
+        if (DropoutGenerator is null) return nn.functional.dropout(x, p, training: true);
+        var keep = torch.rand(x.shape, dtype: x.dtype, device: x.device, generator: DropoutGenerator) >= p;
+        return x * keep.to(x.dtype) / (1 - p);
+    }
+
     private void Hook()
     {
         double scale = Config.Scale, p = Config.Dropout;
@@ -91,7 +105,7 @@ public sealed class LoraModel : IDisposable
             {
                 if (Merged) return y;
                 if (x.shape[^1] == 0 && Nf4Base.InputOf(layer.Base) is Tensor real) x = real;  // NF4 base: the real input
-                var input = Training && p > 0 ? nn.functional.dropout(x, p, training: true) : x;
+                var input = Training && p > 0 ? Dropout(x, p) : x;
                 return y + nn.functional.linear(nn.functional.linear(input, a), b) * scale;  // [.., out]
             });
             _unhook.Add(hook.remove);

@@ -137,7 +137,8 @@ public static class SftTrainer
         long tokensSeen = 0;
         for (int epoch = startEpoch; epoch < options.Epochs && (options.MaxSteps <= 0 || step < totalSteps); epoch++)
         {
-            torch.manual_seed(options.Seed + epoch);  // dropout masks; seeded per epoch so a resumed run continues identically
+            lora.DropoutGenerator?.Dispose();
+            lora.DropoutGenerator = new torch.Generator((ulong)(options.Seed + epoch));  // seeded per epoch: a resumed run continues identically
             var order = TaskLoader.Permutation(data.Rows, options.Seed + epoch);
             double lossSum = 0;
             int lossCount = 0;
