@@ -14,6 +14,8 @@ public static class Program
         var root = new RootCommand("KeyValueLab: study and change what transformer language models know by updating the keys or the values of their feed-forward layers.");
         root.Subcommands.Add(GenerateCommand.Create(stdout, stderr));
         root.Subcommands.Add(InspectCommand.Create(stdout, stderr));
+        root.Subcommands.Add(EditCommand.Create(stdout, stderr));
+        root.Subcommands.Add(EditEvalCommand.Create(stdout, stderr));
 
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)

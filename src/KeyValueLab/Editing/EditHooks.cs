@@ -66,7 +66,7 @@ internal sealed class FrozenParameters : IDisposable
 }
 
 /// <summary>Reads module inputs or outputs at each prompt's lookup position.</summary>
-internal static class Activations
+internal static class LookupActivations
 {
     /// <summary>
     /// Runs <paramref name="prompts"/> (right-padded, no targets) and returns, per prompt, the

@@ -81,6 +81,9 @@ public abstract class LocateEditorBase : IKnowledgeEditor, IDisposable
         return log;
     }
 
+    /// <summary>The target vectors (v*, or a* for Key-ROME) of the last request applied, per edited module: for checks and logs.</summary>
+    public IReadOnlyList<float[]> LastTargets { get; private set; } = [];
+
     public abstract EditReport Apply(CausalLM model, ITokenizer tokenizer, IReadOnlyList<EditRequest> requests);
 
     /// <summary>E[x xᵀ] of the inputs at <paramref name="layer"/> (after <see cref="Prepare"/>).</summary>
@@ -103,7 +106,7 @@ public abstract class LocateEditorBase : IKnowledgeEditor, IDisposable
     {
         using var scope = NewDisposeScope();
         var prompts = ContextTemplates.Select(t => EditPrompts.Build(model, tokenizer, t.Replace("{}", r.Prompt, StringComparison.Ordinal), r.Subject, null)).ToList();
-        return Activations.AtLookup(model, prompts, point, input: true, PadId(tokenizer)).mean([0]).MoveToOuterDisposeScope();
+        return LookupActivations.AtLookup(model, prompts, point, input: true, PadId(tokenizer)).mean([0]).MoveToOuterDisposeScope();
     }
 
     /// <summary>The point's input and output at the subject's last token of the request's own prompt.</summary>
@@ -111,8 +114,8 @@ public abstract class LocateEditorBase : IKnowledgeEditor, IDisposable
     {
         var prompt = EditPrompts.Build(model, tokenizer, r.Prompt, r.Subject, null);
         using var scope = NewDisposeScope();
-        var input = Activations.AtLookup(model, [prompt], point, input: true, PadId(tokenizer))[0];
-        var output = Activations.AtLookup(model, [prompt], point, input: false, PadId(tokenizer))[0];
+        var input = LookupActivations.AtLookup(model, [prompt], point, input: true, PadId(tokenizer))[0];
+        var output = LookupActivations.AtLookup(model, [prompt], point, input: false, PadId(tokenizer))[0];
         return (input.MoveToOuterDisposeScope(), output.MoveToOuterDisposeScope());
     }
 
@@ -136,6 +139,7 @@ public abstract class LocateEditorBase : IKnowledgeEditor, IDisposable
         var (k, _) = AtRequest(model, tokenizer, r, modules[0].Point);
         var denominator = k.dot(u);
         var updates = new List<Tensor>();
+        LastTargets = [.. opt.Vectors.Select(v => v.Target.data<float>().ToArray())];
         for (int i = 0; i < modules.Count; i++)
         {
             var (_, current) = AtRequest(model, tokenizer, r, modules[i].Point);

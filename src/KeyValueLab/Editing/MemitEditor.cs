@@ -49,7 +49,7 @@ public sealed class MemitEditor(LocateEditHyperparameters hp, IReadOnlyList<int>
             int layer = layers[i];
             var valuePoint = HookPoint.Linear(memory.ValuesName(layer), memory.ValueModule(layer));
             var keys = stack(requests.Select(r => TemplateMeanInput(model, tokenizer, r, valuePoint)).ToList());   // [n, d_ff]
-            var current = Activations.AtLookup(model, own, zPoint, input: false, PadId(tokenizer));             // [n, d]
+            var current = LookupActivations.AtLookup(model, own, zPoint, input: false, PadId(tokenizer));             // [n, d]
             var residual = (z - current) / (layers.Count - i);                                                    // [n, d]
             var c = Moment(layer).to(ScalarType.Float64);
             var k64 = keys.to(ScalarType.Float64);
