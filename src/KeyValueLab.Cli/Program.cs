@@ -16,6 +16,7 @@ public static class Program
         root.Subcommands.Add(InspectCommand.Create(stdout, stderr));
         root.Subcommands.Add(EditCommand.Create(stdout, stderr));
         root.Subcommands.Add(EditEvalCommand.Create(stdout, stderr));
+        root.Subcommands.Add(OrganismCommand.Create(stdout, stderr));
 
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)

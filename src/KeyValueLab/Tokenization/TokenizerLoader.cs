@@ -7,7 +7,7 @@ public static class TokenizerLoader
 {
     /// <summary>
     /// Loads a tokenizer from a folder or a file.
-    /// A folder is searched for, in order: <c>tokenizer.json</c> (byte-level BPE; a SentencePiece-style
+    /// A folder is searched for, in order: <c>tokenizer.json</c> (byte-level BPE or word-level; a SentencePiece-style
     /// <c>tokenizer.json</c> is passed over when <c>tokenizer.model</c> is beside it), <c>vocab.json</c> +
     /// <c>merges.txt</c>, <c>tokenizer.model</c>, <c>tokenizer.bin</c>. A file is read by its extension:
     /// <c>.json</c> (<c>tokenizer.json</c>, or <c>vocab.json</c> with <c>merges.txt</c> beside it),
@@ -35,6 +35,7 @@ public static class TokenizerLoader
                 return LoadVocabAndMerges(path, Beside(path, "merges.txt"));
             case ".json":
                 var (bos, eos, unk) = ReadSpecialTokens(folder);
+                if (WordLevelTokenizer.IsWordLevelJson(path)) return WordLevelTokenizer.FromTokenizerJson(path, bos, eos);
                 return Gpt2Tokenizer.FromTokenizerJson(path, bos, eos, unk);
             default:
                 throw new InputException(path, "unknown tokenizer file type (expected tokenizer.json, vocab.json, merges.txt, tokenizer.model or a llama2.c .bin)");
@@ -52,6 +53,7 @@ public static class TokenizerLoader
         if (File.Exists(json))
         {
             var (bos, eos, unk) = ReadSpecialTokens(folder);
+            if (WordLevelTokenizer.IsWordLevelJson(json)) return WordLevelTokenizer.FromTokenizerJson(json, bos, eos);
             try { return Gpt2Tokenizer.FromTokenizerJson(json, bos, eos, unk); }
             // Llama folders ship a SentencePiece-style tokenizer.json beside tokenizer.model: use the model.
             catch (InputException) when (File.Exists(model)) { return SentencePieceTokenizer.FromFile(model); }

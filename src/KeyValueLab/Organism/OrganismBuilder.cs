@@ -1,0 +1,161 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json.Nodes;
+using KeyValueLab.Models;
+using KeyValueLab.Tokenization;
+
+namespace KeyValueLab.Organism;
+
+/// <summary>Everything that determines an organism: its world, its model shape and how it is trained.</summary>
+public sealed record OrganismSpec
+{
+    /// <summary>Bumped whenever a change of code changes what a spec builds, so old cache entries are not reused.</summary>
+    public const string FormatVersion = "keyvaluelab-organism/1";
+
+    public WorldConfig World { get; init; } = new();
+    public OrganismModelConfig Model { get; init; } = new();
+    public TrainingConfig Training { get; init; } = new();
+
+    /// <summary>Seed of the weights and the data order: <see cref="TrainingConfig.Seed"/>, else the world's seed.</summary>
+    public long TrainingSeed => Training.Seed ?? World.Seed;
+
+    /// <summary>The canonical text the cache key hashes.</summary>
+    public string Canonical() =>
+        $"{FormatVersion}\nworld {WorldExporter.ConfigJson(World).ToJsonString()}\nmodel {Model.Key()}\ntraining {Training.Key()} seed {TrainingSeed}\n";
+
+    /// <summary>First 16 hex digits of SHA-256 over <see cref="Canonical"/>: the organism's folder name in the cache.</summary>
+    public string Hash() => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(Canonical())))[..16];
+}
+
+/// <summary>A built (or reused) organism: where its files are and what it knows.</summary>
+public sealed record OrganismBuild(
+    string Folder, string ModelFolder, string DataFolder, string Hash, bool Reused,
+    IReadOnlyList<RelationRecall> Recall, CounterFactBaseline CounterFact, double TrainingSeconds, double BuildSeconds);
+
+/// <summary>
+/// Builds organisms into a per-user cache, one folder per <see cref="OrganismSpec.Hash"/>:
+/// <c>model/</c> (a Hugging Face folder: config.json, model.safetensors, tokenizer.json, tokenizer_config.json),
+/// <c>data/</c> (the world's exports, see <see cref="WorldExporter"/>), <c>report.json</c> (recall, CounterFact
+/// baseline, timings; written last, so its presence means the organism is complete) and, while training,
+/// <c>checkpoints/</c>, from which an interrupted build resumes.
+/// </summary>
+public static class OrganismBuilder
+{
+    public const string ReportFile = "report.json";
+
+    /// <summary>
+    /// <c>$KVLAB_CACHE/organisms</c> when set, else <c>$XDG_CACHE_HOME/keyvaluelab/organisms</c>, else
+    /// <c>~/.cache/keyvaluelab/organisms</c> (on Windows, under LocalApplicationData).
+    /// </summary>
+    public static string DefaultCacheRoot()
+    {
+        if (Environment.GetEnvironmentVariable("KVLAB_CACHE") is { Length: > 0 } kv) return Path.Combine(kv, "organisms");
+        if (OperatingSystem.IsWindows())
+            return Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.LocalApplicationData), "keyvaluelab", "organisms");
+        string cache = Environment.GetEnvironmentVariable("XDG_CACHE_HOME") is { Length: > 0 } x ? x
+            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache");
+        return Path.Combine(cache, "keyvaluelab", "organisms");
+    }
+
+    /// <summary>The folder a spec builds into.</summary>
+    public static string FolderOf(OrganismSpec spec, string? cacheRoot = null) => Path.Combine(cacheRoot ?? DefaultCacheRoot(), spec.Hash());
+
+    /// <summary>
+    /// Returns the organism of <paramref name="spec"/>, building it unless a complete one is cached (or <paramref name="force"/>).
+    /// <paramref name="log"/> receives one-line messages; <paramref name="onProgress"/> the training progress.
+    /// </summary>
+    public static OrganismBuild Build(OrganismSpec spec, string? cacheRoot = null, bool force = false,
+        Action<string>? log = null, Action<TrainingProgress>? onProgress = null, CancellationToken cancel = default)
+    {
+        ArgumentNullException.ThrowIfNull(spec);
+        spec.World.Validate();
+        spec.Model.Validate();
+        spec.Training.Validate();
+        var clock = Stopwatch.StartNew();
+        string folder = FolderOf(spec, cacheRoot);
+        string modelDir = Path.Combine(folder, "model"), dataDir = Path.Combine(folder, "data");
+        string report = Path.Combine(folder, ReportFile);
+        if (!force && File.Exists(report)) return ReadReport(report, folder, modelDir, dataDir, spec.Hash(), clock.Elapsed.TotalSeconds);
+        if (force && File.Exists(report)) File.Delete(report);
+
+        Directory.CreateDirectory(folder);
+        WorldJson.WriteText(Path.Combine(folder, "spec.txt"), spec.Canonical());
+        var world = World.Generate(spec.World);
+        if (Directory.Exists(dataDir)) Directory.Delete(dataDir, recursive: true);
+        WorldExporter.Export(world, dataDir);
+        log?.Invoke($"world: {world.Subjects.Count} subjects × {world.Relations.Count} relations = {world.Facts.Count} facts; datasets in {dataDir}");
+
+        var tokenizer = OrganismTokenizer.Build(world);
+        var documents = Documents(world, tokenizer, spec.Model.Architecture);
+        var config = spec.Model.ToConfigJson(tokenizer.VocabSize, tokenizer.BosId!.Value, tokenizer.EosId!.Value);
+        TrainingResult trained;
+        using (var loaded = ModelLoader.Create(Architectures.ParseConfig(config, "config.json"), spec.TrainingSeed))
+        {
+            long parameters = loaded.Model.parameters().Sum(p => p.numel());
+            log?.Invoke($"model: {spec.Model.Key()}, vocabulary {tokenizer.VocabSize}, {parameters:N0} parameters; corpus {documents.Count} documents, {documents.Sum(d => d.Length):N0} tokens per epoch");
+            string checkpoints = Path.Combine(folder, "checkpoints");
+            trained = Pretrainer.Train(loaded, documents, spec.Training, spec.TrainingSeed, tokenizer.EosId!.Value, checkpoints, onProgress, cancel);
+            if (trained.ResumedFromStep > 0) log?.Invoke($"resumed from step {trained.ResumedFromStep}");
+            if (Directory.Exists(modelDir)) Directory.Delete(modelDir, recursive: true);
+            loaded.Save(modelDir);
+            WorldJson.WriteText(Path.Combine(modelDir, "tokenizer.json"), tokenizer.ToTokenizerJson());
+            WorldJson.WriteText(Path.Combine(modelDir, "tokenizer_config.json"), OrganismTokenizer.TokenizerConfigJson());
+            if (Directory.Exists(checkpoints)) Directory.Delete(checkpoints, recursive: true);
+        }
+        log?.Invoke($"trained {trained.Steps} steps in {trained.Elapsed.TotalSeconds:F1} s (final loss {trained.FinalLoss:F4}); evaluating");
+
+        // Evaluate what was written, read back the way every other command reads it.
+        using var model = ModelLoader.Load(modelDir);
+        var tok = TokenizerLoader.Load(modelDir);
+        var recall = OrganismEvaluation.Recall(model.Model, tok, world);
+        var cf = OrganismEvaluation.CounterFact(model.Model, tok, WorldExporter.CounterFact(world).ToList());
+        var build = new OrganismBuild(folder, modelDir, dataDir, spec.Hash(), false, recall, cf, trained.Elapsed.TotalSeconds, clock.Elapsed.TotalSeconds);
+        WorldJson.WriteJson(report, ToJson(build, ParameterHash.Sha256(model.Model)));
+        return build;
+    }
+
+    /// <summary>Token ids of each training document: [BOS] (Llama only, as prompts are encoded) + text + EOS.</summary>
+    public static List<int[]> Documents(World world, WordLevelTokenizer tokenizer, string architecture)
+    {
+        bool bos = architecture == "llama";
+        return [.. world.TrainingDocuments().Select(d => (int[])[.. bos ? [tokenizer.BosId!.Value] : Array.Empty<int>(), .. tokenizer.Encode(d), tokenizer.EosId!.Value])];
+    }
+
+    private static JsonObject ToJson(OrganismBuild b, string parameterHash) => new()
+    {
+        ["hash"] = b.Hash,
+        ["parameter_sha256"] = parameterHash,
+        ["training_seconds"] = Math.Round(b.TrainingSeconds, 2),
+        ["build_seconds"] = Math.Round(b.BuildSeconds, 2),
+        ["recall"] = new JsonArray([.. b.Recall.Select(r => (JsonNode?)new JsonObject
+        {
+            ["relation_id"] = r.RelationId, ["name"] = r.Name,
+            ["trained_correct"] = r.TrainedCorrect, ["trained_total"] = r.TrainedTotal,
+            ["held_out_correct"] = r.HeldOutCorrect, ["held_out_total"] = r.HeldOutTotal,
+        })]),
+        ["counterfact"] = new JsonObject
+        {
+            ["cases"] = b.CounterFact.Cases, ["es"] = b.CounterFact.EfficacyScore,
+            ["ps"] = b.CounterFact.ParaphraseScore, ["ns"] = b.CounterFact.NeighborhoodScore,
+        },
+    };
+
+    private static OrganismBuild ReadReport(string path, string folder, string modelDir, string dataDir, string hash, double seconds)
+    {
+        try
+        {
+            var j = JsonNode.Parse(File.ReadAllText(path))!.AsObject();
+            var recall = j["recall"]!.AsArray().Select(n => new RelationRecall((string)n!["relation_id"]!, (string)n["name"]!,
+                (int)n["trained_correct"]!, (int)n["trained_total"]!, (int)n["held_out_correct"]!, (int)n["held_out_total"]!)).ToList();
+            var cf = j["counterfact"]!;
+            static double D(JsonNode? n) => n is null ? double.NaN : (double)n;
+            return new OrganismBuild(folder, modelDir, dataDir, hash, true, recall,
+                new CounterFactBaseline((int)cf["cases"]!, D(cf["es"]), D(cf["ps"]), D(cf["ns"])), D(j["training_seconds"]), seconds);
+        }
+        catch (Exception e) when (e is System.Text.Json.JsonException or InvalidOperationException or NullReferenceException or FormatException)
+        {
+            throw new InputException(path, "unreadable organism report (delete the folder or rebuild with --force): " + e.Message, e);
+        }
+    }
+}
