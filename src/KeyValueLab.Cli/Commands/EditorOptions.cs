@@ -27,7 +27,7 @@ internal sealed class EditorOptions
     {
         try
         {
-            return EditorFactory.Create(model, new EditorChoice
+            var editor = EditorFactory.Create(model, new EditorChoice
             {
                 Method = parse.GetValue(Method)!,
                 HparamsFile = parse.GetValue(Hparams),
@@ -40,10 +40,12 @@ internal sealed class EditorOptions
                 StatsTokens = parse.GetValue(StatsTokens),
                 StatsDir = parse.GetValue(StatsDir),
             });
+            editor.ParameterNames(model);  // checks layers and key kinds against this model
+            return editor;
         }
         catch (ArgumentException e)
         {
-            throw new UsageException(e.Message);
+            throw new UsageException(e.Message + (e.Message.Contains("not a layer", StringComparison.Ordinal) ? "; the shipped layers are for GPT-2 XL / GPT-J / Llama-7B, pass --layers" : ""));
         }
     }
 }

@@ -55,5 +55,9 @@ public class EditCliTests
         var usage = Kvlab("edit-eval", "-m", Model, "-z", Tok, "-d", TestData.Path("zsre/zsre_mend_train-1k.json"), "--out", dir.File("o2"), "--method", "rome", "--side", "keys");
         Assert.Equal(2, usage.Code);
         Assert.Contains("keyrome", usage.Err);
+
+        var layer = Kvlab("edit-eval", "-m", Model, "-z", Tok, "-d", TestData.Path("zsre/zsre_mend_train-1k.json"), "--out", dir.File("o3"), "--method", "ft");
+        Assert.Equal(2, layer.Code);
+        Assert.Contains("layer 21 is not a layer of this model (0..4); the shipped layers are for GPT-2 XL / GPT-J / Llama-7B, pass --layers", layer.Err);
     }
 }
