@@ -18,13 +18,18 @@ internal sealed class EditorOptions
     public Option<int?> StatsTokens { get; } = new("--stats-tokens") { Description = "Tokens per statistics sample (default 128)." };
     public Option<string?> StatsDir { get; } = new("--stats-dir") { Description = "Statistics cache folder (default $KVLAB_CACHE/stats or ~/.cache/kvlab/stats)." };
 
+    public Option<int> Threads { get; } = new("--threads") { Description = "Torch CPU threads; 0 = libtorch's default. On a busy machine 1 is often much faster (OpenMP threads spin when cores are oversubscribed).", DefaultValueFactory = _ => 0 };
+
     public void AddTo(Command command)
     {
-        foreach (var o in new Option[] { Method, Side, Layers, KeyKinds, Hparams, Set, StatsCorpus, StatsSamples, StatsTokens, StatsDir }) command.Options.Add(o);
+        foreach (var o in new Option[] { Threads, Method, Side, Layers, KeyKinds, Hparams, Set, StatsCorpus, StatsSamples, StatsTokens, StatsDir }) command.Options.Add(o);
     }
 
     public IKnowledgeEditor Create(ParseResult parse, CausalLM model)
     {
+        int threads = parse.GetValue(Threads);
+        if (threads < 0) throw new UsageException("--threads must be >= 0");
+        if (threads > 0) TorchSharp.torch.set_num_threads(threads);
         try
         {
             var editor = EditorFactory.Create(model, new EditorChoice
