@@ -8,10 +8,10 @@ namespace KeyValueLab.Organism;
 /// </summary>
 public sealed record TrainingConfig
 {
-    public int Epochs { get; init; } = 24;
+    public int Epochs { get; init; } = 30;
     public int BatchSize { get; init; } = 32;
     public int SequenceLength { get; init; } = 64;
-    public double LearningRate { get; init; } = 3e-3;
+    public double LearningRate { get; init; } = 5e-3;
     public double MinLearningRateRatio { get; init; } = 0.05;
     public int WarmupSteps { get; init; } = 40;
     public double WeightDecay { get; init; } = 0.01;
@@ -24,9 +24,11 @@ public sealed record TrainingConfig
 
     /// <summary>
     /// Torch intra-op threads during training. Results are bit-identical run to run for a fixed thread count
-    /// on one machine; a different count may round differently, so the count is part of the cache key.
+    /// on one machine (tested with 1 and 2); a different count may round differently, so the count is part of
+    /// the cache key. Default 1: on a 2-core machine shared with other work, two OpenMP threads waiting on each
+    /// other were several times slower than one, and one thread makes the weights independent of the core count.
     /// </summary>
-    public int Threads { get; init; } = 2;
+    public int Threads { get; init; } = 1;
 
     /// <summary>Save a resumable checkpoint every this many steps (0 = only at the end).</summary>
     public int CheckpointEvery { get; init; } = 200;

@@ -10,7 +10,7 @@ public sealed record WorldConfig
     public long Seed { get; init; } = 1;
 
     /// <summary>Number of invented subjects (people).</summary>
-    public int Subjects { get; init; } = 200;
+    public int Subjects { get; init; } = 60;
 
     /// <summary>Number of relations, the first of <see cref="RelationCatalog.All"/> (8–12).</summary>
     public int Relations { get; init; } = 10;
@@ -19,7 +19,7 @@ public sealed record WorldConfig
     public int ObjectsPerRelation { get; init; } = 12;
 
     /// <summary>Statement phrasings (of 8) in which each fact is written in the training corpus; the others are held out for evaluation.</summary>
-    public int TrainedPhrasings { get; init; } = 4;
+    public int TrainedPhrasings { get; init; } = 5;
 
     /// <summary>CounterFact records to export.</summary>
     public int CounterFactCases { get; init; } = 500;

@@ -59,6 +59,8 @@ public class PretrainerTests
         using (model) Pretrainer.Train(model, docs, Tiny.Training with { Epochs = 6 }, Tiny.TrainingSeed, 2, onProgress: p => losses.Add(p.Loss));
         Assert.True(losses[^1] < losses[0] - 1.0, $"loss {losses[0]:F3} → {losses[^1]:F3}");
         Assert.Equal(TrainAndHash(Tiny), TrainAndHash(Tiny));
+        var twoThreads = Tiny with { Training = Tiny.Training with { Threads = 2 } };
+        Assert.Equal(TrainAndHash(twoThreads), TrainAndHash(twoThreads));
         Assert.NotEqual(TrainAndHash(Tiny), TrainAndHash(Tiny with { Training = Tiny.Training with { Seed = 99 } }));
     }
 
