@@ -43,6 +43,8 @@ public sealed record LocateEditHyperparameters
     public int[] Layers { get; init; } = [0];
     /// <summary>Key-ROME on Llama: gate, up or both (null = both).</summary>
     public string? KeyKinds { get; init; }
+    /// <summary>Where the edit looks up its key: <c>subject_last</c> (ROME's default) or <c>last</c> (the prompt's last token).</summary>
+    public string FactToken { get; init; } = "subject_last";
     public int VNumGradSteps { get; init; } = 20;
     public double VLr { get; init; } = 0.5;
     public double VWeightDecay { get; init; } = 0.5;

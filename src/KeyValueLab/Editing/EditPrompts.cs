@@ -16,16 +16,17 @@ public static class EditPrompts
 {
     /// <summary>
     /// <paramref name="template"/> holds "{}" for the subject. Returns the ids of the filled prompt, the target's
-    /// ids (none when <paramref name="target"/> is null) and the index of the subject's last token.
+    /// ids (none when <paramref name="target"/> is null) and the index of the subject's last token (or, with
+    /// <paramref name="lookupLast"/>, of the prompt's last token: ROME/EasyEdit's fact_token "last").
     /// </summary>
-    public static EditPrompt Build(CausalLM model, ITokenizer tokenizer, string template, string subject, string? target)
+    public static EditPrompt Build(CausalLM model, ITokenizer tokenizer, string template, string subject, string? target, bool lookupLast = false)
     {
         int at = template.IndexOf("{}", StringComparison.Ordinal);
         if (at < 0) throw new ArgumentException($"template \"{template}\" has no \"{{}}\" for the subject", nameof(template));
         string filled = template.Replace("{}", subject, StringComparison.Ordinal);
         int[] ids = PromptEncoding.Encode(model, tokenizer, filled);
         int[] upToSubject = PromptEncoding.Encode(model, tokenizer, template[..at] + subject);
-        int lookup = Math.Min(upToSubject.Length, ids.Length) - 1;
+        int lookup = lookupLast ? ids.Length - 1 : Math.Min(upToSubject.Length, ids.Length) - 1;
         if (lookup < 0) throw new ArgumentException($"the prompt \"{filled}\" has no tokens", nameof(template));
         int[] targetIds = target is null ? [] : PromptEncoding.EncodeTarget(tokenizer, target);
         if (target is not null && targetIds.Length == 0) throw new ArgumentException($"target \"{target}\" has no tokens", nameof(target));

@@ -96,8 +96,8 @@ public abstract class LocateEditorBase : IKnowledgeEditor, IDisposable
     /// <summary>The rewriting prompts (every template, with the target) and the KL prompts of a request.</summary>
     protected (List<EditPrompt> Rewriting, List<EditPrompt> Kl) Prompts(CausalLM model, ITokenizer tokenizer, EditRequest r)
     {
-        var rewriting = ContextTemplates.Select(t => EditPrompts.Build(model, tokenizer, t.Replace("{}", r.Prompt, StringComparison.Ordinal), r.Subject, r.TargetNew)).ToList();
-        var kl = Hp.KlPrompts.Select(t => EditPrompts.Build(model, tokenizer, t, r.Subject, null)).ToList();
+        var rewriting = ContextTemplates.Select(t => EditPrompts.Build(model, tokenizer, t.Replace("{}", r.Prompt, StringComparison.Ordinal), r.Subject, r.TargetNew, Last)).ToList();
+        var kl = Hp.KlPrompts.Select(t => EditPrompts.Build(model, tokenizer, t, r.Subject, null, Last)).ToList();
         return (rewriting, kl);
     }
 
@@ -105,19 +105,27 @@ public abstract class LocateEditorBase : IKnowledgeEditor, IDisposable
     protected Tensor TemplateMeanInput(CausalLM model, ITokenizer tokenizer, EditRequest r, HookPoint point)
     {
         using var scope = NewDisposeScope();
-        var prompts = ContextTemplates.Select(t => EditPrompts.Build(model, tokenizer, t.Replace("{}", r.Prompt, StringComparison.Ordinal), r.Subject, null)).ToList();
+        var prompts = ContextTemplates.Select(t => EditPrompts.Build(model, tokenizer, t.Replace("{}", r.Prompt, StringComparison.Ordinal), r.Subject, null, Last)).ToList();
         return LookupActivations.AtLookup(model, prompts, point, input: true, PadId(tokenizer)).mean([0]).MoveToOuterDisposeScope();
     }
 
     /// <summary>The point's input and output at the subject's last token of the request's own prompt.</summary>
-    protected static (Tensor Input, Tensor Output) AtRequest(CausalLM model, ITokenizer tokenizer, EditRequest r, HookPoint point)
+    protected (Tensor Input, Tensor Output) AtRequest(CausalLM model, ITokenizer tokenizer, EditRequest r, HookPoint point)
     {
-        var prompt = EditPrompts.Build(model, tokenizer, r.Prompt, r.Subject, null);
+        var prompt = EditPrompts.Build(model, tokenizer, r.Prompt, r.Subject, null, Last);
         using var scope = NewDisposeScope();
         var input = LookupActivations.AtLookup(model, [prompt], point, input: true, PadId(tokenizer))[0];
         var output = LookupActivations.AtLookup(model, [prompt], point, input: false, PadId(tokenizer))[0];
         return (input.MoveToOuterDisposeScope(), output.MoveToOuterDisposeScope());
     }
+
+    /// <summary>fact_token "last": look up at the prompt's last token instead of the subject's.</summary>
+    protected bool Last => Hp.FactToken switch
+    {
+        "last" => true,
+        "subject_last" => false,
+        _ => throw new ArgumentException($"fact_token must be subject_last or last, not \"{Hp.FactToken}\""),
+    };
 
     protected static int PadId(ITokenizer tokenizer) => tokenizer.EosId ?? 0;
 

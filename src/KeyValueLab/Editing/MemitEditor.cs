@@ -42,7 +42,7 @@ public sealed class MemitEditor(LocateEditHyperparameters hp, IReadOnlyList<int>
             loss += opt.FinalLoss;
         }
         var z = stack(zs);                                                                    // [n, d]
-        var own = requests.Select(r => EditPrompts.Build(model, tokenizer, r.Prompt, r.Subject, null)).ToList();
+        var own = requests.Select(r => EditPrompts.Build(model, tokenizer, r.Prompt, r.Subject, null, Last)).ToList();
 
         for (int i = 0; i < layers.Count; i++)
         {

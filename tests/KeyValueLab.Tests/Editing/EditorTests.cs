@@ -142,6 +142,19 @@ public sealed class EditorTests : IClassFixture<EditorTests.Stories>
     }
 
     [Fact]
+    public void FactTokenLastLooksUpTheLastPromptToken()
+    {
+        var model = _f.Loaded.Model;
+        var subjectLast = EditPrompts.Build(model, _f.Tokenizer, Request.Prompt, Request.Subject, Request.TargetNew);
+        var last = EditPrompts.Build(model, _f.Tokenizer, Request.Prompt, Request.Subject, Request.TargetNew, lookupLast: true);
+        Assert.Equal(1, subjectLast.LookupIndex);  // BOS, "Lily"
+        Assert.Equal(last.PromptIds.Length - 1, last.LookupIndex);
+        var hp = SmallLocate("ROME") with { FactToken = "last" };
+        using var editor = new RomeEditor(hp, 2, Stats(hp));
+        CheckEdit(editor);
+    }
+
+    [Fact]
     public void MemitMakesTheNewObjectWin()
     {
         var hp = SmallLocate("MEMIT");
