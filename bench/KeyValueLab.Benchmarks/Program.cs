@@ -15,6 +15,8 @@ namespace KeyValueLab.Benchmarks;
 /// absolute numbers drift; a ratio to the same run's matmul rate does not).
 ///   runtime [--stories DIR]   forward GFLOP/s of a GPT-2-small-shaped model ÷ fp32 matmul GFLOP/s,
 ///                             and greedy tokens/s on stories260K when DIR (with stories260K.bin, tok512.bin) is given
+///   edit [--steps N --layer L] time per FT edit on keys vs values of a GPT-2-medium-shaped model (one request,
+///                             fixed steps), each ÷ the time its floating-point work takes at the measured matmul rate
 ///   bdn                       the same forward and matmul under BenchmarkDotNet (slower, with statistics)
 ///   lora --base fp32|nf4 [--steps N --batch B --tokens T --targets q,v --config FILE]
 ///                             LoRA training tokens/s and peak memory on a GPT-2-medium-shaped random model
@@ -37,9 +39,14 @@ public static class Program
                 Option(args, "--targets") ?? "c_attn,keys", config is null ? null : File.ReadAllText(config));
             return 0;
         }
+        if (mode == "edit")
+        {
+            EditBenchmark.Run(Int(args, "--steps", 10), Int(args, "--layer", 12), Int(args, "--repeats", 3));
+            return 0;
+        }
         if (mode != "runtime")
         {
-            Console.Error.WriteLine("usage: KeyValueLab.Benchmarks [runtime [--stories DIR] | bdn | lora --base fp32|nf4]");
+            Console.Error.WriteLine("usage: KeyValueLab.Benchmarks [runtime [--stories DIR] | edit [--steps N] [--layer L] | lora --base fp32|nf4 | bdn]");
             return 2;
         }
         string? stories = Option(args, "--stories");
@@ -98,7 +105,7 @@ internal static class RuntimeBenchmark
         return 2 * (layers + (double)batch * tokens * d * c.VocabSize);
     }
 
-    private static double MatmulOnce()
+    public static double MatmulOnce()
     {
         using var scope = NewDisposeScope();
         var a = randn(1024, 1024);
@@ -121,7 +128,7 @@ internal static class RuntimeBenchmark
     }
 
     /// <summary>Best of <paramref name="repeats"/> timings after one warm-up (the least disturbed run).</summary>
-    private static double Best(int repeats, Func<double> once, out double median)
+    public static double Best(int repeats, Func<double> once, out double median)
     {
         once();
         var times = Enumerable.Range(0, repeats).Select(_ => once()).Order().ToArray();

@@ -14,6 +14,8 @@ public static class Program
         var root = new RootCommand("KeyValueLab: study and change what transformer language models know by updating the keys or the values of their feed-forward layers.");
         root.Subcommands.Add(GenerateCommand.Create(stdout, stderr));
         root.Subcommands.Add(InspectCommand.Create(stdout, stderr));
+        root.Subcommands.Add(EditCommand.Create(stdout, stderr));
+        root.Subcommands.Add(EditEvalCommand.Create(stdout, stderr));
         root.Subcommands.Add(OrganismCommand.Create(stdout, stderr));
         root.Subcommands.Add(TuneCommand.Create(stdout, stderr));
         root.Subcommands.Add(TuneEvalCommand.Create(stdout, stderr));

@@ -1,0 +1,147 @@
+using System.Reflection;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using System.Text.Json.Serialization;
+
+namespace KeyValueLab.Editing;
+
+/// <summary>
+/// Hyperparameters of the fine-tuning editor (SPEC §4: ROME's FT/FT+L, EasyEdit's FT-M/FT-L).
+/// Files in <c>hparams/FT*/</c> hold the published values per model family.
+/// </summary>
+public sealed record FtHyperparameters
+{
+    public string Method { get; init; } = "FT";
+    public string? ModelFamily { get; init; }
+    /// <summary>Where the values come from (paper or repository).</summary>
+    public string? Source { get; init; }
+    public int[] Layers { get; init; } = [0];
+    /// <summary>keys, values or both.</summary>
+    public string Side { get; init; } = "values";
+    /// <summary>Llama keys: gate, up or both (null = both).</summary>
+    public string? KeyKinds { get; init; }
+    public int Steps { get; init; } = 25;
+    public double Lr { get; init; } = 5e-4;
+    public double WeightDecay { get; init; }
+    /// <summary>L∞ radius ε around the original weights (FT+L); null = unconstrained.</summary>
+    public double? NormConstraint { get; init; }
+    /// <summary>Stop before a step once the loss is below this.</summary>
+    public double EarlyStopLoss { get; init; } = 1e-2;
+    /// <summary><c>target</c> (teacher-forced CE over the target tokens) or <c>prompt_last</c> (every target token at the last prompt position).</summary>
+    public string Objective { get; init; } = "target";
+}
+
+/// <summary>
+/// Hyperparameters shared by the closed-form editors ROME, Key-ROME and MEMIT (SPEC §4), with ROME's names.
+/// </summary>
+public sealed record LocateEditHyperparameters
+{
+    public string Method { get; init; } = "ROME";
+    public string? ModelFamily { get; init; }
+    public string? Source { get; init; }
+    /// <summary>ROME/Key-ROME: one layer; MEMIT: the range, the last of which holds the target z.</summary>
+    public int[] Layers { get; init; } = [0];
+    /// <summary>Key-ROME on Llama: gate, up or both (null = both).</summary>
+    public string? KeyKinds { get; init; }
+    /// <summary>Where the edit looks up its key: <c>subject_last</c> (ROME's default) or <c>last</c> (the prompt's last token).</summary>
+    public string FactToken { get; init; } = "subject_last";
+    public int VNumGradSteps { get; init; } = 20;
+    public double VLr { get; init; } = 0.5;
+    public double VWeightDecay { get; init; } = 0.5;
+    public double ClampNormFactor { get; init; } = 4;
+    public double KlFactor { get; init; } = 0.0625;
+    /// <summary>Stop the target-vector optimisation once the total loss is below this (ROME: 5e-2).</summary>
+    public double EarlyStopLoss { get; init; } = 5e-2;
+    /// <summary>Use C⁻¹ (ROME's mom2_adjustment); false = identity.</summary>
+    public bool Mom2Adjustment { get; init; } = true;
+    /// <summary>MEMIT's λ in Δ = R Kᵀ(λC + K Kᵀ)⁻¹.</summary>
+    public double Mom2UpdateWeight { get; init; } = 15000;
+    /// <summary>
+    /// Text the second moments are computed over: <c>generated</c> (text the model samples itself, seeded)
+    /// or the path of a UTF-8 text file (one sample per non-empty line). ROME used Wikipedia, which we do not ship.
+    /// </summary>
+    public string Mom2Corpus { get; init; } = "generated";
+    public int Mom2NSamples { get; init; } = 100000;
+    /// <summary>Tokens per corpus sample (generated length, or truncation of file lines).</summary>
+    public int Mom2SampleTokens { get; init; } = 128;
+    /// <summary>[length, count] pairs of generated context prefixes, as ROME's context_template_length_params.</summary>
+    public int[][] ContextTemplateLengthParams { get; init; } = [[5, 10], [10, 10]];
+    /// <summary>Prompts whose next-token distribution the KL term keeps (ROME: "{} is a").</summary>
+    public string[] KlPrompts { get; init; } = ["{} is a"];
+}
+
+/// <summary>
+/// Reads hyperparameter files: the defaults shipped in <c>hparams/{METHOD}/{model_type}.json</c> (embedded in
+/// the library), or a user's file, then <c>name=value</c> overrides. Unknown names are errors.
+/// </summary>
+public static class HyperparameterFiles
+{
+    private static readonly JsonSerializerOptions Options = new()
+    {
+        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
+        UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow,
+        ReadCommentHandling = JsonCommentHandling.Skip,
+        WriteIndented = true,
+    };
+
+    /// <summary>Method folders shipped: FT, FT-L, ROME, KeyROME, MEMIT.</summary>
+    public static IReadOnlyList<string> Methods => ["FT", "FT-L", "ROME", "KeyROME", "MEMIT"];
+
+    /// <summary>The shipped file text for a method and a model family (Hugging Face <c>model_type</c>).</summary>
+    public static string Builtin(string method, string modelFamily)
+    {
+        string name = $"hparams/{method}/{modelFamily}.json";
+        var assembly = typeof(HyperparameterFiles).Assembly;
+        string? resource = assembly.GetManifestResourceNames().FirstOrDefault(n => string.Equals(n.Replace('\\', '/'), name, StringComparison.OrdinalIgnoreCase));
+        if (resource is null)
+            throw new ArgumentException($"no built-in hyperparameters for {method} on {modelFamily}; pass a file (shipped: {string.Join(", ", assembly.GetManifestResourceNames().Where(n => n.StartsWith("hparams/", StringComparison.Ordinal)))})");
+        using var stream = assembly.GetManifestResourceStream(resource)!;
+        using var reader = new StreamReader(stream);
+        return reader.ReadToEnd();
+    }
+
+    /// <summary>Parses <paramref name="json"/> (from <paramref name="source"/>) with <paramref name="overrides"/> (<c>name=value</c>, value as JSON or a bare string).</summary>
+    public static T Parse<T>(string json, string source, IEnumerable<string>? overrides = null)
+    {
+        JsonObject obj;
+        try
+        {
+            obj = JsonNode.Parse(json, documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip }) as JsonObject
+                  ?? throw new InputException(source, "expected a JSON object of hyperparameters");
+        }
+        catch (JsonException e)
+        {
+            throw new InputException(source, $"not valid JSON: {e.Message}");
+        }
+        foreach (string o in overrides ?? [])
+        {
+            int eq = o.IndexOf('=');
+            if (eq <= 0) throw new InputException(source, $"override \"{o}\" is not name=value");
+            string name = o[..eq].Trim().Replace('-', '_');
+            string value = o[(eq + 1)..].Trim();
+            JsonNode? node;
+            try { node = JsonNode.Parse(value); }
+            catch (JsonException) { node = JsonValue.Create(value); }
+            obj[name] = node;
+        }
+        try
+        {
+            return obj.Deserialize<T>(Options) ?? throw new InputException(source, "empty hyperparameters");
+        }
+        catch (JsonException e)
+        {
+            throw new InputException(source, $"bad hyperparameters: {e.Message}");
+        }
+    }
+
+    /// <summary>Loads a user's file, or the built-in one when <paramref name="path"/> is null.</summary>
+    public static T Load<T>(string? path, string method, string modelFamily, IEnumerable<string>? overrides = null)
+    {
+        if (path is null) return Parse<T>(Builtin(method, modelFamily), $"hparams/{method}/{modelFamily}.json", overrides);
+        if (!File.Exists(path)) throw new InputException(path, "no such hyperparameter file");
+        return Parse<T>(File.ReadAllText(path), path, overrides);
+    }
+
+    /// <summary>The record as a JSON object (snake_case), for params.json.</summary>
+    public static JsonObject ToJson<T>(T value) => (JsonObject)JsonSerializer.SerializeToNode(value, Options)!;
+}

@@ -1,0 +1,226 @@
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using KeyValueLab.Inference;
+using KeyValueLab.Models;
+using KeyValueLab.Tokenization;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace KeyValueLab.Editing;
+
+/// <summary>A module whose inputs' second moment an editor needs, e.g. layer 5's value module.</summary>
+/// <param name="Layer">The layer.</param>
+/// <param name="Point">Where the inputs are read.</param>
+/// <param name="Kind">What the input is, for the cache key: <c>value-input</c> (memory coefficients) or <c>key-input</c> (FFN input).</param>
+public sealed record MomentPoint(int Layer, string Kind, HookPoint Point);
+
+/// <summary>
+/// Uncentred second moments C = E[x xᵀ] of a module's inputs over a text corpus (ROME's mom2 statistics),
+/// cached on disk under <c>{cacheDir}/{model fingerprint}/{kind}-L{layer}-{corpus}-n{samples}.bin</c> so they
+/// are computed once per (model, layer, corpus, sample count).
+/// </summary>
+/// <remarks>
+/// The corpus is text the product has at run time: <c>generated</c> = samples the model draws itself
+/// (temperature 1, no truncation, seeded, from BOS or end-of-text), or a UTF-8 file with one sample per
+/// non-empty line. ROME used 100,000 Wikipedia texts, which we do not ship; the sample count is a parameter
+/// (small counts make statistics in seconds) and is recorded with the cache entry and in params.json.
+/// </remarks>
+public sealed class SecondMoments
+{
+    private const ulong Seed = 20240219;
+
+    public SecondMoments(string corpus, int samples, int sampleTokens, string cacheDir)
+    {
+        if (samples < 1) throw new ArgumentOutOfRangeException(nameof(samples), "at least one sample");
+        if (sampleTokens < 2) throw new ArgumentOutOfRangeException(nameof(sampleTokens), "at least two tokens per sample");
+        (Corpus, Samples, SampleTokens, CacheDir) = (corpus, samples, sampleTokens, cacheDir);
+        if (corpus != "generated" && !File.Exists(corpus)) throw new InputException(corpus, "statistics corpus: no such file (use \"generated\" or a text file)");
+    }
+
+    public string Corpus { get; }
+    public int Samples { get; }
+    public int SampleTokens { get; }
+    public string CacheDir { get; }
+
+    /// <summary>What was read from the cache and what was computed, for logs.</summary>
+    public List<string> Log { get; } = [];
+
+    /// <summary>Default cache folder: <c>$KVLAB_CACHE</c> or <c>~/.cache/kvlab</c>, then <c>stats</c>.</summary>
+    public static string DefaultCacheDir() =>
+        Path.Combine(Environment.GetEnvironmentVariable("KVLAB_CACHE") is { Length: > 0 } env ? env
+            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "kvlab"), "stats");
+
+    /// <summary>C for every point <c>[dim, dim]</c> (float32), from the cache or computed in one pass over the corpus.</summary>
+    public IReadOnlyList<Tensor> Get(CausalLM model, ITokenizer tokenizer, IReadOnlyList<MomentPoint> points)
+    {
+        string fingerprint = ParameterHash.Sha256(model)[..16];
+        string corpusId = CorpusId();
+        var result = new Tensor?[points.Count];
+        var missing = new List<int>();
+        for (int i = 0; i < points.Count; i++)
+        {
+            string file = CacheFile(fingerprint, points[i], corpusId);
+            result[i] = TryRead(file);
+            if (result[i] is null) missing.Add(i); else Log.Add($"statistics {points[i].Kind} L{points[i].Layer}: cached {file}");
+        }
+        if (missing.Count > 0)
+        {
+            var computed = Compute(model, tokenizer, [.. missing.Select(i => points[i])], out long tokens);
+            for (int j = 0; j < missing.Count; j++)
+            {
+                var p = points[missing[j]];
+                string file = CacheFile(fingerprint, p, corpusId);
+                Write(file, computed[j], new JsonObject
+                {
+                    ["model"] = fingerprint, ["layer"] = p.Layer, ["kind"] = p.Kind, ["corpus"] = corpusId,
+                    ["samples"] = Samples, ["tokens"] = tokens, ["dim"] = computed[j].shape[0],
+                });
+                Log.Add($"statistics {p.Kind} L{p.Layer}: computed over {Samples} samples ({tokens} tokens) → {file}");
+                result[missing[j]] = computed[j];
+            }
+        }
+        return [.. result.Select(t => t!)];
+    }
+
+    private string CorpusId()
+    {
+        if (Corpus == "generated") return $"generated-t{SampleTokens}";
+        using var sha = SHA256.Create();
+        using var stream = File.OpenRead(Corpus);
+        string hash = Convert.ToHexStringLower(sha.ComputeHash(stream))[..12];
+        return $"file-{hash}-t{SampleTokens}";
+    }
+
+    private string CacheFile(string fingerprint, MomentPoint p, string corpusId) =>
+        Path.Combine(CacheDir, fingerprint, $"{p.Kind}-L{p.Layer}-{corpusId}-n{Samples}.bin");
+
+    private Tensor[] Compute(CausalLM model, ITokenizer tokenizer, IReadOnlyList<MomentPoint> points, out long tokens)
+    {
+        var sums = new Tensor?[points.Count];
+        long count = 0;
+        Tensor? rowMask = null;  // [B*T] bool: which positions of the current pass are real tokens
+        var hooks = new List<IDisposable>();
+        try
+        {
+            for (int i = 0; i < points.Count; i++)
+            {
+                int k = i;
+                hooks.Add(points[i].Point.Install((input, output) =>
+                {
+                    using var scope = NewDisposeScope();
+                    var x = input.reshape(-1, input.shape[^1]).to(ScalarType.Float64);
+                    if (rowMask is not null) x = x.index(rowMask);
+                    var xtx = x.t().matmul(x);
+                    if (sums[k] is null) sums[k] = xtx.DetachFromDisposeScope();
+                    else sums[k]!.add_(xtx);
+                    return output;
+                }));
+            }
+            using var noGrad = no_grad();
+            if (Corpus == "generated") count = RunGenerated(model, tokenizer, m => rowMask = m);
+            else count = RunFile(model, tokenizer, m => { rowMask?.Dispose(); rowMask = m?.DetachFromDisposeScope(); });
+        }
+        finally
+        {
+            foreach (var h in hooks) h.Dispose();
+            rowMask?.Dispose();
+        }
+        tokens = count;
+        var moments = new Tensor[points.Count];
+        for (int i = 0; i < points.Count; i++)
+        {
+            using var s = sums[i] ?? throw new InvalidOperationException("no corpus token reached the statistics hook");
+            moments[i] = (s / count).to(ScalarType.Float32).DetachFromDisposeScope();
+        }
+        return moments;
+    }
+
+    /// <summary>Samples <see cref="Samples"/> texts of <see cref="SampleTokens"/> tokens from the model, 32 at a time, all rows the same length.</summary>
+    private long RunGenerated(CausalLM model, ITokenizer tokenizer, Action<Tensor?> setMask)
+    {
+        setMask(null);
+        int start = tokenizer.BosId is int bos && PromptEncoding.UsesBos(model) ? bos : tokenizer.EosId ?? tokenizer.BosId ?? 0;
+        int length = Math.Min(SampleTokens, model.Config.MaxPositions);
+        using var generator = new torch.Generator(Seed);
+        long tokens = 0;
+        for (int done = 0; done < Samples; done += 32)
+        {
+            int b = Math.Min(32, Samples - done);
+            using var scope = NewDisposeScope();
+            using var cache = model.NewCache();
+            var next = full(b, 1, start, ScalarType.Int64);
+            for (int t = 0; t < length; t++)
+            {
+                using var step = NewDisposeScope();
+                var logits = model.Forward(next, cache: cache)[.., -1];                          // [B, V]
+                var probs = nn.functional.softmax(logits, -1);
+                next = multinomial(probs, 1, replacement: false, generator: generator).MoveToOuterDisposeScope();  // [B, 1]
+                tokens += b;
+            }
+        }
+        return tokens;
+    }
+
+    private long RunFile(CausalLM model, ITokenizer tokenizer, Action<Tensor?> setMask)
+    {
+        var texts = File.ReadLines(Corpus).Where(l => !string.IsNullOrWhiteSpace(l)).Take(Samples).ToList();
+        if (texts.Count == 0) throw new InputException(Corpus, "the statistics corpus has no non-empty lines");
+        int length = Math.Min(SampleTokens, model.Config.MaxPositions);
+        long tokens = 0;
+        for (int i = 0; i < texts.Count; i += 16)
+        {
+            using var scope = NewDisposeScope();
+            var seqs = texts.Skip(i).Take(16).Select(t => (IReadOnlyList<int>)PromptEncoding.Encode(model, tokenizer, t).Take(length).ToArray())
+                .Where(s => s.Count > 0).ToArray();
+            if (seqs.Length == 0) continue;
+            using var batch = TokenBatch.RightPadded(seqs, tokenizer.EosId ?? 0);
+            setMask(batch.AttentionMask.reshape(-1).to(ScalarType.Bool));
+            model.Forward(batch.InputIds, batch.AttentionMask, batch.PositionIds);
+            tokens += seqs.Sum(s => s.Count);
+        }
+        setMask(null);
+        return tokens;
+    }
+
+    private static Tensor? TryRead(string file)
+    {
+        if (!File.Exists(file)) return null;
+        try
+        {
+            using var stream = File.OpenRead(file);
+            using var reader = new BinaryReader(stream);
+            int headerLength = reader.ReadInt32();
+            var header = JsonNode.Parse(Encoding.UTF8.GetString(reader.ReadBytes(headerLength)))!;
+            long dim = header["dim"]!.GetValue<long>();
+            var bytes = reader.ReadBytes(checked((int)(dim * dim * 4)));
+            if (bytes.Length != dim * dim * 4) return null;
+            var data = new float[dim * dim];
+            Buffer.BlockCopy(bytes, 0, data, 0, bytes.Length);
+            return tensor(data, [dim, dim]).DetachFromDisposeScope();
+        }
+        catch (Exception e) when (e is IOException or JsonException or EndOfStreamException or NullReferenceException or InvalidOperationException)
+        {
+            return null;  // a damaged cache entry is recomputed
+        }
+    }
+
+    private static void Write(string file, Tensor moment, JsonObject header)
+    {
+        Directory.CreateDirectory(Path.GetDirectoryName(file)!);
+        string tmp = file + $".{Environment.ProcessId}.tmp";
+        byte[] head = Encoding.UTF8.GetBytes(header.ToJsonString());
+        float[] data = moment.contiguous().data<float>().ToArray();
+        using (var stream = File.Create(tmp))
+        using (var writer = new BinaryWriter(stream))
+        {
+            writer.Write(head.Length);
+            writer.Write(head);
+            var bytes = new byte[data.Length * 4];
+            Buffer.BlockCopy(data, 0, bytes, 0, bytes.Length);
+            writer.Write(bytes);
+        }
+        File.Move(tmp, file, overwrite: true);
+    }
+}

@@ -1,0 +1,241 @@
+using System.Diagnostics;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using KeyValueLab.Editing;
+using KeyValueLab.Memory;
+using KeyValueLab.Models;
+using KeyValueLab.Tokenization;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace KeyValueLab.Evaluation;
+
+/// <summary>
+/// How edits are applied across cases: <see cref="Single"/> = each case on the original model, restored bit
+/// for bit afterwards (checked by hash); <see cref="Batch"/> = all requests in one editor call;
+/// <see cref="Sequential"/> = one after another without restoring, metrics taken as edits accumulate.
+/// </summary>
+public enum EditMode { Single, Batch, Sequential }
+
+/// <summary>Progress of a run, for a progress bar.</summary>
+public sealed record EditProgress(int Done, int Total, string Stage);
+
+/// <summary>
+/// <c>edit-eval</c>'s engine: runs an editor over a slice of cases, writing <c>cases/{case_id}.json</c> as
+/// each case finishes (atomically: a killed run leaves no half-written case) and skipping cases already
+/// there, so a restarted run finishes the same slice; <c>params.json</c> records the resolved settings and a
+/// restart with different settings is refused; <c>summary.json</c>/<c>summary.txt</c> are written at the end.
+/// </summary>
+public sealed class EditRun
+{
+    public static readonly JsonSerializerOptions Json = new()
+    {
+        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
+        WriteIndented = true,
+        NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals,
+    };
+
+    public EditRun(string outputDir, EditMode mode, EvaluationOptions? evaluation = null)
+    {
+        (OutputDir, Mode, Evaluation) = (outputDir, mode, evaluation ?? new EvaluationOptions());
+    }
+
+    public string OutputDir { get; }
+    public EditMode Mode { get; }
+    public EvaluationOptions Evaluation { get; }
+
+    /// <summary>Where case <paramref name="caseId"/>'s result goes.</summary>
+    public string CaseFile(string caseId) => Path.Combine(OutputDir, "cases", Sanitize(caseId) + ".json");
+
+    /// <summary>
+    /// Runs every case not yet on disk, then summarises the whole slice. <paramref name="runParams"/> (dataset,
+    /// slice, model, …) is stored in params.json with the editor's hyperparameters and the mode.
+    /// </summary>
+    public EditSummary Run(CausalLM model, ITokenizer tokenizer, IKnowledgeEditor editor, IReadOnlyList<EditCase> cases,
+        JsonObject runParams, IProgress<EditProgress>? progress = null, Action<string>? log = null, CancellationToken cancel = default)
+    {
+        Directory.CreateDirectory(Path.Combine(OutputDir, "cases"));
+        var parameters = (JsonObject)runParams.DeepClone();
+        parameters["method"] = editor.Method;
+        parameters["mode"] = Mode.ToString().ToLowerInvariant();
+        parameters["model_fingerprint"] = ParameterHash.Sha256(model);
+        parameters["evaluation"] = JsonSerializer.SerializeToNode(Evaluation, Json);
+        parameters["reference_score"] = "unavailable: needs ROME's attribute snippets (SPEC §3)";
+
+        var todo = cases.Where(c => !File.Exists(CaseFile(c.CaseId))).ToList();
+        int total = cases.Count, done = total - todo.Count;
+        if (todo.Count > 0)
+        {
+            progress?.Report(new EditProgress(done, total, "preparing"));
+            var prepared = Stopwatch.StartNew();
+            foreach (string line in editor.Prepare(model, tokenizer)) log?.Invoke(line);
+            parameters["hyperparameters"] = editor.Hyperparameters;
+            parameters["prepare_seconds_last_run"] = prepared.Elapsed.TotalSeconds;
+            WriteParams(parameters);
+            var evaluator = new CaseEvaluator(model, tokenizer, Evaluation);
+            switch (Mode)
+            {
+                case EditMode.Single: RunSingle(model, tokenizer, editor, evaluator, todo, total, done, progress, cancel); break;
+                case EditMode.Batch: RunBatch(model, tokenizer, editor, evaluator, cases, todo, total, done, progress, cancel); break;
+                default: RunSequential(model, tokenizer, editor, evaluator, cases, total, progress, cancel); break;
+            }
+        }
+        else if (!File.Exists(Path.Combine(OutputDir, "params.json")))
+        {
+            parameters["hyperparameters"] = editor.Hyperparameters;
+            WriteParams(parameters);
+        }
+        var results = cases.Select(c => ReadCase(CaseFile(c.CaseId))).ToList();
+        var summary = EditSummary.From(results, cases.Count > 0 ? cases[0].Format : EditDatasetFormat.CounterFact);
+        File.WriteAllText(Path.Combine(OutputDir, "summary.json"), JsonSerializer.Serialize(summary, Json));
+        File.WriteAllText(Path.Combine(OutputDir, "summary.txt"), summary.ToTable());
+        return summary;
+    }
+
+    private void RunSingle(CausalLM model, ITokenizer tokenizer, IKnowledgeEditor editor, CaseEvaluator evaluator,
+        List<EditCase> todo, int total, int done, IProgress<EditProgress>? progress, CancellationToken cancel)
+    {
+        var names = editor.ParameterNames(model);
+        string before = ParameterHash.Sha256(model), edited = ParameterHash.Sha256(model, names);
+        using var snapshot = WeightSnapshot.Take(model, names);
+        foreach (var c in todo)
+        {
+            cancel.ThrowIfCancellationRequested();
+            var pre = evaluator.Measure(c);
+            var (report, seconds) = Timed(() => editor.Apply(model, tokenizer, [c.Request]));
+            long changed = Changed(model, snapshot);
+            var post = evaluator.Measure(c);
+            snapshot.Restore(model);
+            if (ParameterHash.Sha256(model, names) != edited)
+                throw new InvalidOperationException($"case {c.CaseId}: restoring the weights did not give back the original parameters");
+            Write(c, pre, post, new EditCost(seconds, changed, report.Steps, report.FinalLoss, 1));
+            progress?.Report(new EditProgress(++done, total, c.CaseId));
+        }
+        if (ParameterHash.Sha256(model) != before)
+            throw new InvalidOperationException("after the single-mode run the model's parameter hash differs from the original's");
+    }
+
+    private void RunBatch(CausalLM model, ITokenizer tokenizer, IKnowledgeEditor editor, CaseEvaluator evaluator,
+        IReadOnlyList<EditCase> all, List<EditCase> todo, int total, int done, IProgress<EditProgress>? progress, CancellationToken cancel)
+    {
+        // A batch edit depends on every request of the slice, so a resumed run re-applies the whole batch
+        // (deterministically) and writes the cases still missing.
+        var names = editor.ParameterNames(model);
+        using var snapshot = WeightSnapshot.Take(model, names);
+        var pre = new List<CaseScores>();
+        foreach (var c in todo)
+        {
+            cancel.ThrowIfCancellationRequested();
+            pre.Add(evaluator.Measure(c));
+            progress?.Report(new EditProgress(done, total, "pre-edit " + c.CaseId));
+        }
+        var (report, seconds) = Timed(() => editor.Apply(model, tokenizer, [.. all.Select(c => c.Request)]));
+        long changed = Changed(model, snapshot);
+        for (int i = 0; i < todo.Count; i++)
+        {
+            cancel.ThrowIfCancellationRequested();
+            var post = evaluator.Measure(todo[i]);
+            Write(todo[i], pre[i], post, new EditCost(seconds / all.Count, changed, report.Steps, report.FinalLoss, all.Count));
+            progress?.Report(new EditProgress(++done, total, todo[i].CaseId));
+        }
+        snapshot.Restore(model);
+    }
+
+    private void RunSequential(CausalLM model, ITokenizer tokenizer, IKnowledgeEditor editor, CaseEvaluator evaluator,
+        IReadOnlyList<EditCase> cases, int total, IProgress<EditProgress>? progress, CancellationToken cancel)
+    {
+        // Cases already on disk are re-applied (not re-scored) so the model carries the same edits as before the kill.
+        var names = editor.ParameterNames(model);
+        using var snapshot = WeightSnapshot.Take(model, names);
+        int done = 0;
+        for (int i = 0; i < cases.Count; i++)
+        {
+            cancel.ThrowIfCancellationRequested();
+            var c = cases[i];
+            if (File.Exists(CaseFile(c.CaseId)))
+            {
+                editor.Apply(model, tokenizer, [c.Request]);
+                progress?.Report(new EditProgress(++done, total, "replay " + c.CaseId));
+                continue;
+            }
+            var pre = evaluator.Measure(c);
+            var (report, seconds) = Timed(() => editor.Apply(model, tokenizer, [c.Request]));
+            long changed = Changed(model, snapshot);
+            var post = evaluator.Measure(c);
+            Write(c, pre, post, new EditCost(seconds, changed, report.Steps, report.FinalLoss, i + 1));
+            progress?.Report(new EditProgress(++done, total, c.CaseId));
+        }
+        snapshot.Restore(model);
+    }
+
+    private void Write(EditCase c, CaseScores pre, CaseScores post, EditCost cost)
+    {
+        var result = new CaseResult(c.CaseId, c.Request, pre, post, CaseMetrics.From(pre, c.Format), CaseMetrics.From(post, c.Format),
+            EasyEditView.From(pre, post), cost);
+        AtomicWrite(CaseFile(c.CaseId), JsonSerializer.Serialize(result, Json));
+    }
+
+    private void WriteParams(JsonObject parameters)
+    {
+        string file = Path.Combine(OutputDir, "params.json");
+        if (File.Exists(file))
+        {
+            var old = JsonNode.Parse(File.ReadAllText(file)) as JsonObject ?? throw new InputException(file, "not a JSON object");
+            var a = Comparable(old);
+            var b = Comparable(parameters);
+            if (!JsonNode.DeepEquals(a, b))
+            {
+                var differing = a.Select(p => p.Key).Union(b.Select(p => p.Key)).Where(k => !JsonNode.DeepEquals(a[k], b[k]));
+                throw new InputException(file, $"this folder holds a run with other settings ({string.Join(", ", differing)}); use another --out folder");
+            }
+        }
+        AtomicWrite(file, parameters.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+    }
+
+    private static JsonObject Comparable(JsonObject o)
+    {
+        var copy = (JsonObject)o.DeepClone();
+        copy.Remove("prepare_seconds_last_run");
+        return copy;
+    }
+
+    public static CaseResult ReadCase(string file)
+    {
+        try
+        {
+            return JsonSerializer.Deserialize<CaseResult>(File.ReadAllText(file), Json) ?? throw new InputException(file, "empty case file");
+        }
+        catch (JsonException e)
+        {
+            throw new InputException(file, $"not a case result: {e.Message}");
+        }
+    }
+
+    private static (EditReport Report, double Seconds) Timed(Func<EditReport> edit)
+    {
+        var watch = Stopwatch.StartNew();
+        var report = edit();
+        return (report, watch.Elapsed.TotalSeconds);
+    }
+
+    /// <summary>How many weights differ (bitwise) from the snapshot.</summary>
+    public static long Changed(nn.Module model, WeightSnapshot snapshot)
+    {
+        var parameters = model.named_parameters().ToDictionary(p => p.name, p => p.parameter, StringComparer.Ordinal);
+        long changed = 0;
+        using var scope = NewDisposeScope();
+        foreach (string name in snapshot.Names)
+            changed += parameters[name].detach().ne(snapshot[name]).sum().item<long>();
+        return changed;
+    }
+
+    private static void AtomicWrite(string file, string text)
+    {
+        string tmp = file + ".tmp";
+        File.WriteAllText(tmp, text);
+        File.Move(tmp, file, overwrite: true);
+    }
+
+    private static string Sanitize(string id) =>
+        string.Concat(id.Select(ch => char.IsLetterOrDigit(ch) || ch is '-' or '_' or '.' ? ch : '_'));
+}

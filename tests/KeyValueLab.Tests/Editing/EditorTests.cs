@@ -1,0 +1,164 @@
+using KeyValueLab.Editing;
+using KeyValueLab.Evaluation;
+using KeyValueLab.Inference;
+using KeyValueLab.Memory;
+using KeyValueLab.Models;
+using KeyValueLab.Tokenization;
+
+namespace KeyValueLab.Tests.Editing;
+
+/// <summary>Every editor on the real stories260K model: the edit makes the new object more likely than the old one, and only the scoped matrices change.</summary>
+public sealed class EditorTests : IClassFixture<EditorTests.Stories>
+{
+    public sealed class Stories : IDisposable
+    {
+        public LoadedModel Loaded { get; } = ModelLoader.Load(TestData.Path("llama2c_stories260K/stories260K.bin"));
+        public ITokenizer Tokenizer { get; } = TokenizerLoader.Load(TestData.Path("llama2c_stories260K/tok512.bin"));
+        internal TempDir Cache { get; } = new();
+        public void Dispose() { Loaded.Dispose(); Cache.Dispose(); }
+    }
+
+    private readonly Stories _f;
+    public EditorTests(Stories f) => _f = f;
+
+    internal static readonly EditRequest Request = new("t1", "{} went to the", "Lily", "moon", "park");
+
+    internal static LocateEditHyperparameters SmallLocate(string method) => new()
+    {
+        Method = method, VNumGradSteps = 40, ClampNormFactor = 10, ContextTemplateLengthParams = [[5, 2]], Mom2NSamples = 32, Mom2SampleTokens = 64,
+        VWeightDecay = 1e-3, Mom2UpdateWeight = 100,
+    };
+
+    private (double New, double True) Losses()
+    {
+        var s = Scorer.Score(_f.Loaded.Model, _f.Tokenizer, [(Request.FilledPrompt, Request.TargetNew), (Request.FilledPrompt, Request.TargetTrue!)]);
+        return (s[0].Loss, s[1].Loss);
+    }
+
+    /// <param name="mustWin">False: only require that the new object became more likely. ROME and Key-ROME on this 64-wide, 172-memory model spill the edit onto the prompt's later tokens (the rank-one update is exact at the subject, see RankOneUpdateMapsTheSubjectKeyExactlyToTheTarget).</param>
+    private void CheckEdit(IKnowledgeEditor editor, bool mustWin = true)
+    {
+        var model = _f.Loaded.Model;
+        string before = ParameterHash.Sha256(model);
+        var names = editor.ParameterNames(model);
+        var others = model.named_parameters().Select(p => p.name).Except(names).ToList();
+        string othersBefore = ParameterHash.Sha256(model, others);
+        using var snapshot = WeightSnapshot.Take(model, names);
+        try
+        {
+            editor.Prepare(model, _f.Tokenizer);
+            var pre = Losses();
+            Assert.True(pre.True < pre.New, $"pre-edit the model should prefer the true object: {pre}");
+            var report = editor.Apply(model, _f.Tokenizer, [Request]);
+            var post = Losses();
+            if (!mustWin) Assert.True(post.New < pre.New, $"{editor.Method}: L(new) {pre.New:F3} → {post.New:F3}");
+            else Assert.True(post.New < post.True, $"{editor.Method} {editor.Scope.Side}: post-edit L(new)={post.New:F3} should be below L(true)={post.True:F3} (report {report})");
+            Assert.Equal(othersBefore, ParameterHash.Sha256(model, others));
+            Assert.True(EditRun.Changed(model, snapshot) > 0);
+        }
+        finally
+        {
+            snapshot.Restore(model);  // the model is shared by the class's tests
+        }
+        Assert.Equal(before, ParameterHash.Sha256(model));
+    }
+
+    private SecondMoments Stats(LocateEditHyperparameters hp) => new(hp.Mom2Corpus, hp.Mom2NSamples, hp.Mom2SampleTokens, _f.Cache.Path);
+
+    [Theory]
+    [InlineData("values", null, "target")]
+    [InlineData("keys", "up", "target")]
+    [InlineData("keys", "gate", "prompt_last")]
+    [InlineData("keys", "both", "target")]
+    [InlineData("both", null, "target")]
+    public void FineTuningMakesTheNewObjectWin(string side, string? kinds, string objective)
+    {
+        var hp = new FtHyperparameters { Layers = [2], Side = side, KeyKinds = kinds, Steps = 25, Lr = 5e-3, Objective = objective };
+        CheckEdit(new FineTuneEditor(hp));
+    }
+
+    [Fact]
+    public void ConstrainedFineTuningStaysWithinEpsilon()
+    {
+        var model = _f.Loaded.Model;
+        var hp = new FtHyperparameters { Layers = [1], Side = "values", Steps = 5, Lr = 1e-2, NormConstraint = 1e-3 };
+        var editor = new FineTuneEditor(hp);
+        using var snapshot = WeightSnapshot.Take(model, editor.ParameterNames(model));
+        float maxDiff;
+        try
+        {
+            editor.Apply(model, _f.Tokenizer, [Request]);
+            var memory = new FfnMemory(model);
+            maxDiff = (memory.Values(1).detach() - snapshot[memory.ValuesName(1)]).abs().max().item<float>();
+        }
+        finally { snapshot.Restore(model); }
+        Assert.InRange(maxDiff, 1e-4f, 1e-3f + 1e-6f);
+    }
+
+    [Fact]
+    public void RomeMakesTheNewObjectMoreLikely()
+    {
+        var hp = SmallLocate("ROME");
+        using var editor = new RomeEditor(hp, 2, Stats(hp));
+        CheckEdit(editor, mustWin: false);
+    }
+
+    [Theory]
+    [InlineData("ROME", null)]
+    [InlineData("KeyROME", "up")]
+    [InlineData("KeyROME", "both")]
+    public void RankOneUpdateMapsTheSubjectKeyExactlyToTheTarget(string method, string? kinds)
+    {
+        var model = _f.Loaded.Model;
+        var memory = new FfnMemory(model);
+        var hp = SmallLocate(method) with { VNumGradSteps = 5 };
+        using LocateEditorBase editor = method == "ROME" ? new RomeEditor(hp, 3, Stats(hp)) : new KeyRomeEditor(hp, 3, EditScope.ParseKeyKinds(kinds), Stats(hp));
+        using var snapshot = WeightSnapshot.Take(model, editor.ParameterNames(model));
+        try
+        {
+        editor.Prepare(model, _f.Tokenizer);
+        editor.Apply(model, _f.Tokenizer, [Request]);
+        var modules = method == "ROME" ? [memory.ValueModule(3)]
+            : EditScope.ParseKeyKinds(kinds)!.Select(k => memory.KeyModule(3, k)).ToList();
+        var prompt = EditPrompts.Build(model, _f.Tokenizer, Request.Prompt, Request.Subject, null);
+        for (int i = 0; i < modules.Count; i++)
+        {
+            var output = LookupActivations.AtLookup(model, [prompt], HookPoint.Linear("m", modules[i]), input: false, 0)[0];
+            var target = TorchSharp.torch.tensor(editor.LastTargets[i]);
+            double error = ((output - target).norm() / target.norm()).item<float>();
+            Assert.True(error < 1e-4, $"{method} module {i}: relative error {error}");
+        }
+        }
+        finally { snapshot.Restore(model); }
+    }
+
+    [Theory]
+    [InlineData("up")]
+    public void KeyRomeMakesTheNewObjectMoreLikely(string kinds)
+    {
+        var hp = SmallLocate("KeyROME");
+        using var editor = new KeyRomeEditor(hp, 2, EditScope.ParseKeyKinds(kinds), Stats(hp));
+        CheckEdit(editor, mustWin: false);
+    }
+
+    [Fact]
+    public void FactTokenLastLooksUpTheLastPromptToken()
+    {
+        var model = _f.Loaded.Model;
+        var subjectLast = EditPrompts.Build(model, _f.Tokenizer, Request.Prompt, Request.Subject, Request.TargetNew);
+        var last = EditPrompts.Build(model, _f.Tokenizer, Request.Prompt, Request.Subject, Request.TargetNew, lookupLast: true);
+        Assert.Equal(1, subjectLast.LookupIndex);  // BOS, "Lily"
+        Assert.Equal(last.PromptIds.Length - 1, last.LookupIndex);
+        var hp = SmallLocate("ROME") with { FactToken = "last" };
+        using var editor = new RomeEditor(hp, 2, Stats(hp));
+        CheckEdit(editor);
+    }
+
+    [Fact]
+    public void MemitMakesTheNewObjectWin()
+    {
+        var hp = SmallLocate("MEMIT");
+        using var editor = new MemitEditor(hp, [1, 2], Stats(hp));
+        CheckEdit(editor);
+    }
+}
