@@ -16,7 +16,7 @@ internal sealed class EditorOptions
     public Option<string?> StatsCorpus { get; } = new("--stats-corpus") { Description = "Text for the second-moment statistics: 'generated' (the model's own samples) or a text file, one sample per line." };
     public Option<int?> StatsSamples { get; } = new("--stats-samples") { Description = "Corpus samples for the statistics (published: 100000; small values take seconds)." };
     public Option<int?> StatsTokens { get; } = new("--stats-tokens") { Description = "Tokens per statistics sample (default 128)." };
-    public Option<string?> StatsDir { get; } = new("--stats-dir") { Description = "Statistics cache folder (default $KVLAB_CACHE/stats or ~/.cache/kvlab/stats)." };
+    public Option<string?> StatsDir { get; } = new("--stats-dir") { Description = "Statistics cache folder (default: $KVLAB_CACHE/stats, else ~/.cache/keyvaluelab/stats)." };
 
     public Option<int> Threads { get; } = new("--threads") { Description = "Torch CPU threads; 0 = libtorch's default. On a busy machine 1 is often much faster (OpenMP threads spin when cores are oversubscribed).", DefaultValueFactory = _ => 0 };
 

@@ -47,10 +47,8 @@ public sealed class SecondMoments
     /// <summary>What was read from the cache and what was computed, for logs.</summary>
     public List<string> Log { get; } = [];
 
-    /// <summary>Default cache folder: <c>$KVLAB_CACHE</c> or <c>~/.cache/kvlab</c>, then <c>stats</c>.</summary>
-    public static string DefaultCacheDir() =>
-        Path.Combine(Environment.GetEnvironmentVariable("KVLAB_CACHE") is { Length: > 0 } env ? env
-            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "kvlab"), "stats");
+    /// <summary>Default cache folder: <c>stats</c> under the user's KeyValueLab cache (<see cref="CachePaths"/>).</summary>
+    public static string DefaultCacheDir() => CachePaths.Of("stats");
 
     /// <summary>C for every point <c>[dim, dim]</c> (float32), from the cache or computed in one pass over the corpus.</summary>
     public IReadOnlyList<Tensor> Get(CausalLM model, ITokenizer tokenizer, IReadOnlyList<MomentPoint> points)

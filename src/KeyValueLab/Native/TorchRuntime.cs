@@ -161,15 +161,12 @@ public static class TorchRuntime
                 continue; // Try the next candidate folder.
             }
         }
-        throw new TorchRuntimeException("TorchSharp native runtime: no writable cache folder for the patched libLibTorchSharp.so (tried ~/.cache/keyvaluelab and the temp folder)");
+        throw new TorchRuntimeException("TorchSharp native runtime: no writable cache folder for the patched libLibTorchSharp.so (tried the KeyValueLab cache folder and the temp folder)");
     }
 
     private static IEnumerable<string> CacheRoots()
     {
-        string? xdg = Environment.GetEnvironmentVariable("XDG_CACHE_HOME");
-        if (!string.IsNullOrEmpty(xdg) && Path.IsPathRooted(xdg)) yield return Path.Combine(xdg, "keyvaluelab");
-        string home = Environment.GetFolderPath(Environment.SpecialFolder.UserProfile);
-        if (!string.IsNullOrEmpty(home)) yield return Path.Combine(home, ".cache", "keyvaluelab");
+        yield return CachePaths.Root;
         yield return Path.Combine(Path.GetTempPath(), $"keyvaluelab-{Environment.UserName}");
     }
 

@@ -54,19 +54,8 @@ public static class OrganismBuilder
 {
     public const string ReportFile = "report.json";
 
-    /// <summary>
-    /// <c>$KVLAB_CACHE/organisms</c> when set, else <c>$XDG_CACHE_HOME/keyvaluelab/organisms</c>, else
-    /// <c>~/.cache/keyvaluelab/organisms</c> (on Windows, under LocalApplicationData).
-    /// </summary>
-    public static string DefaultCacheRoot()
-    {
-        if (Environment.GetEnvironmentVariable("KVLAB_CACHE") is { Length: > 0 } kv) return Path.Combine(kv, "organisms");
-        if (OperatingSystem.IsWindows())
-            return Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.LocalApplicationData), "keyvaluelab", "organisms");
-        string cache = Environment.GetEnvironmentVariable("XDG_CACHE_HOME") is { Length: > 0 } x ? x
-            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache");
-        return Path.Combine(cache, "keyvaluelab", "organisms");
-    }
+    /// <summary><c>organisms</c> under the user's KeyValueLab cache (<see cref="CachePaths"/>).</summary>
+    public static string DefaultCacheRoot() => CachePaths.Of("organisms");
 
     /// <summary>The folder a spec builds into.</summary>
     public static string FolderOf(OrganismSpec spec, string? cacheRoot = null) => Path.Combine(cacheRoot ?? DefaultCacheRoot(), spec.Hash());
