@@ -76,7 +76,7 @@ public static class TargetOptimizer
                 for (int i = 0; i < points.Count; i++)
                 {
                     var v0 = initials[i]!;
-                    total = total + hp.VWeightDecay * (deltas[i]!.norm() / v0.norm().pow(2));
+                    total = total + hp.VWeightDecay * (deltas[i]!.norm() / v0.norm().square());
                 }
                 loss = total.item<float>();
                 nll = nllLoss.item<float>();

@@ -50,7 +50,7 @@ public sealed class LlamaRmsNorm : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         var x32 = x.to(ScalarType.Float32);
-        var normed = x32 * rsqrt(x32.pow(2).mean([-1L], keepdim: true) + _eps);  // [B, T, C]
+        var normed = x32 * rsqrt(x32.square().mean([-1L], keepdim: true) + _eps);  // [B, T, C]
         return _weight * normed.to(x.dtype);
     }
 }

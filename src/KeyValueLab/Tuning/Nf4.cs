@@ -152,7 +152,10 @@ public sealed class Nf4Tensor : IDisposable
         var code = tensor(Nf4Codes.DynamicSigned);
         var values = code.index_select(0, QuantizedAbsmax.to(ScalarType.Int64));
         var scales = NestedAbsmax.repeat_interleave(NestedBlockSize).narrow(0, 0, values.shape[0]);
-        return (values * scales + Offset).MoveToOuterDisposeScope();
+        // The offset as a 0-dim tensor rather than an implicit Scalar: a temporary Scalar can be finalised by the
+        // GC while libtorch still reads it (seen as "Unknown scalar type" mid-training).
+        var offset = tensor(Offset);
+        return (values * scales + offset).MoveToOuterDisposeScope();
     }
 
     /// <summary>The float32 weights <c>code[index] × absmax[block]</c>, in the original shape.</summary>
