@@ -42,7 +42,7 @@ public static class MemoryInspector
         }
         var next = logits.topk(5).indexes.data<long>().Select(i => tokenizer.TokenText((int)i)).ToArray();
 
-        var unembedding = OutputEmbedding(model);                                   // [V, d_model]
+        var unembedding = model.OutputEmbedding;                                   // [V, d_model]
         var values = memory.Values(layer);                                          // [d_model, memories]
         var (topCoef, topIdx) = coefficients.topk(Math.Min(topMemories, (int)coefficients.shape[0]));
         string keyName = string.Join("+", model.Ffn(layer).Keys.Keys);
@@ -56,14 +56,5 @@ public static class MemoryInspector
                 pv.data<float>().ToArray().Select(v => (double)v).ToArray()));
         }
         return new MemoryReport(model.Config.ModelType, layer, last, tokenizer.TokenText(ids[last]), next, readings);
-    }
-
-    /// <summary>The unembedding matrix <c>[vocab, d_model]</c>: <c>lm_head.weight</c>, or the tied input embedding.</summary>
-    public static Tensor OutputEmbedding(CausalLM model)
-    {
-        var parameters = model.named_parameters().ToDictionary(p => p.name, p => p.parameter);
-        foreach (string name in new[] { "lm_head.weight", "transformer.wte.weight", "model.embed_tokens.weight" })
-            if (parameters.TryGetValue(name, out var p)) return p;
-        throw new InvalidOperationException($"{model.Config.ModelType}: no output embedding among the parameters");
     }
 }

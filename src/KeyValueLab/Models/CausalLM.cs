@@ -42,6 +42,9 @@ public abstract class CausalLM : nn.Module
     /// </summary>
     public abstract Tensor Logits(Tensor hidden);
 
+    /// <summary>The unembedding matrix <c>[vocab, C]</c> that <see cref="Logits"/> multiplies by: <c>lm_head.weight</c>, or the tied input embedding.</summary>
+    public abstract Tensor OutputEmbedding { get; }
+
     /// <summary>The feed-forward block of one layer: its key matrices and value matrix.</summary>
     public abstract FfnParts Ffn(int layer);
 

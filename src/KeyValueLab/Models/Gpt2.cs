@@ -191,7 +191,9 @@ public sealed class Gpt2 : CausalLM
 
     /// <summary>Logits through the tied token embedding (or <c>lm_head</c> when untied).</summary>
     public override Tensor Logits(Tensor hidden) =>
-        Unembedding.Project(hidden, _lmHead?.weight ?? _transformer.Wte.weight!, _lmHead?.bias);  // [..., V]
+        Unembedding.Project(hidden, OutputEmbedding, _lmHead?.bias);  // [..., V]
+
+    public override Tensor OutputEmbedding => _lmHead?.weight ?? _transformer.Wte.weight!;
 
     public override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => _transformer.H[CheckLayer(layer)];
 

@@ -216,7 +216,9 @@ public sealed class Gptj : CausalLM
     }
 
     /// <summary>Logits through <c>lm_head</c> (weight and bias).</summary>
-    public override Tensor Logits(Tensor hidden) => Unembedding.Project(hidden, _lmHead.weight!, _lmHead.bias);  // [..., V]
+    public override Tensor Logits(Tensor hidden) => Unembedding.Project(hidden, OutputEmbedding, _lmHead.bias);  // [..., V]
+
+    public override Tensor OutputEmbedding => _lmHead.weight!;
 
     public override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => _transformer.H[CheckLayer(layer)];
 

@@ -244,7 +244,9 @@ public sealed class Llama : CausalLM
 
     /// <summary>Logits through <c>lm_head</c>, or the tied token embedding.</summary>
     public override Tensor Logits(Tensor hidden) =>
-        Unembedding.Project(hidden, _lmHead?.weight ?? _model.EmbedTokens.weight!, _lmHead?.bias);  // [..., V]
+        Unembedding.Project(hidden, OutputEmbedding, _lmHead?.bias);  // [..., V]
+
+    public override Tensor OutputEmbedding => _lmHead?.weight ?? _model.EmbedTokens.weight!;
 
     public override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => _model.Layers[CheckLayer(layer)];
 

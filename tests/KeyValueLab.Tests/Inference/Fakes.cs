@@ -67,6 +67,8 @@ internal sealed class BigramLM : CausalLM
 
     public override Tensor Logits(Tensor hidden) => hidden;
 
+    public override Tensor OutputEmbedding => throw new NotSupportedException();
+
     public override FfnParts Ffn(int layer) => throw new NotSupportedException();
 
     public override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => throw new NotSupportedException();
@@ -120,6 +122,8 @@ internal sealed class TinyLM : CausalLM
         Logits(Hidden(inputIds, attentionMask, positionIds, cache));
 
     public override Tensor Logits(Tensor hidden) => lm_head.call(hidden);
+
+    public override Tensor OutputEmbedding => lm_head.weight!;
 
     public override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => throw new NotSupportedException();
 

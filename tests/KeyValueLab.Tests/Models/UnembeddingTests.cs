@@ -33,4 +33,19 @@ public class UnembeddingTests
         logits.sum().backward();
         Assert.NotNull(weight.grad);
     }
+
+    [Theory]
+    [InlineData("fixtures/tiny_gpt2")]        // tied to transformer.wte
+    [InlineData("fixtures/tiny_llama_gqa")]   // untied lm_head
+    [InlineData("fixtures/stories260K_hf")]   // tied to model.embed_tokens
+    public void OutputEmbeddingIsWhatLogitsMultipliesBy(string fixture)
+    {
+        using var loaded = ModelLoader.Load(TestData.Path(fixture));
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var x = randn([3, loaded.Config.HiddenSize]);
+        var expected = nn.functional.linear(x, loaded.Model.OutputEmbedding);
+        Assert.Equal([loaded.Config.VocabSize, loaded.Config.HiddenSize], loaded.Model.OutputEmbedding.shape);
+        Assert.True(expected.allclose(loaded.Model.Logits(x), rtol: 0, atol: 1e-5));
+    }
 }
