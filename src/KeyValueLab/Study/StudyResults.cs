@@ -1,0 +1,76 @@
+using System.Text.Json.Nodes;
+using KeyValueLab.Evaluation;
+
+namespace KeyValueLab.Study;
+
+/// <summary>
+/// One finished editing unit: one edit case under one condition (method × side × layers × seed). Pre/Post are the
+/// case-level metrics of SPEC §3 before and after the edit (null fields where a case cannot have a metric).
+/// </summary>
+public sealed record EditUnitResult
+{
+    /// <summary>Editor: FT, FT-L, ROME, KeyROME, MEMIT.</summary>
+    public required string Method { get; init; }
+    /// <summary>Which FFN matrix was changed: "keys" (GPT-2/GPT-J), "keys:up", "keys:gate" (Llama) or "values".</summary>
+    public required string Side { get; init; }
+    /// <summary>Edited layers as written in the study file, e.g. "1" or "1,2,3".</summary>
+    public required string Layers { get; init; }
+    public required int Seed { get; init; }
+    /// <summary>"single" (each case on the original model) or "batch" (all the condition's cases in one call, MEMIT).</summary>
+    public required string Mode { get; init; }
+    public required string CaseId { get; init; }
+    public required CaseMetrics Pre { get; init; }
+    public required CaseMetrics Post { get; init; }
+    /// <summary>Wall seconds of the edit itself (a batch's time divided by its size).</summary>
+    public required double Seconds { get; init; }
+    public long ParametersChanged { get; init; }
+}
+
+/// <summary>One task's evaluation inside a tuning unit; <see cref="Correct"/> is per evaluation example, in a fixed order
+/// (the same examples in the same order for every target of one seed, so targets can be compared pairwise).</summary>
+public sealed record TaskOutcome(string Task, int Count, double Accuracy, double MacroF1, double? LabelLikelihoodAccuracy, IReadOnlyList<bool> Correct);
+
+/// <summary>One finished tuning unit: one LoRA training run (targets × seed) and its evaluation on every task.</summary>
+public sealed record TuneUnitResult
+{
+    /// <summary>Short name of the target set as the paper writes it: "q,v", "+keys:up", "+keys:gate", "+values".</summary>
+    public required string Label { get; init; }
+    /// <summary>Resolved target module names (PEFT target_modules).</summary>
+    public required IReadOnlyList<string> Targets { get; init; }
+    public required int Seed { get; init; }
+    public bool FourBit { get; init; }
+    public long TrainableParameters { get; init; }
+    public long AllParameters { get; init; }
+    public double TrainSeconds { get; init; }
+    public double TokensPerSecond { get; init; }
+    /// <summary>Peak resident set of the process during the run (bytes), 0 when unknown.</summary>
+    public long PeakResidentBytes { get; init; }
+    public long BaseBytesFp32 { get; init; }
+    public long BaseBytesStored { get; init; }
+    public IReadOnlyList<double> EpochLosses { get; init; } = [];
+    public required IReadOnlyList<TaskOutcome> Tasks { get; init; }
+}
+
+/// <summary>What the report says about the run itself.</summary>
+public sealed record StudyInfo
+{
+    public required string Name { get; init; }
+    /// <summary>Model path or "organism:&lt;hash&gt;", and its parameter fingerprint.</summary>
+    public required string Model { get; init; }
+    public string ModelType { get; init; } = "";
+    public string ModelFingerprint { get; init; } = "";
+    public string EditData { get; init; } = "";
+    public string CreatedUtc { get; init; } = "";
+    public string Host { get; init; } = "";
+    /// <summary>kvlab, TorchSharp, libtorch and .NET versions.</summary>
+    public string Versions { get; init; } = "";
+    /// <summary>The resolved study file (grid and hyperparameters).</summary>
+    public JsonObject Config { get; init; } = [];
+    /// <summary>Sum of the units' wall times and the study's elapsed time when known.</summary>
+    public double UnitSeconds { get; init; }
+    public int UnitsDone { get; init; }
+    public int UnitsTotal { get; init; }
+}
+
+/// <summary>Everything a report is built from; read back from the results store by <c>kvlab report</c>.</summary>
+public sealed record StudyResults(StudyInfo Info, IReadOnlyList<EditUnitResult> Edits, IReadOnlyList<TuneUnitResult> Tunes);
