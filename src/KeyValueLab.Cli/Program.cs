@@ -19,6 +19,8 @@ public static class Program
         root.Subcommands.Add(OrganismCommand.Create(stdout, stderr));
         root.Subcommands.Add(TuneCommand.Create(stdout, stderr));
         root.Subcommands.Add(TuneEvalCommand.Create(stdout, stderr));
+        root.Subcommands.Add(StudyCommand.Create(stdout, stderr));
+        root.Subcommands.Add(ReportCommand.Create(stdout, stderr));
 
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)

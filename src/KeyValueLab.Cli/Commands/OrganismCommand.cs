@@ -119,7 +119,7 @@ internal static class OrganismCommand
     }
 
     /// <summary>Training progress on stderr: one line rewritten in place on a terminal, a line every 10% otherwise.</summary>
-    private sealed class ProgressLine(TextWriter stderr)
+    internal sealed class ProgressLine(TextWriter stderr)
     {
         private readonly bool _terminal = ReferenceEquals(stderr, Console.Error) && !Console.IsErrorRedirected;
         private int _lastTenth = -1;

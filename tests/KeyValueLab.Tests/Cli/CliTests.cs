@@ -13,7 +13,7 @@ internal static class Kvlab
         var stdout = new StringWriter();
         var stderr = new StringWriter();
         var task = Task.Run(() => Program.Run(args, stdout, stderr));
-        if (!task.Wait(TimeSpan.FromSeconds(60))) throw new TimeoutException($"kvlab {string.Join(' ', args)} did not finish in 60 s");
+        if (!task.Wait(TimeSpan.FromSeconds(600))) throw new TimeoutException($"kvlab {string.Join(' ', args)} did not finish in 600 s");
         return (task.Result, stdout.ToString(), stderr.ToString());
     }
 }
