@@ -102,7 +102,25 @@ public sealed record LoraConfig
         return json;
     }
 
-    /// <summary>Reads PEFT's <c>adapter_config.json</c>; unsupported settings (DoRA, per-layer ranks, biases) → <see cref="InputException"/>.</summary>
+    private static readonly string[] UnsupportedWhenSet =
+    [
+        "lora_bias", "use_qalora", "alora_invocation_tokens", "layers_to_transform", "layer_replication", "exclude_modules",
+        "modules_to_save", "trainable_token_indices", "target_parameters",
+    ];
+
+    private static bool IsSet(JsonNode? node) => node switch
+    {
+        null => false,
+        JsonValue v when v.TryGetValue(out bool b) => b,
+        JsonArray a => a.Count > 0,
+        JsonObject o => o.Count > 0,
+        _ => true,
+    };
+
+    /// <summary>
+    /// Reads PEFT's <c>adapter_config.json</c>; unsupported settings (DoRA, per-layer ranks, biases, layer selection,
+    /// extra trained modules, …) → <see cref="InputException"/>. Fields that only matter when creating an adapter are ignored.
+    /// </summary>
     public static LoraConfig FromPeftJson(string json, string source)
     {
         JsonObject obj;
@@ -122,6 +140,10 @@ public sealed record LoraConfig
         if (Str("bias") is string bias && bias != "none") throw new InputException(source, $"bias \"{bias}\" is not supported (only \"none\")");
         foreach (string pattern in new[] { "rank_pattern", "alpha_pattern" })
             if (obj[pattern] is JsonObject p && p.Count > 0) throw new InputException(source, $"\"{pattern}\" is not supported");
+        // Settings of newer PEFT versions (0.21 writes them all, null or false when unused) that change which weights
+        // exist or how the adapter acts; any of them set → refuse rather than compute something else.
+        foreach (string key in UnsupportedWhenSet)
+            if (IsSet(obj[key])) throw new InputException(source, $"\"{key}\" is not supported (only plain LoRA adapters)");
         double r = Num("r", double.NaN);
         if (double.IsNaN(r) || r < 1 || r != Math.Floor(r)) throw new InputException(source, "\"r\" must be a positive integer");
 

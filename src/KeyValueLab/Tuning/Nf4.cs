@@ -8,6 +8,14 @@ namespace KeyValueLab.Tuning;
 // replaced by the index of the nearest of 16 code values; two indices share a byte, the first in the
 // HIGH nibble. Double quantisation stores the per-block absmax values minus their mean as 8-bit
 // indices into bitsandbytes' signed dynamic map, in blocks of 256 with one fp32 absmax each.
+//
+// The rounding details follow bitsandbytes' CUDA kernel (kQuantizeBlockwise), checked byte for byte against it
+// (tests/KeyValueLab.Tests/Tuning/PythonReferenceTests.cs): values are multiplied by the reciprocal of the block
+// absmax (not divided by it); the NF4 decision thresholds are the kernel's float constants (four of them one ulp
+// away from the float32 midpoints); a value equal to a threshold takes the lower code (in the 8-bit map's binary
+// search, the even one of the two); a block whose absmax is 0 gets index 0 everywhere (the kernel computes
+// 0 · (1/0) = NaN, which falls through every comparison to index 0; it dequantises to 0 all the same); an odd count
+// is padded with 0.0, whose index fills the last low nibble.
 
 /// <summary>The code tables: NF4's 16 values and bitsandbytes' 256-entry signed dynamic map.</summary>
 public static class Nf4Codes
@@ -55,6 +63,20 @@ public static class Nf4Codes
         return t.data<float>().ToArray();
     }
 
+    /// <summary>
+    /// The 15 NF4 decision thresholds as bitsandbytes' CUDA kernel (<c>dQuantizeNF4</c>) stores them: the float32 nearest
+    /// to its decimal constants, which are the exact midpoints of neighbouring codes. Thresholds 0, 8, 12 and 14 lie one ulp
+    /// from the float32 midpoint <c>(a + b) / 2</c> (the exact midpoint falls halfway between two floats and the decimal
+    /// constant rounds away from the even one). A value above threshold k takes code k + 1 or higher.
+    /// </summary>
+    public static readonly float[] Nf4Thresholds =
+    [
+        -0.8480964303016663f, -0.6106328964233398f, -0.4599952697753906f, -0.33967941999435425f,
+        -0.23460739850997925f, -0.13791173696517944f, -0.045525018125772476f, 0.03979014977812767f,
+        0.1202552542090416f, 0.2035212516784668f, 0.2920137643814087f, 0.3893125355243683f,
+        0.5016633868217468f, 0.6427869200706482f, 0.8614783883094788f,
+    ];
+
     /// <summary>Decision boundaries between neighbouring sorted codes: a value goes to the lower code on a tie.</summary>
     internal static float[] Midpoints(float[] sortedCodes) =>
         [.. sortedCodes.Zip(sortedCodes.Skip(1), (a, b) => (a + b) / 2f)];
@@ -72,7 +94,7 @@ public sealed class Nf4Tensor : IDisposable
     public const int BlockSize = 64;
     public const int NestedBlockSize = 256;
 
-    private static readonly float[] Nf4Midpoints = Nf4Codes.Midpoints(Nf4Codes.Nf4);
+    private static readonly float[] Nf4Midpoints = Nf4Codes.Nf4Thresholds;
     private static readonly float[] DynamicMidpoints = Nf4Codes.Midpoints(Nf4Codes.DynamicSigned);
 
     // For each byte value b: (code[b >> 4], code[b & 15]); one gather decodes both nibbles.
@@ -109,39 +131,86 @@ public sealed class Nf4Tensor : IDisposable
     public long Bytes => Packed.NumberOfElements + QuantizedAbsmax.NumberOfElements + NestedAbsmax.NumberOfElements * 4 + 4;
 
     /// <summary>Quantises <paramref name="weight"/> (any shape, read as float32, flattened row-major).</summary>
-    public static Nf4Tensor Quantize(Tensor weight)
+    public static Nf4Tensor Quantize(Tensor weight) => Quantize(weight, blockReciprocals: null);
+
+    /// <summary>
+    /// As <see cref="Quantize(Tensor)"/>; <paramref name="blockReciprocals"/> replaces the IEEE reciprocals 1/absmax of the
+    /// 64-value blocks (a test seam: bitsandbytes' kernel uses the GPU's approximate reciprocal, which differs in the last bit
+    /// for some absmax values).
+    /// </summary>
+    internal static Nf4Tensor Quantize(Tensor weight, Tensor? blockReciprocals)
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         long n = weight.NumberOfElements;
         if (n == 0) throw new ArgumentException("cannot quantise an empty tensor", nameof(weight));
-        var (indices, absmax) = QuantizeBlocks(weight.detach().to(ScalarType.Float32).cpu().flatten(), BlockSize, Nf4Midpoints);
-        if (indices.shape[0] % 2 == 1) indices = cat([indices, zeros(1, ScalarType.Int64)]);
+        var flat = weight.detach().to(ScalarType.Float32).cpu().flatten();
+        // An odd count is padded with one 0.0 (inside the last block, so no new block): its index fills the last low nibble.
+        if (n % 2 == 1) flat = cat([flat, zeros(1, ScalarType.Float32)]);
+        var (indices, absmax) = QuantizeBlocks(flat, BlockSize, Nf4Midpoints, blockReciprocals);
         var pairs = indices.view(-1, 2);
         var packed = (pairs.select(1, 0) * 16 + pairs.select(1, 1)).to(ScalarType.Byte);   // [ceil(n/2)]
-        packed = packed.narrow(0, 0, (n + 1) / 2);
 
         float offset = absmax.mean().item<float>();
-        var (qAbsmax, nested) = QuantizeBlocks(absmax - offset, NestedBlockSize, DynamicMidpoints);
+        var (qAbsmax, nested) = QuantizeBlocks(absmax - tensor(offset), NestedBlockSize, DynamicMidpoints, null, tiesToEven: true);
         return new Nf4Tensor(weight.shape.ToArray(), packed.contiguous().MoveToOuterDisposeScope(),
             qAbsmax.to(ScalarType.Byte).MoveToOuterDisposeScope(), nested.MoveToOuterDisposeScope(), offset);
     }
 
     /// <summary>
-    /// Blockwise absmax quantisation of flat <paramref name="x"/>: per block of <paramref name="blockSize"/> (the last may be short)
-    /// the absmax, and per value the index of the nearest code (given by its sorted midpoints) to x/absmax.
+    /// An NF4 tensor from bitsandbytes' stored state (<c>Params4bit</c> data and <c>QuantState</c> with
+    /// <c>blocksize=64</c>, nested <c>blocksize=256</c>, the signed dynamic map): <paramref name="packed"/> uint8 <c>[ceil(n/2)]</c>
+    /// (any shape with that many elements, e.g. <c>[ceil(n/2), 1]</c>), <paramref name="quantizedAbsmax"/> uint8 <c>[ceil(n/64)]</c>
+    /// (<c>state.absmax</c>), <paramref name="nestedAbsmax"/> float32 <c>[ceil(n/64/256)]</c> (<c>state.state2.absmax</c>) and
+    /// <paramref name="offset"/> (<c>state.offset</c>). The tensors are copied.
+    /// </summary>
+    public static Nf4Tensor FromState(long[] shape, Tensor packed, Tensor quantizedAbsmax, Tensor nestedAbsmax, float offset)
+    {
+        long n = shape.Aggregate(1L, (a, b) => a * b);
+        if (n <= 0) throw new ArgumentException("the shape must have at least one element", nameof(shape));
+        long blocks = (n + BlockSize - 1) / BlockSize, nestedBlocks = (blocks + NestedBlockSize - 1) / NestedBlockSize;
+        Check(packed, ScalarType.Byte, (n + 1) / 2, nameof(packed));
+        Check(quantizedAbsmax, ScalarType.Byte, blocks, nameof(quantizedAbsmax));
+        Check(nestedAbsmax, ScalarType.Float32, nestedBlocks, nameof(nestedAbsmax));
+        return new Nf4Tensor([.. shape], packed.detach().cpu().flatten().clone(), quantizedAbsmax.detach().cpu().flatten().clone(),
+            nestedAbsmax.detach().cpu().flatten().clone(), offset);
+
+        static void Check(Tensor t, ScalarType dtype, long count, string name)
+        {
+            if (t.dtype != dtype || t.NumberOfElements != count)
+                throw new ArgumentException($"{name} must be {dtype} with {count} elements, not {t.dtype} with {t.NumberOfElements}", name);
+        }
+    }
+
+    /// <summary>
+    /// Blockwise absmax quantisation of flat <paramref name="x"/> as bitsandbytes' kernel: per block of <paramref name="blockSize"/>
+    /// (the last may be short) the absmax, and per value the number of <paramref name="thresholds"/> strictly below
+    /// x · (1/absmax), so a value on a threshold takes the lower code — except with <paramref name="tiesToEven"/> (the 8-bit
+    /// map, whose binary search ends on an even index and keeps it on a tie). A block with absmax 0 gets index 0 throughout.
     /// Returns the indices <c>[n]</c> (int64) and absmax <c>[blocks]</c>.
     /// </summary>
-    private static (Tensor Indices, Tensor Absmax) QuantizeBlocks(Tensor x, int blockSize, float[] midpoints)
+    private static (Tensor Indices, Tensor Absmax) QuantizeBlocks(Tensor x, int blockSize, float[] thresholds, Tensor? reciprocals, bool tiesToEven = false)
     {
         long n = x.shape[0], blocks = (n + blockSize - 1) / blockSize, padded = blocks * blockSize;
         var full = padded == n ? x : cat([x, zeros(padded - n, ScalarType.Float32)]);
         var rows = full.view(blocks, blockSize);                                         // [blocks, B]
         var absmax = rows.abs().amax([1L]);                                              // [blocks]
-        var safe = where(absmax > 0, absmax, ones_like(absmax));
-        var scaled = (rows / safe.unsqueeze(1)).clamp(-1f, 1f);
-        // searchsorted(left): the number of midpoints strictly below the value = nearest code, ties to the lower one.
-        var indices = searchsorted(tensor(midpoints), scaled.flatten().contiguous());
+        var zero = absmax.eq(tensor(0f));
+        var inverse = reciprocals?.to(ScalarType.Float32).cpu().flatten() ?? absmax.reciprocal();
+        if (inverse.shape[0] != blocks) throw new ArgumentException($"{inverse.shape[0]} reciprocals for {blocks} blocks", nameof(reciprocals));
+        inverse = where(zero, zeros_like(inverse), inverse);
+        var scaled = (rows * inverse.unsqueeze(1)).flatten().contiguous();             // x · (1/absmax), as the kernel
+        var bounds = tensor(thresholds);
+        var indices = searchsorted(bounds, scaled);                                      // thresholds strictly below
+        if (tiesToEven)
+        {
+            // (0-dim tensors rather than implicit Scalars: see Absmax)
+            var below = minimum(indices, tensor((long)thresholds.Length - 1));
+            var odd = indices.remainder(tensor(2L)).eq(tensor(1L));
+            var tie = bounds.index_select(0, below).eq(scaled).logical_and(odd);
+            indices = indices + tie.to(ScalarType.Int64);
+        }
+        indices = where(zero.repeat_interleave(blockSize), zeros_like(indices), indices); // the kernel's NaN → index 0
         return (indices.narrow(0, 0, n), absmax);
     }
 
