@@ -28,7 +28,7 @@ public static class ReportFigures
     /// starts the axis at 0 (scores, seconds). Series with <see cref="BarSeries.Points"/> also mark each point (seeds).
     /// </summary>
     public static byte[] GroupedBars(string title, string xLabel, string yLabel, IReadOnlyList<string> groups, IReadOnlyList<BarSeries> series,
-        int width, int height, bool zeroLine = false, bool yFromZero = false, double? yMax = null)
+        int width, int height, bool zeroLine = false, bool yFromZero = false, double? yMax = null, double minHalfRange = 0)
     {
         var plot = new Plot();
         if (SansFont is not null) plot.Font.Set(SansFont);
@@ -50,7 +50,8 @@ public static class ReportFigures
             {
                 if (series[j].Values[g] is not { } e || !double.IsFinite(e.Value)) continue;
                 double x = g * slot + j;
-                bars.Add(new Bar { Position = x, Value = e.Value, FillColor = color, LineWidth = 0, Size = 0.9 });
+                // A darker outline keeps a bar of height 0 visible as a coloured line.
+                bars.Add(new Bar { Position = x, Value = e.Value, FillColor = color, LineColor = color.Darken(0.35), LineWidth = 1.5f, Size = 0.9 });
                 top = Math.Max(top, e.Value);
                 bottom = Math.Min(bottom, e.Value);
                 if (double.IsFinite(e.Low) && double.IsFinite(e.High))
@@ -97,6 +98,13 @@ public static class ReportFigures
         if (!double.IsFinite(top)) (top, bottom) = (1, 0);
         double low = yFromZero ? 0 : Math.Min(0, bottom), high = Math.Max(yMax ?? top, top);
         if (zeroLine) high = Math.Max(0, high);
+        if (minHalfRange > 0)
+        {
+            high = Math.Max(high, minHalfRange);
+            if (!yFromZero) low = Math.Min(low, -minHalfRange);
+        }
+        if (bars.Count > 0 && top == 0 && bottom == 0)
+            plot.Add.Annotation(zeroLine ? "every difference is 0" : "every value is 0", Alignment.UpperCenter);
         double pad = (high - low) * 0.06;
         if (pad <= 0) pad = 1;
         plot.Axes.SetLimits(-0.8, (groups.Count - 1) * slot + s - 0.2, yFromZero ? 0 : low - pad, high + pad);

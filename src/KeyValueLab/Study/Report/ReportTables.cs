@@ -33,9 +33,9 @@ public static class ReportTables
     /// <summary>Metric keys in table order: the headline three, Score, then the rest.</summary>
     public static IReadOnlyList<string> MetricKeys(EditingResults r)
     {
-        var keys = r.Metrics.Select(m => m.Key).ToList();
-        if (r.Headline.HasScore) keys.Insert(Math.Min(3, keys.Count), "score");
-        return keys;
+        var headline = r.Headline.Three.Where(r.Metrics.Contains).Select(m => m.Key).ToList();
+        if (r.Headline.HasScore) headline.Add("score");
+        return [.. headline, .. r.Metrics.Select(m => m.Key).Where(k => !headline.Contains(k))];
     }
 
     public static ReportTable EditingDifferences(EditingResults r)

@@ -143,7 +143,11 @@ public static class StudyReport
             }
             var h = editing.Headline;
             string data = results.Info.EditData.Length > 0 ? $" on `{results.Info.EditData}`" : "";
-            _doc.Paragraph($"{Count(results.Edits.Count)} edits{data}. Each case is edited on the original model and scored before and after "
+            bool batch = results.Edits.Any(e => e.Mode == "batch");
+            _doc.Paragraph($"{Count(results.Edits.Count)} edits{data}. "
+                + (batch ? "Single-mode conditions edit each case on the original model; batch-mode conditions edit all their cases in one call. "
+                    : "Each case is edited on the original model. ")
+                + "Cases are scored before and after the edit "
                 + (h.HasScore
                     ? "as in ROME (SPEC §3): **ES** efficacy (the new object beats the true one on the rewrite prompt), **PS** the same on "
                       + "paraphrases, **NS** neighbourhood prompts keep the true object, **Score** their harmonic mean; EM, PM, NM are the "
@@ -156,7 +160,7 @@ public static class StudyReport
             var summary = ReportTables.EditingSummary(editing);
             Tables.Add(summary);
             var keys = ReportTables.MetricKeys(editing);
-            var headlineKeys = keys.Take(h.HasScore ? 4 : 3).ToList();
+            var headlineKeys = keys.Where(k => k == "score" || h.Three.Any(m => m.Key == k)).ToList();
             var names = KeyNames();
             var rows = editing.Summary.Select(r => (IReadOnlyList<string>)[.. ConditionCells(r.Condition), Count(r.Cases), r.Seeds.ToString(Inv),
                 .. headlineKeys.Select(k => r.Post.TryGetValue(k, out var e) ? WithInterval(e) : Missing)]).ToList();
@@ -164,7 +168,7 @@ public static class StudyReport
                 [.. ConditionHeaders(), "Cases", "Seeds", .. headlineKeys.Select(k => names[k])], rows, ConditionHeaders().Count));
             var other = keys.Skip(headlineKeys.Count).ToList();
             if (other.Count > 0)
-                _doc.Add(Table("Further post-edit metrics, mean [95% CI]: probability margins (EM, PM, NM), exact-match rates, and generation entropy (GE).",
+                _doc.Add(Table("Further post-edit metrics, mean [95% CI]" + Glossary(other) + ".",
                     [.. ConditionHeaders(), .. other.Select(k => names[k])],
                     [.. editing.Summary.Select(r => (IReadOnlyList<string>)[.. ConditionCells(r.Condition), .. other.Select(k => r.Post.TryGetValue(k, out var e) ? WithInterval(e) : Missing)])],
                     ConditionHeaders().Count));
@@ -215,7 +219,7 @@ public static class StudyReport
                         [.. cells.Select(c => editing.Differences.FirstOrDefault(d => d.Keys.Side == side && Family(d.Keys) == c.Family && d.Metric == c.Metric)?.Difference)],
                         Role: side)).ToList();
                     return ReportFigures.GroupedBars("Keys − values, paired by case", pairFamilies.Count > 1 ? "metric and method, layers" : $"metric ({pairFamilies[0]})",
-                        "keys − values (points)", groups, series, options.FigureWidth, options.FigureHeight, zeroLine: true);
+                        "keys − values (points)", groups, series, options.FigureWidth, options.FigureHeight, zeroLine: true, minHalfRange: 5);
                 }, "Paired differences keys − values per metric with 95% bootstrap intervals; bars above the dashed zero line favour keys",
                 "Paired differences keys − values for each metric (same method, layers, seed and case), with 95% bootstrap intervals. "
                 + "Above the dashed line keys did better; an interval that crosses it means the study cannot tell the two apart.");
@@ -375,7 +379,7 @@ public static class StudyReport
         private void Note(string text)
         {
             Notes.Add(text);
-            _doc.Paragraph("*Note:* " + text);
+            _doc.Paragraph("**Note:** " + text);
         }
 
         private bool ShowMode => editing is not null && editing.Summary.Any(r => r.Condition.Mode != "single");
@@ -390,6 +394,16 @@ public static class StudyReport
             var numeric = Enumerable.Range(firstNumeric, Math.Max(0, headers.Count - firstNumeric))
                 .Where(i => textColumns is null || !textColumns.Contains(i)).ToHashSet();
             return new TextTableBlock(caption, headers, rows, numeric);
+        }
+
+        /// <summary>": EM, PM, NM are …" for the further metrics present.</summary>
+        private static string Glossary(IReadOnlyList<string> keys)
+        {
+            var parts = new List<string>();
+            if (keys.Any(k => k is "em" or "pm" or "nm")) parts.Add("EM, PM, NM are probability margins (new minus true object, true minus new for NM)");
+            if (keys.Any(k => k.StartsWith("exact_", StringComparison.Ordinal))) parts.Add("exact = every target token is the argmax (MEMIT)");
+            if (keys.Contains("ge")) parts.Add("GE = generation entropy (fluency)");
+            return parts.Count == 0 ? "" : ": " + string.Join("; ", parts);
         }
 
         private Dictionary<string, string> KeyNames()

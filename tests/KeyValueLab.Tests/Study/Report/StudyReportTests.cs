@@ -140,6 +140,24 @@ public class StudyReportTests(KeysBetterReport report) : IClassFixture<KeysBette
     }
 
     [Fact]
+    public void ZsreStudiesAreJudgedOnTokenAccuraciesWithoutScore()
+    {
+        var edits = SyntheticStudy.Edits(keysBetter: true).Select(e => e with
+        {
+            Pre = new KeyValueLab.Evaluation.CaseMetrics { ZsreEfficacy = e.Pre.ES, ZsreParaphrase = e.Pre.PS, ZsreSpecificity = e.Pre.NS },
+            Post = new KeyValueLab.Evaluation.CaseMetrics { ZsreEfficacy = e.Post.ES, ZsreParaphrase = e.Post.PS, ZsreSpecificity = e.Post.NS },
+        }).ToList();
+        var editing = EditingAnalysis.Analyze(edits, Fast);
+        Assert.False(editing.Headline.HasScore);
+        Assert.Equal(["zsre_efficacy", "zsre_paraphrase", "zsre_specificity"], ReportTables.MetricKeys(editing));
+        Assert.DoesNotContain(editing.Differences, d => d.Metric == EditingResults.Score);
+        var claims = PaperClaims.Judge(editing, null, Fast);
+        Assert.Equal("Keys better than values on efficacy (zsRE efficacy)", claims[0].Claim);
+        Assert.All(claims.Take(3), c => Assert.Equal(Verdict.Held, c.Verdict));
+        Assert.Equal(Verdict.NoData, claims[3].Verdict);
+    }
+
+    [Fact]
     public void MetricTablesHoldNoTimings()
     {
         foreach (string t in (string[])["editing_summary", "editing_differences", "tuning_tasks", "tuning_pairs"])
