@@ -128,7 +128,7 @@ public sealed class ReportDocument(string title)
                     break;
                 case FigureBlock f:
                     // A figure wider than the column keeps its size and scrolls, rather than shrinking its labels.
-                    bool wide = ReportFigures.LooksLikePng(f.Png, out int width, out _) && width > 1100;
+                    bool wide = ReportFigures.LooksLikePng(f.Png, out int width, out _) && width > ReportFigures.WideFigure;
                     sb.Append(wide ? "<figure class=\"wide\">" : "<figure>").Append("\n<img src=\"data:image/png;base64,").Append(Convert.ToBase64String(f.Png))
                         .Append("\" alt=\"").Append(Escape(f.Alt)).Append("\">\n<figcaption>").Append(Inline(f.Caption)).Append("</figcaption>\n</figure>\n");
                     break;

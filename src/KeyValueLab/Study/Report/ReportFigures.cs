@@ -23,6 +23,9 @@ public static class ReportFigures
 
     private static readonly string? SansFont = FindSansFont();
 
+    /// <summary>Figures wider than this (pixels) scroll in the HTML page instead of shrinking; their legend goes on top.</summary>
+    public const int WideFigure = 1100;
+
     /// <summary>
     /// A grouped bar chart as PNG bytes. <paramref name="zeroLine"/> draws y = 0 (differences); <paramref name="yFromZero"/>
     /// starts the axis at 0 (scores, seconds). Series with <see cref="BarSeries.Points"/> also mark each point (seeds).
@@ -85,7 +88,9 @@ public static class ReportFigures
         // Room for every group's widest tick-label line and a legend column; never narrower than asked.
         int longest = groups.SelectMany(g => g.Split('\n')).Select(l => l.Length).DefaultIfEmpty(1).Max();
         double groupPixels = Math.Max(slot * 14, longest * 7.5 + 12);
-        width = Math.Max(width, (int)Math.Ceiling(groups.Count * groupPixels + 120 + 9 * series.Max(x => x.Name.Length)));
+        int legendPixels = 40 + 8 * series.Max(x => x.Name.Length);
+        width = Math.Max(width, (int)Math.Ceiling(groups.Count * groupPixels + 80 + legendPixels));
+        if (width > WideFigure) width = Math.Max(WideFigure + 1, (int)Math.Ceiling(groups.Count * groupPixels + 80));
         plot.Axes.Bottom.SetTicks([.. groups.Select((_, g) => g * slot + (s - 1) / 2.0)], [.. groups]);
         plot.Axes.Bottom.MajorTickStyle.Length = 0;
         plot.Grid.XAxisStyle.MajorLineStyle.Width = 0;
@@ -93,7 +98,10 @@ public static class ReportFigures
         plot.Title(title);
         plot.XLabel(xLabel);
         plot.YLabel(yLabel);
-        plot.ShowLegend(Edge.Right);
+        // Beside the plot when it fits the page; above a wide plot (which the page scrolls) so the key stays in view.
+        bool wide = width > WideFigure;
+        if (wide) plot.Legend.Orientation = Orientation.Horizontal;
+        plot.ShowLegend(wide ? Edge.Top : Edge.Right);
 
         if (!double.IsFinite(top)) (top, bottom) = (1, 0);
         double low = yFromZero ? 0 : Math.Min(0, bottom), high = Math.Max(yMax ?? top, top);
