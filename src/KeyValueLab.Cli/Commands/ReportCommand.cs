@@ -40,7 +40,17 @@ internal static class ReportCommand
         if (results.Edits.Count == 0 && results.Tunes.Count == 0) throw new InputException(store.Path, "no finished units yet: nothing to report");
         string dir = outDir ?? Path.Combine(run, "report");
         var files = KeyValueLab.Study.Report.StudyReport.Write(results, dir);
-        stdout.Write(files.Summary);
+        stdout.Write(Headline(File.ReadAllText(files.Markdown)));
         return dir;
+    }
+
+    /// <summary>The report's opening sections (title, summary, the paper's claims) up to the first detailed section.</summary>
+    internal static string Headline(string markdown)
+    {
+        var lines = markdown.ReplaceLineEndings("\n").Split('\n');
+        int seenSections = 0, end = lines.Length;
+        for (int i = 0; i < lines.Length; i++)
+            if (lines[i].StartsWith("## ", StringComparison.Ordinal) && ++seenSections == 2) { end = i; break; }
+        return string.Join("\n", lines[..end]).TrimEnd() + "\n";
     }
 }

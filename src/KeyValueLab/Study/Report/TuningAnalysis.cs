@@ -1,0 +1,225 @@
+namespace KeyValueLab.Study.Report;
+
+/// <summary>
+/// One target set on one task, all seeds pooled (accuracy and its Wilson interval over seeds × examples; with the same
+/// examples for every seed this equals the mean over seeds). The row with <see cref="TuningResults.MeanOverTasks"/> as
+/// task holds the unweighted mean over tasks with a bootstrap interval (examples resampled within each task and seed).
+/// Accuracy, macro-F1 and label-likelihood accuracy are ×100.
+/// </summary>
+public sealed record TuneTaskRow(string Label, string Task, int Seeds, int Examples, Estimate Accuracy, double? MacroF1,
+    double? LabelLikelihoodAccuracy, string Interval);
+
+/// <summary>Target set A against B on the same examples and seeds: accuracies, A − B with a bootstrap interval, the
+/// discordant counts (A right only, B right only) and the test (exact McNemar per task, a paired permutation test
+/// for the mean over tasks).</summary>
+public sealed record TunePairRow(string A, string B, string Task, int Pairs, double AccuracyA, double AccuracyB,
+    Estimate Difference, int AOnly, int BOnly, TestResult Test);
+
+/// <summary>What one target set costs: parameters, training time and memory (mean over seeds; peak RSS is the largest).</summary>
+public sealed record TuneCostRow(string Label, int Seeds, bool FourBit, long TrainableParameters, long AllParameters,
+    double TrainSeconds, double TokensPerSecond, long PeakResidentBytes, long BaseBytesFp32, long BaseBytesStored,
+    IReadOnlyList<double> TrainSecondsBySeed);
+
+/// <summary>Training seconds of A − B, paired by seed.</summary>
+public sealed record TuneSecondsDifference(string A, string B, int Seeds, double MeanA, double MeanB, Estimate Difference, TestResult Test);
+
+public sealed record TuningResults(IReadOnlyList<string> Labels, IReadOnlyList<string> Tasks, IReadOnlyList<TuneTaskRow> PerTask,
+    IReadOnlyList<TunePairRow> Pairs, IReadOnlyList<TuneCostRow> Costs, IReadOnlyList<TuneSecondsDifference> SecondsDifferences,
+    IReadOnlyList<string> Notes)
+{
+    public const string MeanOverTasks = "mean over tasks";
+    public const string Baseline = "q,v";
+    public const string Values = "+values";
+}
+
+/// <summary>Summarises LoRA runs per target set and task, and compares target sets example by example.</summary>
+public static class TuningAnalysis
+{
+    public static bool IsKeysLabel(string label) => label == "+keys" || label.StartsWith("+keys:", StringComparison.Ordinal);
+
+    /// <summary>Target sets in the paper's order: q,v, +keys (GPT-2), +keys:up, +keys:gate, +values, then others.</summary>
+    public static int LabelOrder(string label) => label switch
+    {
+        TuningResults.Baseline => 0, "+keys" => 1, "+keys:up" => 2, "+keys:gate" => 3, TuningResults.Values => 4, _ => 5,
+    };
+
+    public static TuningResults Analyze(IReadOnlyList<TuneUnitResult> tunes, ReportOptions options)
+    {
+        var notes = new List<string>();
+        var labels = tunes.Select(t => t.Label).Distinct().OrderBy(LabelOrder).ThenBy(l => l, StringComparer.Ordinal).ToList();
+        var tasks = tunes.SelectMany(t => t.Tasks.Select(x => x.Task)).Distinct().ToList();
+        // One run per (label, seed): a repeated run is reported once, the first one.
+        var runs = labels.ToDictionary(l => l, l => tunes.Where(t => t.Label == l).GroupBy(t => t.Seed).OrderBy(g => g.Key)
+            .Select(g => g.First()).ToList());
+
+        var perTask = new List<TuneTaskRow>();
+        foreach (string label in labels)
+        {
+            var rows = tasks.Select(task => TaskRow(label, task, runs[label])).OfType<TuneTaskRow>().ToList();
+            perTask.AddRange(rows);
+            if (rows.Count > 1) perTask.Add(MeanRow(label, tasks, runs[label], rows, options));
+        }
+
+        var pairs = new List<TunePairRow>();
+        var secondsDifferences = new List<TuneSecondsDifference>();
+        foreach (var (a, b) in Comparisons(labels))
+        {
+            var perTaskPairs = new List<(string Task, bool[] A, bool[] B)>();
+            foreach (string task in tasks)
+            {
+                var (ca, cb, mismatched) = PairedOutcomes(runs[a], runs[b], task);
+                if (mismatched > 0)
+                    notes.Add($"{a} vs {b} on {task}: {mismatched} seed(s) skipped, their example lists differ in length.");
+                if (ca.Length == 0) continue;
+                perTaskPairs.Add((task, ca, cb));
+                pairs.Add(TaskPair(a, b, task, ca, cb, options));
+            }
+            if (perTaskPairs.Count > 1) pairs.Add(MeanPair(a, b, perTaskPairs, options));
+            if (SecondsDifference(a, b, runs[a], runs[b], options) is { } s) secondsDifferences.Add(s);
+        }
+
+        var costs = labels.Select(l => runs[l]).Select(rs => new TuneCostRow(rs[0].Label, rs.Count, rs.Any(r => r.FourBit),
+            rs[0].TrainableParameters, rs[0].AllParameters, rs.Average(r => r.TrainSeconds), rs.Average(r => r.TokensPerSecond),
+            rs.Max(r => r.PeakResidentBytes), rs[0].BaseBytesFp32, rs[0].BaseBytesStored, [.. rs.Select(r => r.TrainSeconds)])).ToList();
+        return new TuningResults(labels, tasks, perTask, pairs, costs, secondsDifferences, notes);
+    }
+
+    /// <summary>Each FFN variant against +values and against q,v, and +values against q,v.</summary>
+    public static IEnumerable<(string A, string B)> Comparisons(IReadOnlyList<string> labels)
+    {
+        var keys = labels.Where(IsKeysLabel).ToList();
+        if (labels.Contains(TuningResults.Values))
+            foreach (string k in keys) yield return (k, TuningResults.Values);
+        if (labels.Contains(TuningResults.Baseline))
+        {
+            foreach (string k in keys) yield return (k, TuningResults.Baseline);
+            if (labels.Contains(TuningResults.Values)) yield return (TuningResults.Values, TuningResults.Baseline);
+        }
+    }
+
+    /// <summary>Correct flags of one run on one task; when a store kept only the accuracy, the count it implies.</summary>
+    private static (int Correct, int Count, IReadOnlyList<bool>? Flags) Outcome(TaskOutcome t) =>
+        t.Correct.Count > 0 ? (t.Correct.Count(c => c), t.Correct.Count, t.Correct) : ((int)Math.Round(t.Accuracy * t.Count), t.Count, null);
+
+    private static TuneTaskRow? TaskRow(string label, string task, IReadOnlyList<TuneUnitResult> runs)
+    {
+        var outcomes = runs.Select(r => r.Tasks.FirstOrDefault(t => t.Task == task)).OfType<TaskOutcome>().ToList();
+        if (outcomes.Count == 0) return null;
+        int correct = 0, count = 0;
+        foreach (var o in outcomes)
+        {
+            var (c, n, _) = Outcome(o);
+            correct += c;
+            count += n;
+        }
+        var (low, high) = ReportStatistics.Wilson(correct, count);
+        double accuracy = count == 0 ? double.NaN : 100.0 * correct / count;
+        var likelihood = outcomes.Select(o => o.LabelLikelihoodAccuracy).OfType<double>().ToList();
+        return new TuneTaskRow(label, task, outcomes.Count, count, new Estimate(accuracy, 100 * low, 100 * high),
+            100 * outcomes.Average(o => o.MacroF1), likelihood.Count == outcomes.Count ? 100 * likelihood.Average() : null, "Wilson");
+    }
+
+    private static TuneTaskRow MeanRow(string label, IReadOnlyList<string> tasks, IReadOnlyList<TuneUnitResult> runs,
+        IReadOnlyList<TuneTaskRow> taskRows, ReportOptions options)
+    {
+        double mean = taskRows.Average(r => r.Accuracy.Value);
+        // One stratum per (task, seed); the task's accuracy pools its strata.
+        var strata = new List<(int Task, bool[] Flags)>();
+        var taskIndex = new List<int>();
+        for (int t = 0; t < tasks.Count; t++)
+            foreach (var run in runs)
+                if (run.Tasks.FirstOrDefault(x => x.Task == tasks[t]) is { Correct.Count: > 0 } o)
+                    strata.Add((t, [.. o.Correct]));
+        var present = strata.Select(s => s.Task).Distinct().ToList();
+        // The interval needs every task's per-example outcomes; without them the row keeps the mean alone.
+        bool complete = present.Count == taskRows.Count
+            && runs.All(r => r.Tasks.All(x => x.Correct.Count > 0 || !tasks.Contains(x.Task)));
+        var estimate = !complete ? new Estimate(mean, double.NaN, double.NaN) : ReportStatistics.StratifiedBootstrap(strata.Select(s => s.Flags.Length).ToArray(), idx =>
+        {
+            double sum = 0;
+            foreach (int task in present)
+            {
+                int correct = 0, count = 0;
+                for (int s = 0; s < strata.Count; s++)
+                {
+                    if (strata[s].Task != task) continue;
+                    var flags = strata[s].Flags;
+                    foreach (int i in idx[s]) if (flags[i]) correct++;
+                    count += idx[s].Length;
+                }
+                sum += 100.0 * correct / count;
+            }
+            return sum / present.Count;
+        }, options.Resamples, options.Seed);
+        var rows = runs.SelectMany(r => r.Tasks).ToList();
+        var likelihood = rows.Select(o => o.LabelLikelihoodAccuracy).OfType<double>().ToList();
+        return new TuneTaskRow(label, TuningResults.MeanOverTasks, runs.Count, strata.Sum(s => s.Flags.Length),
+            estimate with { Value = mean },
+            100 * rows.Average(o => o.MacroF1), likelihood.Count == rows.Count ? 100 * likelihood.Average() : null, "bootstrap");
+    }
+
+    /// <summary>Correct flags of A and B on one task, concatenated over the seeds both have, with equal-length lists.</summary>
+    private static (bool[] A, bool[] B, int Mismatched) PairedOutcomes(IReadOnlyList<TuneUnitResult> a, IReadOnlyList<TuneUnitResult> b, string task)
+    {
+        var ca = new List<bool>();
+        var cb = new List<bool>();
+        int mismatched = 0;
+        foreach (var runA in a)
+        {
+            var runB = b.FirstOrDefault(r => r.Seed == runA.Seed);
+            var oa = runA.Tasks.FirstOrDefault(t => t.Task == task);
+            var ob = runB?.Tasks.FirstOrDefault(t => t.Task == task);
+            if (oa is null || ob is null || oa.Correct.Count == 0 || ob.Correct.Count == 0) continue;
+            if (oa.Correct.Count != ob.Correct.Count) { mismatched++; continue; }
+            ca.AddRange(oa.Correct);
+            cb.AddRange(ob.Correct);
+        }
+        return ([.. ca], [.. cb], mismatched);
+    }
+
+    private static TunePairRow TaskPair(string a, string b, string task, bool[] ca, bool[] cb, ReportOptions options)
+    {
+        var d = ca.Zip(cb, (x, y) => 100.0 * ((x ? 1 : 0) - (y ? 1 : 0))).ToArray();
+        int aOnly = ca.Zip(cb).Count(p => p.First && !p.Second), bOnly = ca.Zip(cb).Count(p => !p.First && p.Second);
+        return new TunePairRow(a, b, task, d.Length, 100.0 * ca.Count(x => x) / ca.Length, 100.0 * cb.Count(x => x) / cb.Length,
+            ReportStatistics.BootstrapMean(d, options.Resamples, options.Seed), aOnly, bOnly, ReportStatistics.McNemarExact(aOnly, bOnly));
+    }
+
+    /// <summary>
+    /// Unweighted mean over tasks of the per-task differences. Interval: resample examples within each task. Test: swap
+    /// A's and B's outcome on random examples; only discordant examples change the statistic, each weighing 1/(T·n_task).
+    /// </summary>
+    private static TunePairRow MeanPair(string a, string b, IReadOnlyList<(string Task, bool[] A, bool[] B)> perTask, ReportOptions options)
+    {
+        int tasks = perTask.Count;
+        var diffs = perTask.Select(t => t.A.Zip(t.B, (x, y) => 100.0 * ((x ? 1 : 0) - (y ? 1 : 0))).ToArray()).ToArray();
+        var estimate = ReportStatistics.StratifiedBootstrap(diffs.Select(d => d.Length).ToArray(),
+            idx => Enumerable.Range(0, tasks).Average(t => ReportStatistics.MeanAt(diffs[t], idx[t])), options.Resamples, options.Seed);
+        var weighted = new List<double>();
+        for (int t = 0; t < tasks; t++)
+            foreach (double d in diffs[t])
+                if (d != 0) weighted.Add(d / (tasks * diffs[t].Length));
+        var test = ReportStatistics.PairedPermutation(weighted.Count, swap =>
+        {
+            double s = 0;
+            for (int i = 0; i < weighted.Count; i++) s += swap[i] ? -weighted[i] : weighted[i];
+            return s;
+        }, options.Permutations, options.Seed);
+        int aOnly = perTask.Sum(t => t.A.Zip(t.B).Count(p => p.First && !p.Second));
+        int bOnly = perTask.Sum(t => t.A.Zip(t.B).Count(p => !p.First && p.Second));
+        return new TunePairRow(a, b, TuningResults.MeanOverTasks, perTask.Sum(t => t.A.Length),
+            perTask.Average(t => 100.0 * t.A.Count(x => x) / t.A.Length), perTask.Average(t => 100.0 * t.B.Count(x => x) / t.B.Length),
+            estimate, aOnly, bOnly, test);
+    }
+
+    private static TuneSecondsDifference? SecondsDifference(string a, string b, IReadOnlyList<TuneUnitResult> runsA,
+        IReadOnlyList<TuneUnitResult> runsB, ReportOptions options)
+    {
+        var pairs = runsA.Select(r => (A: r, B: runsB.FirstOrDefault(x => x.Seed == r.Seed))).Where(p => p.B is not null)
+            .Select(p => (p.A.TrainSeconds, p.B!.TrainSeconds)).ToList();
+        if (pairs.Count == 0) return null;
+        var d = pairs.Select(p => p.Item1 - p.Item2).ToArray();
+        return new TuneSecondsDifference(a, b, pairs.Count, pairs.Average(p => p.Item1), pairs.Average(p => p.Item2),
+            ReportStatistics.BootstrapMean(d, options.Resamples, options.Seed), ReportStatistics.WilcoxonSignedRank(d));
+    }
+}
