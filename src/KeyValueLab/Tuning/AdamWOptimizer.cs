@@ -91,7 +91,7 @@ public sealed class AdamWOptimizer : IDisposable
             double biasCorrection1 = 1 - Math.Pow(_beta1, t), biasCorrection2 = 1 - Math.Pow(_beta2, t);
             using Scalar sqrtBiasCorrection2 = Math.Sqrt(biasCorrection2).ToScalar();
             using Scalar negativeStepSize = (-lr / biasCorrection1).ToScalar();
-            var denom = _expAvgSq[i].sqrt().div_(sqrtBiasCorrection2).add_(_epsScalar);
+            var denom = _expAvgSq[i].sqrt().div_(sqrtBiasCorrection2).add_(_epsScalar, HeldScalars.One);  // add_(s) alone would make a temporary alpha
             param.addcdiv_(_expAvg[i], denom, negativeStepSize);
         }
     }
@@ -174,8 +174,8 @@ public static class GradientClipping
     /// Scales the gradients of <paramref name="parameters"/> by min(1, maxNorm / (‖g‖ + 1e-6)), ‖g‖ the 2-norm of all of them
     /// together (the 2-norm of the per-parameter 2-norms); returns ‖g‖ before clipping (0 when no parameter has a gradient).
     /// </summary>
-    /// <remarks>Same float32 operations as libtorch's: the coefficient is reciprocal(‖g‖ + 1e-6)·maxNorm, clamped at 1 and
-    /// multiplied into every gradient as a 0-dim tensor; no per-call Scalar is created (see <see cref="HeldScalars"/>).</remarks>
+    /// <remarks>Same float32 operations as libtorch's (bit-identical results): the coefficient maxNorm / (‖g‖ + 1e-6) is clamped
+    /// at 1 and multiplied into every gradient as a 0-dim tensor; no per-call Scalar is created (see <see cref="HeldScalars"/>).</remarks>
     public static double ClipGradNorm(IEnumerable<Parameter> parameters, double maxNorm)
     {
         using var scope = NewDisposeScope();
@@ -184,7 +184,7 @@ public static class GradientClipping
         if (grads.Count == 0) return 0;
         var total = stack(grads.Select(g => g.norm(2f)), 0).norm(2f);
         var dtype = total.dtype;
-        var coefficient = total.Plus(tensor(1e-6, dtype)).reciprocal().mul_(tensor(maxNorm, dtype));
+        var coefficient = tensor(maxNorm, dtype).div(total.Plus(tensor(1e-6, dtype)));
         var clamped = minimum(coefficient, tensor(1.0, dtype));
         foreach (var g in grads) g.mul_(clamped);
         return total.item<float>();
