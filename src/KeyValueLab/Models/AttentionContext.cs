@@ -1,3 +1,4 @@
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace KeyValueLab.Models;
@@ -54,24 +55,26 @@ public sealed class AttentionContext
             throw new ArgumentException($"positionIds must be [batch, tokens] = [{batch}, {length}], got [{string.Join(", ", positionIds.shape)}]");
 
         var device = inputIds.device;
+        // Built on every forward: Scalars are held until the ops return (see HeldScalars).
+        using Scalar zero = 0L, one = 1L, lowest = float.MinValue;
         Tensor positions;
         if (positionIds is not null) positions = positionIds.to(ScalarType.Int64);
         else if (attentionMask is not null)
-            positions = (attentionMask.to(ScalarType.Int64).cumsum(1) - 1).clamp_min(0).narrow(1, past, length);
-        else positions = arange(past, total, dtype: ScalarType.Int64, device: device).unsqueeze(0).expand(batch, length);
+            positions = attentionMask.to(ScalarType.Int64).cumsum(1).sub(one).clamp_min(zero).narrow(1, past, length);
+        else positions = HeldScalars.Arange(past, total, 1, ScalarType.Int64, device).unsqueeze(0).expand(batch, length);
 
         Tensor? mask = null;
         bool isCausal = attentionMask is null && past == 0;
         if (!isCausal && !(attentionMask is null && length == 1))
         {
-            var queryAt = arange(past, total, dtype: ScalarType.Int64, device: device).unsqueeze(1);  // [T, 1]
-            var keyAt = arange(0, total, dtype: ScalarType.Int64, device: device).unsqueeze(0);      // [1, Tk]
+            var queryAt = HeldScalars.Arange(past, total, 1, ScalarType.Int64, device).unsqueeze(1);  // [T, 1]
+            var keyAt = HeldScalars.Arange(0, total, 1, ScalarType.Int64, device).unsqueeze(0);      // [1, Tk]
             var allowed = keyAt.le(queryAt).unsqueeze(0).unsqueeze(0);                                 // [1, 1, T, Tk]
             if (attentionMask is not null)
-                allowed = allowed.logical_and(attentionMask.ne(0).unsqueeze(1).unsqueeze(1));          // [B, 1, T, Tk]
+                allowed = allowed.logical_and(attentionMask.ne(zero).unsqueeze(1).unsqueeze(1));          // [B, 1, T, Tk]
             // The float minimum rather than -inf: a query that sees nothing (a left-pad position) gets a
             // uniform average instead of NaN, and its output is never used.
-            mask = zeros(allowed.shape, ScalarType.Float32, device).masked_fill(allowed.logical_not(), float.MinValue);
+            mask = zeros(allowed.shape, ScalarType.Float32, device).masked_fill(allowed.logical_not(), lowest);
         }
         return new AttentionContext(batch, length, past, positions, mask, isCausal, cache);
     }

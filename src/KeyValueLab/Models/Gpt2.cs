@@ -18,6 +18,7 @@ public sealed class Gpt2Attention : nn.Module<Tensor, AttentionContext, Tensor>
     [ComponentName(Name = "c_proj")] private readonly Linear _cProj;
     private readonly int _layer, _heads;
     private readonly double _queryScale;
+    private readonly Scalar _queryScaleScalar;  // held for the module's life (see HeldScalars)
 
     public Gpt2Attention(int layer, ModelConfig config, Gpt2Options options, Device? device) : base("attn")
     {
@@ -27,6 +28,7 @@ public sealed class Gpt2Attention : nn.Module<Tensor, AttentionContext, Tensor>
         // scaled_dot_product_attention always divides by √d; the rarer GPT-2 variants rescale q instead.
         _queryScale = (options.ScaleAttnWeights ? 1.0 : Math.Sqrt(config.HeadDim))
                       / (options.ScaleAttnByInverseLayerIdx ? layer + 1 : 1);
+        _queryScaleScalar = _queryScale.ToScalar();
         RegisterComponents();
     }
 
@@ -40,7 +42,7 @@ public sealed class Gpt2Attention : nn.Module<Tensor, AttentionContext, Tensor>
         var q = qkv[0].view(b, t, _heads, d).transpose(1, 2);           // [B, H, T, d]
         var k = qkv[1].view(b, t, _heads, d).transpose(1, 2);
         var v = qkv[2].view(b, t, _heads, d).transpose(1, 2);
-        if (_queryScale != 1.0) q = q * _queryScale;
+        if (_queryScale != 1.0) q = q.mul(_queryScaleScalar);
         if (ctx.Cache is not null) (k, v) = ctx.Cache.Append(_layer, k, v);  // [B, H, Past+T, d]
         var y = ctx.Attend(q, k, v).transpose(1, 2).reshape(b, t, c);     // [B, T, C]
         return _cProj.call(y);
@@ -90,8 +92,8 @@ public sealed class Gpt2Block : nn.Module<Tensor, AttentionContext, Tensor>
 
     public override Tensor forward(Tensor x, AttentionContext ctx)
     {
-        x = x + _attn.call(_ln1.call(x), ctx);
-        return x + _mlp.call(_ln2.call(x));
+        x = x.Plus(_attn.call(_ln1.call(x), ctx));
+        return x.Plus(_mlp.call(_ln2.call(x)));
     }
 }
 
@@ -119,7 +121,7 @@ public sealed class Gpt2Model : nn.Module<Tensor, AttentionContext, Tensor>
     /// <summary>Final hidden states <c>[B, T, C]</c> after <c>ln_f</c>.</summary>
     public override Tensor forward(Tensor inputIds, AttentionContext ctx)
     {
-        var x = _wte.call(inputIds) + _wpe.call(ctx.Positions);  // [B, T, C]
+        var x = _wte.call(inputIds).Plus(_wpe.call(ctx.Positions));  // [B, T, C]
         foreach (var block in _h) x = block.call(x, ctx);
         return _lnF.call(x);
     }

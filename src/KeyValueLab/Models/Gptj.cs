@@ -18,7 +18,8 @@ internal static class InterleavedRotary
     /// <summary>cos and sin <c>[B, 1, T, rotaryDim]</c>, each angle repeated for its pair.</summary>
     public static (Tensor Cos, Tensor Sin) Tables(Tensor positions, int rotaryDim, double theta)
     {
-        var invFreq = pow(theta, -arange(0, rotaryDim, 2, dtype: ScalarType.Float64, device: positions.device) / rotaryDim);  // [rot/2]
+        using Scalar dims = (long)rotaryDim;  // held (see HeldScalars): runs every forward
+        var invFreq = pow(tensor(theta, ScalarType.Float64, positions.device), HeldScalars.Arange(0, rotaryDim, 2, ScalarType.Float64, positions.device).neg().div(dims));  // [rot/2]
         var angles = positions.to(ScalarType.Float64).unsqueeze(-1) * invFreq;                                                 // [B, T, rot/2]
         var cos = angles.cos().repeat_interleave(2, dim: -1).to(ScalarType.Float32).unsqueeze(1);                              // [B, 1, T, rot]
         var sin = angles.sin().repeat_interleave(2, dim: -1).to(ScalarType.Float32).unsqueeze(1);
@@ -35,7 +36,7 @@ internal static class InterleavedRotary
         var x1 = pairs.select(-1, 0);
         var x2 = pairs.select(-1, 1);
         var rotated = stack([-x2, x1], dim: -1).reshape(shape);                      // (-x1, x0, -x3, x2, …)
-        var y = xr * cos.to(x.dtype) + rotated * sin.to(x.dtype);
+        var y = (xr * cos.to(x.dtype)).Plus(rotated * sin.to(x.dtype));
         return rot == d ? y : cat([y, x.narrow(-1, rot, d - rot)], dim: -1);
     }
 }
@@ -116,7 +117,7 @@ public sealed class GptjBlock : nn.Module<Tensor, AttentionContext, Tensor>
     public override Tensor forward(Tensor x, AttentionContext ctx)
     {
         var h = _ln1.call(x);
-        return x + _attn.call(h, ctx) + _mlp.call(h);
+        return x.Plus(_attn.call(h, ctx)).Plus(_mlp.call(h));
     }
 }
 

@@ -17,8 +17,9 @@ internal static class HalfRotary
     /// <summary>cos and sin <c>[B, 1, T, d]</c>: angles for features i and i + d/2 are the same.</summary>
     public static (Tensor Cos, Tensor Sin) Tables(Tensor positions, int headDim, double theta, double positionScale)
     {
-        var invFreq = pow(theta, -arange(0, headDim, 2, dtype: ScalarType.Float64, device: positions.device) / headDim);  // [d/2]
-        var angles = (positions.to(ScalarType.Float64) / positionScale).unsqueeze(-1) * invFreq;                           // [B, T, d/2]
+        using Scalar dims = (long)headDim, scale = positionScale;  // held (see HeldScalars): runs every forward
+        var invFreq = pow(tensor(theta, ScalarType.Float64, positions.device), HeldScalars.Arange(0, headDim, 2, ScalarType.Float64, positions.device).neg().div(dims));  // [d/2]
+        var angles = positions.to(ScalarType.Float64).div(scale).unsqueeze(-1) * invFreq;                                      // [B, T, d/2]
         var both = cat([angles, angles], dim: -1);                                                                         // [B, T, d]
         return (both.cos().to(ScalarType.Float32).unsqueeze(1), both.sin().to(ScalarType.Float32).unsqueeze(1));
     }
@@ -28,7 +29,7 @@ internal static class HalfRotary
     {
         long half = x.shape[^1] / 2;
         var rotated = cat([-x.narrow(-1, half, half), x.narrow(-1, 0, half)], dim: -1);
-        return x * cos.to(x.dtype) + rotated * sin.to(x.dtype);
+        return (x * cos.to(x.dtype)).Plus(rotated * sin.to(x.dtype));
     }
 }
 
@@ -36,12 +37,12 @@ internal static class HalfRotary
 public sealed class LlamaRmsNorm : nn.Module<Tensor, Tensor>
 {
     [ComponentName(Name = "weight")] private readonly Parameter _weight;
-    private readonly double _eps;
+    private readonly Scalar _eps;  // held for the module's life (see HeldScalars)
 
     public LlamaRmsNorm(long size, double eps, Device? device) : base("norm")
     {
         _weight = new Parameter(ones(size, ScalarType.Float32, device));
-        _eps = eps;
+        _eps = eps.ToScalar();
         RegisterComponents();
     }
 
@@ -50,7 +51,8 @@ public sealed class LlamaRmsNorm : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         var x32 = x.to(ScalarType.Float32);
-        var normed = x32 * rsqrt(x32.square().mean([-1L], keepdim: true) + _eps);  // [B, T, C]
+        // pow(Two) is TorchSharp's square() (same forward and backward) without its temporary Scalar.
+        var normed = x32 * rsqrt(x32.pow(HeldScalars.Two).mean([-1L], keepdim: true).add(_eps, HeldScalars.One));  // [B, T, C]
         return _weight * normed.to(x.dtype);
     }
 }
@@ -135,8 +137,8 @@ public sealed class LlamaDecoderLayer : nn.Module<Tensor, AttentionContext, Tens
 
     public override Tensor forward(Tensor x, AttentionContext ctx)
     {
-        x = x + _selfAttn.call(_inputLayernorm.call(x), ctx);
-        return x + _mlp.call(_postAttentionLayernorm.call(x));
+        x = x.Plus(_selfAttn.call(_inputLayernorm.call(x), ctx));
+        return x.Plus(_mlp.call(_postAttentionLayernorm.call(x)));
     }
 }
 

@@ -31,11 +31,17 @@ public sealed class LoraModel : IDisposable
 
     private readonly List<Action> _unhook = [];
 
+    // The hooks' constants as Scalars held for the adapters' life, not temporaries made on every call (see HeldScalars).
+    private readonly Scalar _scale, _dropoutP, _keepProbability;
+
     private LoraModel(CausalLM model, LoraConfig config, List<LoraLayer> layers)
     {
         Model = model;
         Config = config;
         Layers = layers;
+        _scale = config.Scale.ToScalar();
+        _dropoutP = config.Dropout.ToScalar();
+        _keepProbability = (1 - config.Dropout).ToScalar();
     }
 
     public CausalLM Model { get; }
@@ -91,13 +97,13 @@ public sealed class LoraModel : IDisposable
     private Tensor Dropout(Tensor x, double p)
     {
         if (DropoutGenerator is null) return nn.functional.dropout(x, p, training: true);
-        var keep = torch.rand(x.shape, dtype: x.dtype, device: x.device, generator: DropoutGenerator) >= p;
-        return x * keep.to(x.dtype) / (1 - p);
+        var keep = torch.rand(x.shape, dtype: x.dtype, device: x.device, generator: DropoutGenerator).ge(_dropoutP);
+        return (x * keep.to(x.dtype)).div(_keepProbability);
     }
 
     private void Hook()
     {
-        double scale = Config.Scale, p = Config.Dropout;
+        double p = Config.Dropout;
         foreach (var layer in Layers)
         {
             var (a, b) = (layer.A, layer.B);
@@ -106,7 +112,7 @@ public sealed class LoraModel : IDisposable
                 if (Merged) return y;
                 if (x.shape[^1] == 0 && Nf4Base.InputOf(layer.Base) is Tensor real) x = real;  // NF4 base: the real input
                 var input = Training && p > 0 ? Dropout(x, p) : x;
-                return y + nn.functional.linear(nn.functional.linear(input, a), b) * scale;  // [.., out]
+                return y.Plus(nn.functional.linear(nn.functional.linear(input, a), b).mul(_scale));  // [.., out]
             });
             _unhook.Add(hook.remove);
         }
@@ -231,5 +237,8 @@ public sealed class LoraModel : IDisposable
         foreach (var unhook in _unhook) unhook();
         _unhook.Clear();
         foreach (var layer in Layers) { layer.A.Dispose(); layer.B.Dispose(); }
+        _scale.Dispose();
+        _dropoutP.Dispose();
+        _keepProbability.Dispose();
     }
 }

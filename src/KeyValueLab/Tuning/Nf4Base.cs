@@ -58,7 +58,7 @@ public sealed class Nf4Base : IDisposable
             var after = linear.register_forward_hook((m, _, y) =>
             {
                 var lin = (Linear)m;
-                return y + Nf4LinearFunction.Apply(InputOf(lin)!, Of(lin)!);  // [.., out]
+                return y.Plus(Nf4LinearFunction.Apply(InputOf(lin)!, Of(lin)!));  // [.., out]; held alpha (see HeldScalars)
             });
             result._unhook.Add(() => { before.remove(); after.remove(); });
         }

@@ -118,13 +118,13 @@ public static class SftTrainer
         int warmup = (int)Math.Ceiling(options.WarmupRatio * totalSteps);
 
         var parameters = lora.Parameters();
-        using var optimizer = optim.AdamW(parameters, options.LearningRate, weight_decay: options.WeightDecay);
+        using var optimizer = new AdamWOptimizer(parameters, options.LearningRate, weightDecay: options.WeightDecay);
         int startEpoch = 0, step = 0;
         var epochLosses = new List<double>();
         if (options.Resume && options.CheckpointDir is not null && LastCheckpoint(options.CheckpointDir) is (string dir, int doneEpochs))
         {
             lora.LoadWeights(Path.Combine(dir, LoraModel.WeightsFile));
-            optimizer.load_state_dict(Path.Combine(dir, "optimizer.bin"));
+            LoadOptimizer(optimizer, dir);
             var state = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "trainer_state.json")))!.AsObject();
             step = (int)state["global_step"]!;
             epochLosses.AddRange(state["epoch_losses"]!.AsArray().Select(n => (double)n!));
@@ -145,21 +145,22 @@ public static class SftTrainer
             for (int s = 0; s < stepsPerEpoch && (options.MaxSteps <= 0 || step < totalSteps); s++)
             {
                 double lr = options.LearningRate * (step < warmup ? (double)step / Math.Max(1, warmup) : 1.0);
-                foreach (var group in optimizer.ParamGroups) group.LearningRate = lr;
-                optimizer.zero_grad();
+                optimizer.LearningRate = lr;
+                optimizer.ZeroGrad();
                 var rows = order.Skip(s * perStep).Take(perStep).ToArray();
                 var micro = rows.Chunk(options.MicroBatch).ToArray();
                 double stepLoss = 0;
+                using Scalar microBatches = micro.Length;  // held for the whole step: no temporary Scalar (see HeldScalars)
                 foreach (var batch in micro)
                 {
                     using var scope = NewDisposeScope();
                     var loss = BatchLoss(model, data, batch);
-                    (loss / micro.Length).backward();
+                    loss.div(microBatches).backward();
                     stepLoss += loss.item<float>() / micro.Length;
                     tokensSeen += batch.Sum(r => (long)data.Lengths[r]);
                 }
-                nn.utils.clip_grad_norm_(parameters, options.MaxGradNorm);
-                optimizer.step();
+                GradientClipping.ClipGradNorm(parameters, options.MaxGradNorm);
+                optimizer.Step();
                 step++;
                 lossSum += stepLoss;
                 lossCount++;
@@ -195,13 +196,25 @@ public static class SftTrainer
         return "[" + new string('#', filled) + new string('.', width - filled) + "]";
     }
 
-    private static void SaveCheckpoint(LoraModel lora, TorchSharp.Modules.AdamW optimizer, string root, int epoch, int step, List<double> losses)
+    /// <summary>AdamW state of a checkpoint: <c>optimizer.safetensors</c>, or TorchSharp's <c>optimizer.bin</c> in checkpoints written before.</summary>
+    private const string OptimizerFile = "optimizer.safetensors", LegacyOptimizerFile = "optimizer.bin";
+
+    private static void LoadOptimizer(AdamWOptimizer optimizer, string dir)
+    {
+        string path = Path.Combine(dir, OptimizerFile), legacy = Path.Combine(dir, LegacyOptimizerFile);
+        if (File.Exists(path) || !File.Exists(legacy)) { optimizer.Load(path); return; }
+        using var torchSharp = optim.AdamW(optimizer.Parameters, optimizer.LearningRate, weight_decay: optimizer.WeightDecay);
+        torchSharp.load_state_dict(legacy);
+        optimizer.LoadFrom(torchSharp);
+    }
+
+    private static void SaveCheckpoint(LoraModel lora, AdamWOptimizer optimizer, string root, int epoch, int step, List<double> losses)
     {
         string dir = Path.Combine(root, $"checkpoint-epoch-{epoch}");
         string tmp = dir + ".partial";
         if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
         lora.Save(tmp);
-        optimizer.save_state_dict(Path.Combine(tmp, "optimizer.bin"));
+        optimizer.Save(Path.Combine(tmp, OptimizerFile));
         var state = new JsonObject
         {
             ["epoch"] = epoch,

@@ -49,6 +49,28 @@ public class Nf4Tests(ITestOutputHelper output)
         Assert.InRange(absmax[1], 2.97f, 3.03f);
     }
 
+    [Theory]
+    [InlineData(7, 37)]      // 259 weights: odd count, short last block, one decode task
+    [InlineData(300, 257)]   // 1,205 blocks: several parallel decode tasks
+    public void DequantizeEqualsTheTensorOpDecodingBitForBit(int rows, int cols)
+    {
+        using var scope = NewDisposeScope();
+        var w = randn(rows, cols, generator: new Generator(11));
+        using var q = Nf4Tensor.Quantize(w);
+        long n = w.NumberOfElements;
+        // Reference: unpack both nibbles with tensor ops, look the codes up and scale by the block's absmax (one fp32 product each).
+        var bytes = q.Packed.to(ScalarType.Int64);
+        var indices = stack([bytes.div(16, RoundingMode.floor), bytes.remainder(16)], 1).flatten().narrow(0, 0, n);
+        var codes = tensor(Nf4Codes.Nf4).index_select(0, indices);
+        var scales = q.Absmax().repeat_interleave(Nf4Tensor.BlockSize).narrow(0, 0, n);
+        var expected = (codes * scales).view(rows, cols);
+        var actual = q.Dequantize();
+        Assert.Equal(ScalarType.Float32, actual.dtype);
+        Assert.Equal(new long[] { rows, cols }, actual.shape);
+        Assert.True(actual.equal(expected).all().item<bool>());
+        Assert.True(q.Dequantize().equal(actual).all().item<bool>());  // and the same every call
+    }
+
     [Fact]
     public void DynamicMapIsBitsandbytesSignedMap()
     {
