@@ -122,7 +122,7 @@ public sealed record StudySpec
             FourBit = true,
             Epochs = 3,
             Batch = 8,
-            GradAccum = 8,
+            GradAccum = 2,
             Lr = 2e-3,
             AnswerOnlyLoss = true,
             MaxTrain = 400,
