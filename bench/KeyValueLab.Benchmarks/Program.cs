@@ -18,8 +18,9 @@ namespace KeyValueLab.Benchmarks;
 ///   edit [--steps N --layer L] time per FT edit on keys vs values of a GPT-2-medium-shaped model (one request,
 ///                             fixed steps), each ÷ the time its floating-point work takes at the measured matmul rate
 ///   bdn                       the same forward and matmul under BenchmarkDotNet (slower, with statistics)
-///   lora --base fp32|nf4 [--steps N --batch B --tokens T --targets q,v --config FILE]
-///                             LoRA training tokens/s and peak memory on a GPT-2-medium-shaped random model
+///   lora [--base both|fp32|nf4 --steps N --batch B --tokens T --targets q,v --config FILE]
+///                             LoRA training tokens/s and peak memory on a GPT-2-medium-shaped random model; "both"
+///                             (default) runs each base in a child process and prints the NF4/fp32 ratios
 /// </summary>
 public static class Program
 {
@@ -35,7 +36,14 @@ public static class Program
         if (mode == "lora")
         {
             string? config = Option(args, "--config");
-            LoraBenchmark.Run(Option(args, "--base") ?? "fp32", Int(args, "--steps", 3), Int(args, "--batch", 1), Int(args, "--tokens", 128),
+            string baseKind = Option(args, "--base") ?? "both";
+            if (baseKind == "both") return LoraBenchmark.RunBoth(args);
+            if (baseKind is not ("fp32" or "nf4"))
+            {
+                Console.Error.WriteLine($"lora: --base is both, fp32 or nf4, not {baseKind}");
+                return 2;
+            }
+            LoraBenchmark.Run(baseKind, Int(args, "--steps", 3), Int(args, "--batch", 1), Int(args, "--tokens", 128),
                 Option(args, "--targets") ?? "c_attn,keys", config is null ? null : File.ReadAllText(config));
             return 0;
         }
@@ -46,7 +54,7 @@ public static class Program
         }
         if (mode != "runtime")
         {
-            Console.Error.WriteLine("usage: KeyValueLab.Benchmarks [runtime [--stories DIR] | edit [--steps N] [--layer L] | lora --base fp32|nf4 | bdn]");
+            Console.Error.WriteLine("usage: KeyValueLab.Benchmarks [runtime [--stories DIR] | edit [--steps N] [--layer L] | lora [--base both|fp32|nf4] | bdn]");
             return 2;
         }
         string? stories = Option(args, "--stories");

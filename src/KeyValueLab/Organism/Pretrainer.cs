@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text.Json.Nodes;
 using KeyValueLab.Checkpoints;
 using KeyValueLab.Models;
+using KeyValueLab.Tuning;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -89,7 +90,8 @@ public static class Pretrainer
 
         int previousThreads = torch.get_num_threads();
         torch.set_num_threads(config.Threads);
-        using var optimizer = torch.optim.AdamW(parameters, config.LearningRate, config.Beta1, config.Beta2, 1e-8, config.WeightDecay);
+        // Our AdamW and clipping (same arithmetic as TorchSharp's) make no temporary Scalars per step (see HeldScalars).
+        using var optimizer = new AdamWOptimizer(parameters, config.LearningRate, config.Beta1, config.Beta2, 1e-8, config.WeightDecay);
         try
         {
             int start = checkpointFolder is null ? 0 : Resume(loaded, optimizer, checkpointFolder);
@@ -112,14 +114,14 @@ public static class Pretrainer
                         targets[r * t + j] = j + 1 < lengths[r] ? rows[r][j + 1] : Ignore;
                     }
                 double lr = config.LearningRateAt(step, total);
-                foreach (var g in optimizer.ParamGroups) g.LearningRate = lr;
+                optimizer.LearningRate = lr;
 
                 var logits = model.Forward(tensor(inputs, [b, t]));                                   // [B, T, V]
                 var lossTensor = nn.functional.cross_entropy(logits.view(-1, vocab), tensor(targets), ignore_index: Ignore);
-                optimizer.zero_grad();
+                optimizer.ZeroGrad();
                 lossTensor.backward();
-                nn.utils.clip_grad_norm_(parameters, config.GradientClip);
-                optimizer.step();
+                GradientClipping.ClipGradNorm(parameters, config.GradientClip);
+                optimizer.Step();
                 loss = lossTensor.item<float>();
                 tokens += lengths.Sum(l => l - 1);
 
@@ -142,15 +144,18 @@ public static class Pretrainer
         }
     }
 
-    // ---- checkpoints: <folder>/step-NNNNNN/{config.json, model.safetensors, optimizer.bin, state.json}; "latest" names the newest complete one ----
+    // ---- checkpoints: <folder>/step-NNNNNN/{config.json, model.safetensors, optimizer.safetensors, state.json}; "latest" names the newest complete one ----
+    // (checkpoints written before hold TorchSharp's optimizer.bin instead, which Resume still reads)
 
-    private static void SaveCheckpoint(LoadedModel loaded, torch.optim.Optimizer optimizer, string folder, int step, double loss)
+    private const string OptimizerFile = "optimizer.safetensors", LegacyOptimizerFile = "optimizer.bin";
+
+    private static void SaveCheckpoint(LoadedModel loaded, AdamWOptimizer optimizer, string folder, int step, double loss)
     {
         string name = $"step-{step:D6}";
         string dir = Path.Combine(folder, name);
         if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
         loaded.Save(dir);
-        ((TorchSharp.Modules.OptimizerHelper)optimizer).save_state_dict(Path.Combine(dir, "optimizer.bin"));
+        optimizer.Save(Path.Combine(dir, OptimizerFile));
         var state = new JsonObject { ["step"] = step, ["loss"] = double.IsFinite(loss) ? loss : null };
         File.WriteAllText(Path.Combine(dir, "state.json"), state.ToJsonString());
         string latest = Path.Combine(folder, "latest");
@@ -161,7 +166,7 @@ public static class Pretrainer
     }
 
     /// <summary>Restores weights and optimizer state from the newest checkpoint; returns its step (0 when there is none).</summary>
-    private static int Resume(LoadedModel loaded, torch.optim.Optimizer optimizer, string folder)
+    private static int Resume(LoadedModel loaded, AdamWOptimizer optimizer, string folder)
     {
         string latest = Path.Combine(folder, "latest");
         if (!File.Exists(latest)) return 0;
@@ -172,7 +177,7 @@ public static class Pretrainer
             ?? throw new InputException(statePath, "expected a JSON object");
         int step = state["step"]?.GetValue<int>() ?? throw new InputException(statePath, "no \"step\"");
         using (var checkpoint = HfCheckpoint.Open(dir)) ModelLoader.Fill(loaded.Model, checkpoint);
-        ((TorchSharp.Modules.OptimizerHelper)optimizer).load_state_dict(Path.Combine(dir, "optimizer.bin"));
+        optimizer.Load(Path.Combine(dir, OptimizerFile), legacyPath: Path.Combine(dir, LegacyOptimizerFile));
         return step;
     }
 

@@ -112,9 +112,20 @@ public sealed class AdamWOptimizer : IDisposable
         SafetensorsWriter.Write(path, tensors, metadata);
     }
 
-    /// <summary>Restores what <see cref="Save"/> wrote; the file must hold state for exactly these parameters (shapes checked).</summary>
-    public void Load(string path)
+    /// <summary>
+    /// Restores what <see cref="Save"/> wrote; the file must hold state for exactly these parameters (shapes checked). When
+    /// <paramref name="path"/> does not exist but <paramref name="legacyPath"/> does, that is read as the state file of a
+    /// TorchSharp <c>optim.AdamW</c> over the same parameters (checkpoints written before this optimizer existed).
+    /// </summary>
+    public void Load(string path, string? legacyPath = null)
     {
+        if (legacyPath is not null && !File.Exists(path) && File.Exists(legacyPath))
+        {
+            using var torchSharp = optim.AdamW(_parameters, LearningRate, _beta1, _beta2, _eps, WeightDecay);
+            torchSharp.load_state_dict(legacyPath);
+            LoadFrom(torchSharp);
+            return;
+        }
         using var file = SafetensorsFile.Open(path);
         if (!file.Metadata.TryGetValue(FormatKey, out var format) || format != FormatValue || !file.Metadata.TryGetValue(StepsKey, out var stepsText))
             throw new InputException(path, $"not an AdamW state file (metadata \"{FormatKey}\": \"{FormatValue}\" and \"{StepsKey}\" expected)");

@@ -124,7 +124,7 @@ public static class SftTrainer
         if (options.Resume && options.CheckpointDir is not null && LastCheckpoint(options.CheckpointDir) is (string dir, int doneEpochs))
         {
             lora.LoadWeights(Path.Combine(dir, LoraModel.WeightsFile));
-            LoadOptimizer(optimizer, dir);
+            optimizer.Load(Path.Combine(dir, OptimizerFile), legacyPath: Path.Combine(dir, LegacyOptimizerFile));
             var state = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "trainer_state.json")))!.AsObject();
             step = (int)state["global_step"]!;
             epochLosses.AddRange(state["epoch_losses"]!.AsArray().Select(n => (double)n!));
@@ -198,15 +198,6 @@ public static class SftTrainer
 
     /// <summary>AdamW state of a checkpoint: <c>optimizer.safetensors</c>, or TorchSharp's <c>optimizer.bin</c> in checkpoints written before.</summary>
     private const string OptimizerFile = "optimizer.safetensors", LegacyOptimizerFile = "optimizer.bin";
-
-    private static void LoadOptimizer(AdamWOptimizer optimizer, string dir)
-    {
-        string path = Path.Combine(dir, OptimizerFile), legacy = Path.Combine(dir, LegacyOptimizerFile);
-        if (File.Exists(path) || !File.Exists(legacy)) { optimizer.Load(path); return; }
-        using var torchSharp = optim.AdamW(optimizer.Parameters, optimizer.LearningRate, weight_decay: optimizer.WeightDecay);
-        torchSharp.load_state_dict(legacy);
-        optimizer.LoadFrom(torchSharp);
-    }
 
     private static void SaveCheckpoint(LoraModel lora, AdamWOptimizer optimizer, string root, int epoch, int step, List<double> losses)
     {

@@ -126,5 +126,12 @@ public class OptimizerTests(ITestOutputHelper output)
         takeOver.LoadFrom(reference);
         Assert.Equal(3, takeOver.StepsOf(0));
         Assert.True((takeOver.StateOf(1).ExpAvgSq - adam.StateOf(1).ExpAvgSq).abs().max().item<float>() <= 1e-6);
+        // ... and read from its file when ours is missing.
+        string legacy = Path.Combine(dir.Path, "optimizer.bin");
+        reference.save_state_dict(legacy);
+        using var fromFile = new AdamWOptimizer(theirs, lr: 1e-3);
+        fromFile.Load(Path.Combine(dir.Path, "missing.safetensors"), legacyPath: legacy);
+        Assert.Equal(3, fromFile.StepsOf(2));
+        Assert.True(fromFile.StateOf(0).ExpAvg.equal(takeOver.StateOf(0).ExpAvg).all().item<bool>());
     }
 }

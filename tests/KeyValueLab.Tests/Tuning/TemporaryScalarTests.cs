@@ -8,7 +8,7 @@ namespace KeyValueLab.Tests.Tuning;
 
 /// <summary>
 /// Guards the fix for "Unknown scalar type" mid-training (see <c>HeldScalars</c>): reads the IL of the code that runs every
-/// step — model forwards, attention context, LoRA and NF4 hooks, the trainer, optimizer and clipping, generation — and fails
+/// step — model forwards, attention context, LoRA and NF4 hooks, the trainers, optimizer and clipping, generation — and fails
 /// on any temporary <see cref="Scalar"/>: a number converted to a Scalar and passed straight on (not stored in a local or
 /// field), or a call of a TorchSharp method that makes one itself (found the same way in TorchSharp's IL, e.g.
 /// <c>Tensor + Tensor</c>, <c>add(Scalar)</c>, <c>square()</c>, <c>Tensor * double</c>).
@@ -25,7 +25,7 @@ public class TemporaryScalarTests(ITestOutputHelper output)
         "KeyValueLab.Tuning.Nf4Tensor.QuantizeBlocks",
     ];
 
-    private static readonly string[] PerStepNamespaces = ["KeyValueLab.Models", "KeyValueLab.Tuning", "KeyValueLab.Inference"];
+    private static readonly string[] PerStepNamespaces = ["KeyValueLab.Models", "KeyValueLab.Tuning", "KeyValueLab.Inference", "KeyValueLab.Organism"];
 
     private const BindingFlags Declared = BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.Instance | BindingFlags.Static | BindingFlags.DeclaredOnly;
 
