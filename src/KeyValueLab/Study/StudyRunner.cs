@@ -149,6 +149,9 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
                     var post = evaluator.Measure(group.Cases[i]);
                     records.Add(EditRecord(group, i, condition, editor, pre[i], post, seconds / group.Cases.Count, changed, config, started, host, versions));
                 }
+                // Each case's share of the group's wall time, not the time since the group began.
+                double share = (DateTime.UtcNow - started).TotalSeconds / group.Cases.Count;
+                records = [.. records.Select(r => r with { Seconds = share })];
                 snapshot.Restore(model);
                 store.Add(records);
                 done += records.Count;

@@ -101,7 +101,7 @@ public sealed record StudySpec
         Seeds = [1, 2],
         Editing = new EditingSpec
         {
-            Cases = 24,
+            Cases = 20,
             GenerationPrompts = 1,
             GenerationTokens = 40,
             StatsCorpus = "organism",
@@ -120,12 +120,12 @@ public sealed record StudySpec
         {
             Targets = ["q,v", "q,v,keys:up", "q,v,keys:gate", "q,v,values"],
             FourBit = true,
-            Epochs = 3,
+            Epochs = 4,
             Batch = 8,
             GradAccum = 2,
             Lr = 2e-3,
             AnswerOnlyLoss = true,
-            MaxTrain = 400,
+            MaxTrain = 500,
             MaxEval = 100,
             MaxLength = 256,
         },

@@ -93,7 +93,9 @@ public static class EditingAnalysis
 
         var differences = new List<PairedDifference>();
         var seconds = new List<PairedDifference>();
-        foreach (var family in groups.GroupBy(g => (g.Condition.Method, g.Condition.Layers, g.Condition.Mode)))
+        // Keys and values are paired within a method family: FT-type editors with themselves, Key-ROME with ROME
+        // (the paper's closed-form editor on the values and its key-side counterpart).
+        foreach (var family in groups.GroupBy(g => (Family(g.Condition.Method), g.Condition.Layers, g.Condition.Mode)))
         {
             var values = family.FirstOrDefault(g => g.Condition.Side == "values");
             if (values.Units is null) continue;
@@ -112,6 +114,9 @@ public static class EditingAnalysis
         }
         return new EditingResults(headline, metrics, summary, differences, costs, seconds);
     }
+
+    /// <summary>The editor family used to pair keys with values: KeyROME pairs with ROME, every other method with itself.</summary>
+    public static string Family(string method) => method is "KeyROME" or "Key-ROME" ? "ROME" : method;
 
     private static EditSummaryRow Summarise(EditCondition condition, IReadOnlyList<EditUnitResult> units,
         IReadOnlyList<EditMetric> metrics, HeadlineMetrics headline, ReportOptions options)

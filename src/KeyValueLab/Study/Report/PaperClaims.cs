@@ -67,7 +67,7 @@ public static class PaperClaims
     }
 
     private static string Describe(PairedDifference d) =>
-        $"{d.Keys.Method} {d.Keys.Side} vs {d.Values.Side}, layers {d.Keys.Layers}" + (d.Keys.Mode == "single" ? "" : $", {d.Keys.Mode}");
+        (d.Keys.Method == d.Values.Method ? $"{d.Keys.Method} {d.Keys.Side} vs {d.Values.Side}" : $"{d.Keys.Method} {d.Keys.Side} vs {d.Values.Method} {d.Values.Side}") + $", layers {d.Keys.Layers}" + (d.Keys.Mode == "single" ? "" : $", {d.Keys.Mode}");
 
     /// <summary>direction +1: the claim predicts keys − values &gt; 0; −1: it predicts &lt; 0.</summary>
     private static ClaimEvidence Evidence(string comparison, string unit, int pairs, string noun, Estimate difference, TestResult test,

@@ -40,14 +40,14 @@ public static class ReportTables
 
     public static ReportTable EditingDifferences(EditingResults r)
     {
-        var table = new ReportTable("editing_differences", "keys − values on the same method, layers, seed and case",
+        var table = new ReportTable("editing_differences", "keys − values on the same method family (Key-ROME with ROME), layers, seed and case",
         [
-            new("method", Text), new("layers", Text), new("mode", Text), new("keys_side", Text), new("values_side", Text), new("metric", Text),
+            new("method", Text), new("layers", Text), new("mode", Text), new("keys_side", Text), new("values_method", Text), new("values_side", Text), new("metric", Text),
             new("pairs", Integer), new("keys_mean", Score), new("values_mean", Score), new("difference", Score),
             new("difference_low", Score), new("difference_high", Score), new("test", Text), new("statistic", Score), new("p", P),
         ]);
         foreach (var d in r.Differences)
-            table.Add(d.Keys.Method, d.Keys.Layers, d.Keys.Mode, d.Keys.Side, d.Values.Side, d.Metric, d.Pairs, d.KeysMean, d.ValuesMean,
+            table.Add(d.Keys.Method, d.Keys.Layers, d.Keys.Mode, d.Keys.Side, d.Values.Method, d.Values.Side, d.Metric, d.Pairs, d.KeysMean, d.ValuesMean,
                 d.Difference.Value, d.Difference.Low, d.Difference.High, d.Test.Test, d.Test.Statistic, d.Test.P);
         return table;
     }

@@ -199,7 +199,7 @@ public static class StudyReport
             else
             {
                 Tables.Add(ReportTables.EditingDifferences(editing));
-                _doc.Paragraph("Each keys side is paired with the values side of the same method, layers, seed and case. Differences are keys − values "
+                _doc.Paragraph("Each keys side is paired with the values side of the same method (Key-ROME with ROME), layers, seed and case. Differences are keys − values "
                     + "in points (positive favours keys), with 95% bootstrap intervals over pairs. Per-case metrics use the two-sided "
                     + "**Wilcoxon signed-rank test** (normal approximation, zero differences dropped, tie-corrected variance). Score is not a "
                     + "per-case number: its interval resamples pairs and recomputes both harmonic means, and its p-value comes from a "
@@ -385,7 +385,7 @@ public static class StudyReport
         private bool ShowMode => editing is not null && editing.Summary.Any(r => r.Condition.Mode != "single");
         private IReadOnlyList<string> ConditionHeaders() => ShowMode ? ["Method", "Side", "Layers", "Mode"] : ["Method", "Side", "Layers"];
         private IReadOnlyList<string> ConditionCells(EditCondition c) => ShowMode ? [c.Method, c.Side, c.Layers, c.Mode] : [c.Method, c.Side, c.Layers];
-        private string Comparison(PairedDifference d) => $"{d.Keys.Method} {d.Keys.Side} vs {d.Values.Side}, L{d.Keys.Layers}" + (ShowMode ? $" ({d.Keys.Mode})" : "");
+        private string Comparison(PairedDifference d) => (d.Keys.Method == d.Values.Method ? $"{d.Keys.Method} {d.Keys.Side} vs {d.Values.Side}" : $"{d.Keys.Method} {d.Keys.Side} vs {d.Values.Method} {d.Values.Side}") + $", L{d.Keys.Layers}" + (ShowMode ? $" ({d.Keys.Mode})" : "");
         private static string Family(EditCondition c) => $"{c.Method} L{c.Layers}" + (c.Mode == "single" ? "" : $" {c.Mode}");
 
         /// <summary>A people's table; columns from <paramref name="firstNumeric"/> on are right-aligned except those in <paramref name="textColumns"/>.</summary>
