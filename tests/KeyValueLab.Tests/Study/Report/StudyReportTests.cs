@@ -188,7 +188,7 @@ public class StudyReportTests(KeysBetterReport report) : IClassFixture<KeysBette
     public void NumbersAreWrittenWithSensibleRounding()
     {
         string csv = File.ReadAllText(Path.Combine(report.Dir, "tables", "editing_differences.csv"));
-        Assert.Matches(@"FT,1,single,keys,values,ES,80,100\.000,50\.000,50\.000,", csv);
+        Assert.Matches(@"FT,1,single,keys,FT,values,ES,80,100\.000,50\.000,50\.000,", csv);
         string md = File.ReadAllText(report.Files.Markdown);
         Assert.Contains("| FT keys vs values, L1 | ES | 80 | 100.0 | 50.0 | +50.0 [", md);
         Assert.Matches(@"Wilcoxon signed-rank p = \d\.\d\de-\d\d, 80 paired cases", md);
