@@ -107,7 +107,5 @@ internal static class TuneCommand
     }
 
     /// <summary>Bytes of the linears a 4-bit base would quantise (all but lm_head), in fp32.</summary>
-    internal static long LinearBytes(CausalLM model) =>
-        model.named_modules().Where(m => m.module is TorchSharp.Modules.Linear && m.name != "lm_head")
-            .Sum(m => ((TorchSharp.Modules.Linear)m.module).weight!.NumberOfElements * 4);
+    internal static long LinearBytes(CausalLM model) => KeyValueLab.Study.StudyRunner.LinearBytes(model);
 }

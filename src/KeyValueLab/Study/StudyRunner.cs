@@ -285,7 +285,8 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
             clock.Elapsed.TotalSeconds, Stamp(started), Now(), host, versions, "");
     }
 
-    private static long LinearBytes(CausalLM model) =>
+    /// <summary>Bytes of the linears a 4-bit base quantises (all but lm_head), in fp32.</summary>
+    public static long LinearBytes(CausalLM model) =>
         model.named_modules().Where(m => m.module is TorchSharp.Modules.Linear && m.name != "lm_head")
             .Sum(m => ((TorchSharp.Modules.Linear)m.module).weight!.NumberOfElements * 4);
 

@@ -101,7 +101,7 @@ public sealed record StudySpec
         Seeds = [1, 2],
         Editing = new EditingSpec
         {
-            Cases = 20,
+            Cases = 40,
             GenerationPrompts = 1,
             GenerationTokens = 40,
             StatsCorpus = "organism",

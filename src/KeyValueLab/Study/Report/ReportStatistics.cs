@@ -160,16 +160,8 @@ public static class ReportStatistics
         return new TestResult(name, b - c, Math.Min(1, 2 * tail));
     }
 
-    /// <summary>Wilson score interval for k successes in n trials (z = 1.96), as fractions.</summary>
-    public static (double Low, double High) Wilson(int k, int n)
-    {
-        if (n == 0) return (0, 1);
-        const double z = 1.96;
-        double p = (double)k / n, z2 = z * z;
-        double centre = (p + z2 / (2 * n)) / (1 + z2 / n);
-        double half = z * Math.Sqrt(p * (1 - p) / n + z2 / (4.0 * n * n)) / (1 + z2 / n);
-        return (Math.Max(0, centre - half), Math.Min(1, centre + half));
-    }
+    /// <summary>Wilson score interval for k successes in n trials (z = 1.96), as fractions: the one the tuner reports.</summary>
+    public static (double Low, double High) Wilson(int k, int n) => Tuning.TaskEvaluator.Wilson(k, n);
 
     /// <summary>
     /// Monte-Carlo paired permutation test: under H0 the two members of each pair are exchangeable, so each random
