@@ -98,19 +98,19 @@ internal static class LoraBenchmark
         Console.WriteLine($"base {baseKind}: linears {linearFp32 / 1e6:F1} MB fp32 → {(nf4?.Nf4Bytes ?? linearFp32) / 1e6:F1} MB resident " +
                           $"({(double)(nf4?.Nf4Bytes ?? linearFp32) / linearFp32:F4}×){(nf4 is null ? "" : $", quantised in {quantiseSeconds:F1} s")}");
         Console.WriteLine($"  {lora.TrainableSummary()}");
-        Console.WriteLine($"  RSS after setup: {Rss("VmRSS") / 1e6:F0} MB");
+        Console.WriteLine($"  RSS after setup: {ProcessMemory.ResidentBytes() / 1e6:F0} MB");
 
-        long setupRss = Rss("VmRSS");
+        long setupRss = ProcessMemory.ResidentBytes();
         using var optimizer = new AdamWOptimizer(lora.Parameters(), 2e-4);
         var generator = new Generator(7);
         using var ids = randint(0, model.Config.VocabSize, [batch, tokens], generator: generator);
         // One warm-up step, then reset the peak and time the rest.
         Step(model, optimizer, ids, lora);
-        ResetPeak();
+        ProcessMemory.ResetPeak();
         clock.Restart();
         for (int s = 0; s < steps; s++) Step(model, optimizer, ids, lora);
         double seconds = clock.Elapsed.TotalSeconds, tokensPerSecond = steps * batch * tokens / seconds;
-        long peak = Rss("VmHWM");
+        long peak = ProcessMemory.PeakResidentBytes();
         Console.WriteLine($"  {steps} steps of {batch}×{tokens} tokens: {tokensPerSecond:F2} tokens/s; peak RSS while training {peak / 1e6:F0} MB");
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"{ResultPrefix} tokens_per_s={tokensPerSecond:R} peak_rss={peak} setup_rss={setupRss} linear_bytes={nf4?.Nf4Bytes ?? linearFp32} steps={steps} batch={batch} tokens={tokens}"));
@@ -125,18 +125,5 @@ internal static class LoraBenchmark
         loss.backward();
         GradientClipping.ClipGradNorm(lora.Parameters(), 0.3);
         optimizer.Step();
-    }
-
-    private static long Rss(string field)
-    {
-        foreach (string line in File.ReadLines("/proc/self/status"))
-            if (line.StartsWith(field + ":", StringComparison.Ordinal))
-                return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1]) * 1024;
-        return 0;
-    }
-
-    private static void ResetPeak()
-    {
-        try { File.WriteAllText("/proc/self/clear_refs", "5"); } catch (IOException) { } catch (UnauthorizedAccessException) { }
     }
 }

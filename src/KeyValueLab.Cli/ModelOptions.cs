@@ -19,14 +19,8 @@ internal static class ModelOptions
     };
 
     /// <summary>The explicit tokenizer, else the model folder's, else tokenizer.bin next to a llama2.c file.</summary>
-    public static ITokenizer LoadTokenizer(string modelPath, string? tokenizerPath)
-    {
-        if (!string.IsNullOrEmpty(tokenizerPath)) return TokenizerLoader.Load(tokenizerPath);
-        if (Directory.Exists(modelPath)) return TokenizerLoader.Load(modelPath);
-        string beside = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(modelPath)) ?? ".", "tokenizer.bin");
-        if (File.Exists(beside)) return TokenizerLoader.Load(beside);
-        throw new InputException(modelPath, "no tokenizer given and no tokenizer.bin beside this llama2.c file; pass --tokenizer PATH");
-    }
+    public static ITokenizer LoadTokenizer(string modelPath, string? tokenizerPath) =>
+        TokenizerLoader.ForModel(modelPath, tokenizerPath, "pass --tokenizer PATH");
 }
 
 /// <summary>A command-line value out of range; reported like a parse error (exit code 2).</summary>

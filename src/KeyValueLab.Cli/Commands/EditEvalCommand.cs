@@ -89,7 +89,7 @@ internal static class EditEvalCommand
         {
             var watch = Stopwatch.StartNew();
             int firstDone = -1;
-            return body(new Synchronous<EditProgress>(p =>
+            return body(new SynchronousProgress<EditProgress>(p =>
             {
                 if (firstDone < 0) firstDone = p.Done;
                 int newly = p.Done - firstDone;
@@ -104,7 +104,7 @@ internal static class EditEvalCommand
             .Start(ctx =>
             {
                 var task = ctx.AddTask("editing", maxValue: total);
-                result = body(new Synchronous<EditProgress>(p =>
+                result = body(new SynchronousProgress<EditProgress>(p =>
                 {
                     task.Value = p.Done;
                     task.Description = $"{p.Done}/{p.Total} {Markup.Escape(p.Stage)}";
@@ -112,11 +112,5 @@ internal static class EditEvalCommand
                 task.Value = total;
             });
         return result!;
-    }
-
-    /// <summary>IProgress that reports on the calling thread (Progress&lt;T&gt; posts to the thread pool).</summary>
-    private sealed class Synchronous<T>(Action<T> report) : IProgress<T>
-    {
-        public void Report(T value) => report(value);
     }
 }

@@ -67,7 +67,7 @@ internal static class StudyCommand
             try
             {
                 var eta = new EtaLine(stderr);
-                var runner = new StudyRunner(studyPlan, outDir, part, log: line => { eta.Break(); stderr.WriteLine(line); }, progress: new Synchronous<StudyProgress>(eta.Report));
+                var runner = new StudyRunner(studyPlan, outDir, part, log: line => { eta.Break(); stderr.WriteLine(line); }, progress: new SynchronousProgress<StudyProgress>(eta.Report));
                 int ran = runner.Run(cancel.Token);
                 eta.Break();
                 stderr.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{ran} units run now; study command took {clock.Elapsed.TotalSeconds:F0} s"));
@@ -153,10 +153,5 @@ internal static class StudyCommand
         {
             if (_open) { stderr.WriteLine(); _open = false; }
         }
-    }
-
-    private sealed class Synchronous<T>(Action<T> report) : IProgress<T>
-    {
-        public void Report(T value) => report(value);
     }
 }

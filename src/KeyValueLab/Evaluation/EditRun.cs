@@ -101,18 +101,33 @@ public sealed class EditRun
         foreach (var c in todo)
         {
             cancel.ThrowIfCancellationRequested();
-            var pre = evaluator.Measure(c);
-            var (report, seconds) = Timed(() => editor.Apply(model, tokenizer, [c.Request]));
-            long changed = Changed(model, snapshot);
-            var post = evaluator.Measure(c);
-            snapshot.Restore(model);
-            if (ParameterHash.Sha256(model, names) != edited)
-                throw new InvalidOperationException($"case {c.CaseId}: restoring the weights did not give back the original parameters");
-            Write(c, pre, post, new EditCost(seconds, changed, report.Steps, report.FinalLoss, 1));
+            var e = EditOnce(model, tokenizer, editor, evaluator, c, snapshot, names, edited);
+            Write(c, e.Pre, e.Post, new EditCost(e.Seconds, e.Changed, e.Report.Steps, e.Report.FinalLoss, 1));
             progress?.Report(new EditProgress(++done, total, c.CaseId));
         }
         if (ParameterHash.Sha256(model) != before)
             throw new InvalidOperationException("after the single-mode run the model's parameter hash differs from the original's");
+    }
+
+    /// <summary>What one single-mode edit gave: scores before and after, the editor's report, its seconds and the weights it changed.</summary>
+    public sealed record SingleEdit(CaseScores Pre, CaseScores Post, EditReport Report, double Seconds, long Changed);
+
+    /// <summary>
+    /// One case in single mode: scores before, the edit (timed; changed weights counted against <paramref name="snapshot"/>),
+    /// scores after, then the weights restored and checked against <paramref name="editedHash"/> (the hash of
+    /// <paramref name="names"/> before any edit).
+    /// </summary>
+    public static SingleEdit EditOnce(CausalLM model, ITokenizer tokenizer, IKnowledgeEditor editor, CaseEvaluator evaluator, EditCase c,
+        WeightSnapshot snapshot, IReadOnlyList<string> names, string editedHash)
+    {
+        var pre = evaluator.Measure(c);
+        var (report, seconds) = Timed(() => editor.Apply(model, tokenizer, [c.Request]));
+        long changed = Changed(model, snapshot);
+        var post = evaluator.Measure(c);
+        snapshot.Restore(model);
+        if (ParameterHash.Sha256(model, names) != editedHash)
+            throw new InvalidOperationException($"case {c.CaseId}: restoring the weights did not give back the original parameters");
+        return new SingleEdit(pre, post, report, seconds, changed);
     }
 
     private void RunBatch(CausalLM model, ITokenizer tokenizer, IKnowledgeEditor editor, CaseEvaluator evaluator,

@@ -135,12 +135,12 @@ public sealed class StudyPlan
         var tasks = new List<TaskData>();
         if (spec.Tuning is { } tuning)
         {
+            var names = meta.named_modules().Select(m => m.name).ToList();
             foreach (string targets in tuning.Targets)
             {
                 IReadOnlyList<string> modules;
                 try { modules = LoraConfig.ResolveTargets(targets, config.ModelType); }
                 catch (ArgumentException e) { throw new InputException(studyFile, $"tuning target set \"{targets}\": {e.Message}"); }
-                var names = meta.named_modules().Select(m => m.name).ToList();
                 foreach (string module in modules)
                     if (!names.Any(n => n == module || n.EndsWith("." + module, StringComparison.Ordinal)))
                         throw new InputException(studyFile, $"tuning target set \"{targets}\": the model ({config.ModelType}) has no module \"{module}\"");

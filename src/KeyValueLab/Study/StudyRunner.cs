@@ -45,29 +45,41 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
     public int Run(CancellationToken cancel = default)
     {
         using var store = ResultsStore.Open(RunFolder, create: true);
-        string fingerprint = ModelFingerprint();
-        store.Bind(plan.Spec, fingerprint);
-        store.Set("model", plan.Inputs.ModelLabel);
-        store.Set("model_type", plan.Config.ModelType);
-        store.Set("edit_data", plan.Inputs.EditDataPath ?? "");
-        store.Set("units_total", plan.UnitCount.ToString(CultureInfo.InvariantCulture));
-        var stored = store.UnitIds();
-        var mine = plan.Groups.Where((g, i) => shard.Takes(i)).ToList();
-        int total = mine.Sum(g => g.UnitIds.Count), done = mine.Sum(g => g.UnitIds.Count(stored.Contains)), ran = 0;
-        log?.Invoke($"study {plan.Spec.Name} ({plan.Spec.Hash()}): shard {shard}, {total} units, {done} already stored in {store.Path}");
-        progress?.Report(new StudyProgress(done, total, "starting"));
+        // One load serves the fingerprint (of the tensors as loaded, so a changed checkpoint at the same path is caught)
+        // and every editing unit; it is freed before tuning, whose units each quantise a fresh copy.
+        var loaded = ModelLoader.Load(plan.Inputs.ModelPath);
+        int ran = 0, done, total;
+        List<UnitGroup> mine;
+        HashSet<string> stored;
         string host = Environment.MachineName, versions = Versions();
-
-        var edits = mine.Where(g => g.Kind == "edit" && g.UnitIds.Any(id => !stored.Contains(id))).ToList();
-        if (edits.Count > 0)
+        try
         {
-            using var loaded = ModelLoader.Load(plan.Inputs.ModelPath);
-            var tokenizer = LoadTokenizer();
-            foreach (var group in edits)
+            store.Bind(plan.Spec, ParameterHash.Sha256(loaded.Model));
+            store.Set("model", plan.Inputs.ModelLabel);
+            store.Set("model_type", plan.Config.ModelType);
+            store.Set("edit_data", plan.Inputs.EditDataPath ?? "");
+            store.Set("units_total", plan.UnitCount.ToString(CultureInfo.InvariantCulture));
+            stored = store.UnitIds();
+            mine = plan.Groups.Where((g, i) => shard.Takes(i)).ToList();
+            total = mine.Sum(g => g.UnitIds.Count);
+            done = mine.Sum(g => g.UnitIds.Count(stored.Contains));
+            log?.Invoke($"study {plan.Spec.Name} ({plan.Spec.Hash()}): shard {shard}, {total} units, {done} already stored in {store.Path}");
+            progress?.Report(new StudyProgress(done, total, "starting"));
+
+            var edits = mine.Where(g => g.Kind == "edit" && g.UnitIds.Any(id => !stored.Contains(id))).ToList();
+            if (edits.Count > 0)
             {
-                cancel.ThrowIfCancellationRequested();
-                ran += RunEditGroup(loaded.Model, tokenizer, group, stored, store, host, versions, ref done, total, cancel);
+                var tokenizer = LoadTokenizer();
+                foreach (var group in edits)
+                {
+                    cancel.ThrowIfCancellationRequested();
+                    ran += RunEditGroup(loaded.Model, tokenizer, group, stored, store, host, versions, ref done, total, cancel);
+                }
             }
+        }
+        finally
+        {
+            loaded.Dispose();
         }
         foreach (var group in mine.Where(g => g.Kind == "tune" && !stored.Contains(g.UnitIds[0])))
         {
@@ -82,22 +94,8 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
         return ran;
     }
 
-    private string ModelFingerprint()
-    {
-        // Fingerprint of the stored tensors' bytes as loaded, so a changed checkpoint at the same path is caught.
-        using var loaded = ModelLoader.Load(plan.Inputs.ModelPath);
-        return ParameterHash.Sha256(loaded.Model);
-    }
-
-    private ITokenizer LoadTokenizer()
-    {
-        string model = plan.Inputs.ModelPath;
-        if (!string.IsNullOrEmpty(plan.Inputs.TokenizerPath)) return TokenizerLoader.Load(plan.Inputs.TokenizerPath);
-        if (Directory.Exists(model)) return TokenizerLoader.Load(model);
-        string beside = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(model)) ?? ".", "tokenizer.bin");
-        if (File.Exists(beside)) return TokenizerLoader.Load(beside);
-        throw new InputException(model, "no tokenizer given and no tokenizer.bin beside this llama2.c file; set tokenizer in the study file");
-    }
+    private ITokenizer LoadTokenizer() =>
+        TokenizerLoader.ForModel(plan.Inputs.ModelPath, plan.Inputs.TokenizerPath, "set tokenizer in the study file");
 
     private int RunEditGroup(CausalLM model, ITokenizer tokenizer, UnitGroup group, HashSet<string> stored, ResultsStore store,
         string host, string versions, ref int done, int total, CancellationToken cancel)
@@ -136,23 +134,23 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
                 // A batch edit depends on all its requests: a group with any unit missing re-runs the whole batch
                 // (deterministically) and stores the missing cases together.
                 var started = DateTime.UtcNow;
-                var pre = group.Cases.Select(evaluator.Measure).ToList();
+                var missing = Enumerable.Range(0, group.Cases.Count).Where(i => !stored.Contains(group.UnitIds[i])).ToList();
+                var pre = missing.ToDictionary(i => i, i => evaluator.Measure(group.Cases[i]));
                 var watch = Stopwatch.StartNew();
                 editor.Apply(model, tokenizer, [.. group.Cases.Select(c => c.Request)]);
                 double seconds = watch.Elapsed.TotalSeconds;
                 long changed = EditRun.Changed(model, snapshot);
-                var records = new List<UnitRecord>();
-                for (int i = 0; i < group.Cases.Count; i++)
+                var post = new Dictionary<int, CaseScores>();
+                foreach (int i in missing)
                 {
                     cancel.ThrowIfCancellationRequested();
-                    if (stored.Contains(group.UnitIds[i])) continue;
-                    var post = evaluator.Measure(group.Cases[i]);
-                    records.Add(EditRecord(group, i, condition, editor, pre[i], post, seconds / group.Cases.Count, changed, config, started, host, versions));
+                    post[i] = evaluator.Measure(group.Cases[i]);
                 }
-                // Each case's share of the group's wall time, not the time since the group began.
-                double share = (DateTime.UtcNow - started).TotalSeconds / group.Cases.Count;
-                records = [.. records.Select(r => r with { Seconds = share })];
                 snapshot.Restore(model);
+                // Each case's share of the group's wall time and of the edit's time.
+                double share = (DateTime.UtcNow - started).TotalSeconds / group.Cases.Count;
+                var records = missing.Select(i => EditRecord(group, i, condition, editor, pre[i], post[i], seconds / group.Cases.Count, changed,
+                    config, started, share, host, versions)).ToList();
                 store.Add(records);
                 done += records.Count;
                 ran += records.Count;
@@ -165,17 +163,9 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
                     cancel.ThrowIfCancellationRequested();
                     if (stored.Contains(group.UnitIds[i])) continue;
                     var started = DateTime.UtcNow;
-                    var c = group.Cases[i];
-                    var pre = evaluator.Measure(c);
-                    var watch = Stopwatch.StartNew();
-                    editor.Apply(model, tokenizer, [c.Request]);
-                    double seconds = watch.Elapsed.TotalSeconds;
-                    long changed = EditRun.Changed(model, snapshot);
-                    var post = evaluator.Measure(c);
-                    snapshot.Restore(model);
-                    if (ParameterHash.Sha256(model, names) != edited)
-                        throw new InvalidOperationException($"{group.UnitIds[i]}: restoring the weights did not give back the original parameters");
-                    store.Add([EditRecord(group, i, condition, editor, pre, post, seconds, changed, config, started, host, versions)]);
+                    var e = EditRun.EditOnce(model, tokenizer, editor, evaluator, group.Cases[i], snapshot, names, edited);
+                    store.Add([EditRecord(group, i, condition, editor, e.Pre, e.Post, e.Seconds, e.Changed, config, started,
+                        (DateTime.UtcNow - started).TotalSeconds, host, versions)]);
                     done++;
                     ran++;
                     progress?.Report(new StudyProgress(done, total, group.UnitIds[i]));
@@ -192,7 +182,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
     }
 
     private static UnitRecord EditRecord(UnitGroup group, int i, EditCondition condition, IKnowledgeEditor editor, CaseScores pre, CaseScores post,
-        double seconds, long changed, JsonObject config, DateTime started, string host, string versions)
+        double seconds, long changed, JsonObject config, DateTime started, double wallSeconds, string host, string versions)
     {
         var c = group.Cases[i];
         var result = new EditUnitResult
@@ -211,7 +201,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
         var unitConfig = (JsonObject)config.DeepClone();
         unitConfig["case_id"] = c.CaseId;
         return new UnitRecord(group.UnitIds[i], "edit", group.GroupId, group.Seed, unitConfig.ToJsonString(), JsonSerializer.Serialize(result, Json),
-            (DateTime.UtcNow - started).TotalSeconds, Stamp(started), Now(), host, versions, "");
+            wallSeconds, Stamp(started), Now(), host, versions, "");
     }
 
     private UnitRecord RunTuneGroup(UnitGroup group, string host, string versions, CancellationToken cancel)
@@ -337,31 +327,5 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
             }
             else _line.Append(value);
         }
-    }
-}
-
-/// <summary>Peak resident memory of this process (Linux: VmHWM, which <see cref="ResetPeak"/> resets through /proc/self/clear_refs).</summary>
-public static class ProcessMemory
-{
-    public static void ResetPeak()
-    {
-        try { if (OperatingSystem.IsLinux()) File.WriteAllText("/proc/self/clear_refs", "5"); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
-    }
-
-    public static long PeakResidentBytes()
-    {
-        if (OperatingSystem.IsLinux())
-        {
-            try
-            {
-                foreach (string line in File.ReadLines("/proc/self/status"))
-                    if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
-                        return long.Parse(line[6..].Trim().Split(' ')[0], CultureInfo.InvariantCulture) * 1024;
-            }
-            catch (Exception e) when (e is IOException or FormatException) { }
-        }
-        using var p = Process.GetCurrentProcess();
-        return p.PeakWorkingSet64;
     }
 }

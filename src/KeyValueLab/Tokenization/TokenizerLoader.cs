@@ -6,6 +6,20 @@ namespace KeyValueLab.Tokenization;
 public static class TokenizerLoader
 {
     /// <summary>
+    /// The tokenizer of a model: <paramref name="tokenizerPath"/> when given, else the model folder's, else
+    /// <c>tokenizer.bin</c> beside a llama2.c file. <paramref name="howToGive"/> ends the error when there is none
+    /// (e.g. "pass --tokenizer PATH").
+    /// </summary>
+    public static ITokenizer ForModel(string modelPath, string? tokenizerPath, string howToGive)
+    {
+        if (!string.IsNullOrEmpty(tokenizerPath)) return Load(tokenizerPath);
+        if (Directory.Exists(modelPath)) return Load(modelPath);
+        string beside = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(modelPath)) ?? ".", "tokenizer.bin");
+        if (File.Exists(beside)) return Load(beside);
+        throw new InputException(modelPath, $"no tokenizer given and no tokenizer.bin beside this llama2.c file; {howToGive}");
+    }
+
+    /// <summary>
     /// Loads a tokenizer from a folder or a file.
     /// A folder is searched for, in order: <c>tokenizer.json</c> (byte-level BPE or word-level; a SentencePiece-style
     /// <c>tokenizer.json</c> is passed over when <c>tokenizer.model</c> is beside it), <c>vocab.json</c> +
