@@ -31,12 +31,6 @@ public sealed partial class Gpt2Tokenizer : ITokenizer
     /// <summary>Id emitted for bytes the vocabulary cannot spell, or null (such bytes are then dropped, as Hugging Face does).</summary>
     public int? UnknownId { get; }
 
-    /// <summary>
-    /// Merges ignored because their result is not in the vocabulary. Normally 0; a vocabulary edited by hand
-    /// (one token renamed) leaves such merges behind, and skipping them is the only way to keep every id valid.
-    /// </summary>
-    public int SkippedMerges { get; }
-
     // openai/gpt-2 encoder.py; HF ByteLevel pre-tokenizer with use_regex=true uses the same pattern.
     [GeneratedRegex(@"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+")]
     private static partial Regex PreTokenPattern();
@@ -128,16 +122,17 @@ public sealed partial class Gpt2Tokenizer : ITokenizer
     private Gpt2Tokenizer(string vocabSource, string mergesSource, Dictionary<string, int> vocab, List<Merge> merges,
         Dictionary<string, int> specials, string? bosToken, string? eosToken, string? unknownToken)
     {
-        // A merge of tokens the vocabulary lacks means the merges belong to another vocabulary.
+        // A merge of tokens the vocabulary lacks, or one whose result it lacks, means the merges belong to another
+        // vocabulary (or the vocabulary was edited by hand). Hugging Face's tokenizers refuses both
+        // (MergeTokenOutOfVocabulary); skipping such a merge would silently tokenise differently from the original.
         var usable = new List<string>(merges.Count);
         foreach (var m in merges)
         {
-            foreach (var part in new[] { m.Left, m.Right })
+            foreach (var part in new[] { m.Left, m.Right, m.Left + m.Right })
                 if (!vocab.ContainsKey(part))
                     throw new InputException(mergesSource,
-                        $"{m.Where}: merge \"{m.Left} {m.Right}\" uses \"{part}\", which is not in the vocabulary ({Path.GetFileName(vocabSource)}); the vocabulary and merges do not belong together");
-            if (vocab.ContainsKey(m.Left + m.Right)) usable.Add(m.Left + " " + m.Right);
-            else SkippedMerges++;
+                        $"{m.Where}: merge \"{m.Left} {m.Right}\" {(part == m.Left + m.Right ? "makes" : "uses")} \"{part}\", which is not in the vocabulary ({Path.GetFileName(vocabSource)}); the vocabulary and merges do not belong together");
+            usable.Add(m.Left + " " + m.Right);
         }
 
         int size = Math.Max(vocab.Count == 0 ? 0 : vocab.Values.Max() + 1, specials.Count == 0 ? 0 : specials.Values.Max() + 1);

@@ -31,7 +31,8 @@ public class FixtureModelTests
         for (int i = 0; i < items.Length; i++)
         {
             Assert.Equal(alone[i].ArgmaxIds, batched[i].ArgmaxIds);
-            for (int j = 0; j < alone[i].TokenLogProbs.Length; j++) Assert.Equal(alone[i].TokenLogProbs[j], batched[i].TokenLogProbs[j], 1e-5);
+            double tolerance = Fp32.ToleranceOf(alone[i].TokenLogProbs);
+            for (int j = 0; j < alone[i].TokenLogProbs.Length; j++) Assert.Equal(alone[i].TokenLogProbs[j], batched[i].TokenLogProbs[j], tolerance);
         }
     }
 

@@ -49,7 +49,7 @@ public class FfnMemoryTests
                 : nn.functional.gelu(h.matmul(memory.Keys(layer).t()) + memory.KeyBias(layer)!, GELU.Approximate.tanh);
             var expected = coefficients.matmul(values.t());
             if (memory.ValueBias(layer) is { } bias) expected += bias;
-            TensorAssert.Close(expected, mlp.call(h), 1e-5, $"{fixture} layer {layer} FFN");
+            TensorAssert.CloseFp32(expected, mlp.call(h), $"{fixture} layer {layer} FFN");
         }
     }
 

@@ -8,8 +8,6 @@ namespace KeyValueLab.Tests.Models;
 /// <summary>Incremental decoding with the KV cache and padded batches give the same logits as plain forward passes.</summary>
 public class CacheAndPaddingTests(ITestOutputHelper output)
 {
-    private const double CacheTolerance = 1e-5, PaddingTolerance = 1e-5;
-
     public static TheoryData<string> Models => new() { "tiny_gpt2", "tiny_gptj", "tiny_llama_gqa", "stories260K_hf" };
 
     private static readonly long[] RowA = [5, 17, 99, 3, 42, 42, 7, 11];
@@ -36,9 +34,9 @@ public class CacheAndPaddingTests(ITestOutputHelper output)
         var parts = new List<Tensor> { model.Forward(ids.narrow(1, 0, 3), cache: cache), model.Forward(ids.narrow(1, 3, 2), cache: cache) };
         for (int t = 5; t < RowA.Length; t++) parts.Add(model.Forward(ids.narrow(1, t, 1), cache: cache));
         Assert.Equal(RowA.Length, cache.Length);
-        double diff = TensorAssert.MaxDiff(full, cat(parts, 1));
-        output.WriteLine($"{fixture}: CACHE maxdiff {diff:g3}");
-        Assert.True(diff <= CacheTolerance, $"cached vs uncached maxdiff {diff:g3}");
+        double diff = TensorAssert.MaxDiff(full, cat(parts, 1)), tolerance = Fp32.Tolerance(full);
+        output.WriteLine($"{fixture}: CACHE maxdiff {diff:g3} (bound {tolerance:g3})");
+        Assert.True(diff <= tolerance, $"cached vs uncached maxdiff {diff:g3} > {tolerance:g3}");
     }
 
     [Theory]
@@ -55,8 +53,9 @@ public class CacheAndPaddingTests(ITestOutputHelper output)
         var batch = model.Forward(ids, mask);
         double a = TensorAssert.MaxDiff(model.Forward(Row(RowA)), batch.narrow(0, 0, 1));
         double b = TensorAssert.MaxDiff(model.Forward(Row(RowB)), batch.narrow(0, 1, 1).narrow(1, 0, RowB.Length));
-        output.WriteLine($"{fixture}: RIGHT PADDING maxdiff row A {a:g3} row B {b:g3}");
-        Assert.True(Math.Max(a, b) <= PaddingTolerance, $"right padding maxdiff {a:g3} / {b:g3}");
+        double tolerance = Fp32.Tolerance(batch);
+        output.WriteLine($"{fixture}: RIGHT PADDING maxdiff row A {a:g3} row B {b:g3} (bound {tolerance:g3})");
+        Assert.True(Math.Max(a, b) <= tolerance, $"right padding maxdiff {a:g3} / {b:g3} > {tolerance:g3}");
     }
 
     [Theory]
@@ -74,8 +73,9 @@ public class CacheAndPaddingTests(ITestOutputHelper output)
         var batch = model.Forward(ids, mask);
         double a = TensorAssert.MaxDiff(model.Forward(Row(RowA)), batch.narrow(0, 0, 1));
         double b = TensorAssert.MaxDiff(model.Forward(Row(RowB)), batch.narrow(0, 1, 1).narrow(1, pad, RowB.Length));
-        output.WriteLine($"{fixture}: LEFT PADDING maxdiff row A {a:g3} row B {b:g3}");
-        Assert.True(Math.Max(a, b) <= PaddingTolerance, $"left padding maxdiff {a:g3} / {b:g3}");
+        double tolerance = Fp32.Tolerance(batch);
+        output.WriteLine($"{fixture}: LEFT PADDING maxdiff row A {a:g3} row B {b:g3} (bound {tolerance:g3})");
+        Assert.True(Math.Max(a, b) <= tolerance, $"left padding maxdiff {a:g3} / {b:g3} > {tolerance:g3}");
 
         // Explicit positions give the same result as the derived ones.
         var positions = tensor(Enumerable.Range(0, RowA.Length).Select(i => (long)i).Concat(Enumerable.Repeat(0L, pad)).Concat(Enumerable.Range(0, RowB.Length).Select(i => (long)i)).ToArray(), [2, RowA.Length]);
@@ -106,9 +106,11 @@ public class CacheAndPaddingTests(ITestOutputHelper output)
             stepsA.Add(logits.narrow(0, 0, 1));
             stepsB.Add(logits.narrow(0, 1, 1));
         }
-        double a = TensorAssert.MaxDiff(model.Forward(Row(RowA.Take(promptA + steps).ToArray())).narrow(1, promptA - 1, steps + 1), cat(stepsA, 1));
-        double b = TensorAssert.MaxDiff(model.Forward(Row(RowB.Take(promptB + steps).ToArray())).narrow(1, promptB - 1, steps + 1), cat(stepsB, 1));
-        output.WriteLine($"{fixture}: LEFT PADDING + CACHE maxdiff row A {a:g3} row B {b:g3}");
-        Assert.True(Math.Max(a, b) <= PaddingTolerance, $"left padding with cache maxdiff {a:g3} / {b:g3}");
+        var aloneA = model.Forward(Row(RowA.Take(promptA + steps).ToArray())).narrow(1, promptA - 1, steps + 1);
+        var aloneB = model.Forward(Row(RowB.Take(promptB + steps).ToArray())).narrow(1, promptB - 1, steps + 1);
+        double a = TensorAssert.MaxDiff(aloneA, cat(stepsA, 1)), b = TensorAssert.MaxDiff(aloneB, cat(stepsB, 1));
+        double tolerance = Math.Max(Fp32.Tolerance(aloneA), Fp32.Tolerance(aloneB));
+        output.WriteLine($"{fixture}: LEFT PADDING + CACHE maxdiff row A {a:g3} row B {b:g3} (bound {tolerance:g3})");
+        Assert.True(Math.Max(a, b) <= tolerance, $"left padding with cache maxdiff {a:g3} / {b:g3} > {tolerance:g3}");
     }
 }

@@ -67,6 +67,9 @@ internal static class TensorAssert
         return (a - b).abs().max().item<float>();
     }
 
+    /// <summary>Close within <see cref="Fp32.Tolerance(Tensor)"/> of <paramref name="expected"/>'s magnitude.</summary>
+    public static void CloseFp32(Tensor expected, Tensor actual, string what) => Close(expected, actual, Fp32.Tolerance(expected), what);
+
     public static void Close(Tensor expected, Tensor actual, double tolerance, string what)
     {
         double diff = MaxDiff(expected, actual);

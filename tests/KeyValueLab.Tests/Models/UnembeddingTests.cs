@@ -20,7 +20,7 @@ public class UnembeddingTests
         var sliced = Unembedding.Project(hidden, weight, bias);
         Assert.Equal(expected.shape, sliced.shape);
         Assert.True(sliced.is_contiguous());
-        Assert.True(expected.allclose(sliced, rtol: 0, atol: 1e-5), $"max diff {(expected - sliced).abs().max().item<float>()}");
+        TensorAssert.CloseFp32(expected, sliced, "sliced projection");
     }
 
     [Fact]
@@ -46,6 +46,6 @@ public class UnembeddingTests
         var x = randn([3, loaded.Config.HiddenSize]);
         var expected = nn.functional.linear(x, loaded.Model.OutputEmbedding);
         Assert.Equal([loaded.Config.VocabSize, loaded.Config.HiddenSize], loaded.Model.OutputEmbedding.shape);
-        Assert.True(expected.allclose(loaded.Model.Logits(x), rtol: 0, atol: 1e-5));
+        TensorAssert.CloseFp32(expected, loaded.Model.Logits(x), fixture);
     }
 }

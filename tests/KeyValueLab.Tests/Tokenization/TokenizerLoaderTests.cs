@@ -115,6 +115,10 @@ public class TokenizerLoaderTests
         File.WriteAllText(dir.File("vocab.json"), """{"a": 0, "b": 1, "ab": 2}""");
         File.WriteAllText(dir.File("merges.txt"), "#version: 0.2\na b\nab c\n");
         Fails(dir.Path, dir.File("merges.txt"), "line 3: merge \"ab c\" uses \"c\", which is not in the vocabulary");
+        // A merge whose result the vocabulary lacks (a token renamed by hand) is refused, as Hugging Face does.
+        File.WriteAllText(dir.File("vocab.json"), """{"a": 0, "b": 1, "ab": 2, "c": 3}""");
+        Fails(dir.Path, dir.File("merges.txt"), "line 3: merge \"ab c\" makes \"abc\", which is not in the vocabulary");
+        File.WriteAllText(dir.File("vocab.json"), """{"a": 0, "b": 1, "ab": 2}""");
         File.WriteAllText(dir.File("merges.txt"), "#version: 0.2\na b c\n");
         Fails(dir.Path, dir.File("merges.txt"), "line 2: expected two tokens");
         // The real GPT-2 merges against the toy vocabulary.

@@ -198,12 +198,13 @@ public class LoraTests(ITestOutputHelper output)
         foreach (var p in lora.Parameters().Concat(twinLora.Parameters())) p.grad?.zero_();
         var l1 = nn.functional.cross_entropy(model.Forward(ids)[0, ..^1], ids[0, 1..]);
         var l2 = nn.functional.cross_entropy(twin.Model.Forward(ids)[0, ..^1], ids[0, 1..]);
-        Assert.Equal(l2.item<float>(), l1.item<float>(), 1e-5f);
+        Assert.Equal(l2.item<float>(), l1.item<float>(), Fp32.Tolerance(l2.item<float>()));
         l1.backward();
         l2.backward();
         double worst = lora.Parameters().Zip(twinLora.Parameters()).Max(p => (p.First.grad! - p.Second.grad!).abs().max().item<float>());
-        output.WriteLine($"LoRA grads, NF4 base vs fp32 twin: max |Δ| = {worst:G3}");
-        Assert.True(worst < 1e-5, $"{worst}");
+        double tolerance = Fp32.Tolerance(twinLora.Parameters().Max(p => p.grad!.abs().max().item<float>()));
+        output.WriteLine($"LoRA grads, NF4 base vs fp32 twin: max |Δ| = {worst:G3} (bound {tolerance:G3})");
+        Assert.True(worst <= tolerance, $"{worst} > {tolerance}");
         Assert.True(lora.Parameters().Max(p => p.grad!.abs().max().item<float>()) > 0);
     }
 }
