@@ -1,10 +1,7 @@
 using System.CommandLine;
 using KeyValueLab.Editing;
-using KeyValueLab.Inference;
+using KeyValueLab.Evaluation;
 using KeyValueLab.Models;
-using KeyValueLab.Tokenization;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace KeyValueLab.Cli.Commands;
 
@@ -42,28 +39,18 @@ internal static class EditCommand
             var edit = editor.Create(parse, loaded.Model);
             var request = new EditRequest("cli", template, subj, parse.GetValue(targetNew)!, parse.GetValue(targetTrue));
             var prompts = new List<(string Label, string Text)> { ("rewrite", request.FilledPrompt) };
-            if (parse.GetValue(paraphrase) is { } p) prompts.Add(("paraphrase", p));
+            if (parse.GetValue(paraphrase) is { } para) prompts.Add(("paraphrase", para));
             if (parse.GetValue(neighbour) is { } n) prompts.Add(("neighbour", n));
-            int k = parse.GetValue(top);
-
-            var before = prompts.Select(x => Top(loaded.Model, tok, x.Text, k)).ToList();
-            var beforeScores = TargetScores(loaded.Model, tok, request, prompts);
-            foreach (string line in edit.Prepare(loaded.Model, tok)) stderr.WriteLine(line);
-            var watch = System.Diagnostics.Stopwatch.StartNew();
-            var report = edit.Apply(loaded.Model, tok, [request]);
-            double seconds = watch.Elapsed.TotalSeconds;
-            var after = prompts.Select(x => Top(loaded.Model, tok, x.Text, k)).ToList();
-            var afterScores = TargetScores(loaded.Model, tok, request, prompts);
-
-            stdout.WriteLine($"{edit.Method} {edit.Scope.Label(new Memory.FfnMemory(loaded.Model))}: \"{request.FilledPrompt}\" → {request.TargetNew}  ({seconds:F2} s, {report.Steps} steps, final loss {report.FinalLoss:F4})");
-            for (int i = 0; i < prompts.Count; i++)
+            var result = EditPreview.Run(loaded.Model, tok, edit, request, prompts, parse.GetValue(top), stderr.WriteLine);
+            stdout.WriteLine($"{edit.Method} {edit.Scope.Label(new Memory.FfnMemory(loaded.Model))}: \"{request.FilledPrompt}\" → {request.TargetNew}  ({result.Seconds:F2} s, {result.Report.Steps} steps, final loss {result.Report.FinalLoss:F4})");
+            foreach (var p in result.Prompts)
             {
                 stdout.WriteLine();
-                stdout.WriteLine($"[{prompts[i].Label}] {prompts[i].Text}");
-                stdout.WriteLine($"  before: {before[i]}");
-                stdout.WriteLine($"  after:  {after[i]}");
-                stdout.WriteLine($"  P({request.TargetNew}) {beforeScores[i].New:F4} → {afterScores[i].New:F4}" +
-                    (request.TargetTrue is null ? "" : $"   P({request.TargetTrue}) {beforeScores[i].True:F4} → {afterScores[i].True:F4}"));
+                stdout.WriteLine($"[{p.Label}] {p.Text}");
+                stdout.WriteLine($"  before: {Show(p.Before)}");
+                stdout.WriteLine($"  after:  {Show(p.After)}");
+                stdout.WriteLine($"  P({request.TargetNew}) {p.NewBefore:F4} → {p.NewAfter:F4}" +
+                    (request.TargetTrue is null ? "" : $"   P({request.TargetTrue}) {p.TrueBefore:F4} → {p.TrueAfter:F4}"));
             }
             if (parse.GetValue(save) is { } folder)
             {
@@ -75,25 +62,6 @@ internal static class EditCommand
         return command;
     }
 
-    /// <summary>"token (p) token (p) …" for the next token after <paramref name="prompt"/>.</summary>
-    private static string Top(CausalLM model, ITokenizer tok, string prompt, int k)
-    {
-        using var scope = NewDisposeScope();
-        using var noGrad = no_grad();
-        int[] ids = PromptEncoding.Encode(model, tok, prompt);
-        var logits = model.Forward(tensor(ids.Select(i => (long)i).ToArray(), [1, ids.Length]))[0, -1];
-        var (values, indices) = nn.functional.softmax(logits, -1).topk(k);
-        float[] p = values.data<float>().ToArray();
-        long[] id = indices.data<long>().ToArray();
-        return string.Join("  ", id.Select((t, i) => $"{tok.TokenText((int)t).Trim()} ({p[i]:F3})"));
-    }
-
-    /// <summary>exp(−L) of the new and true objects after each prompt (SPEC §3's mean token probability).</summary>
-    private static List<(double New, double True)> TargetScores(CausalLM model, ITokenizer tok, EditRequest r, List<(string Label, string Text)> prompts)
-    {
-        var items = prompts.SelectMany(p => r.TargetTrue is null ? new[] { (p.Text, r.TargetNew) } : [(p.Text, r.TargetNew), (p.Text, r.TargetTrue)]).ToList();
-        var s = Scorer.Score(model, tok, items);
-        int per = r.TargetTrue is null ? 1 : 2;
-        return [.. prompts.Select((_, i) => (s[i * per].MeanTokenProbability, per == 2 ? s[i * per + 1].MeanTokenProbability : double.NaN))];
-    }
+    /// <summary>"token (p) token (p) …".</summary>
+    private static string Show(IReadOnlyList<TokenGuess> guesses) => string.Join("  ", guesses.Select(g => $"{g.Token.Trim()} ({g.Probability:F3})"));
 }

@@ -73,11 +73,7 @@ internal static class OrganismCommand
             try { spec.Model.Validate(); spec.Training.Validate(); }
             catch (ArgumentException e) { throw new UsageException(e.Message); }
 
-            var progress = new ProgressLine(stderr);
-            var build = OrganismBuilder.Build(spec, parse.GetValue(cache), parse.GetValue(force),
-                log: line => { progress.Finish(); stderr.WriteLine(line); }, onProgress: progress.Report);
-            progress.Finish();
-            Print(stdout, build);
+            Print(stdout, BuildWithProgress(spec, parse.GetValue(cache), parse.GetValue(force), stderr));
             return ExitCodes.Ok;
         }));
         return command;
@@ -118,25 +114,13 @@ internal static class OrganismCommand
         o.WriteLine(string.Create(inv, $"unedited on its CounterFact export ({cf.Cases} cases): ES {cf.EfficacyScore:F1}  PS {cf.ParaphraseScore:F1}  NS {cf.NeighborhoodScore:F1}"));
     }
 
-    /// <summary>Training progress on stderr: one line rewritten in place on a terminal, a line every 10% otherwise.</summary>
-    internal sealed class ProgressLine(TextWriter stderr)
+    /// <summary>Builds (or reuses) an organism, drawing its training progress and log on <paramref name="stderr"/>.</summary>
+    internal static OrganismBuild BuildWithProgress(OrganismSpec spec, string? cache, bool force, TextWriter stderr)
     {
-        private readonly bool _terminal = ReferenceEquals(stderr, Console.Error) && !Console.IsErrorRedirected;
-        private int _lastTenth = -1;
-        private bool _open;
-
-        public void Report(TrainingProgress p)
-        {
-            string text = string.Create(CultureInfo.InvariantCulture,
-                $"train {p.Step}/{p.TotalSteps} ({100.0 * p.Step / p.TotalSteps:F0}%) loss {p.Loss:F4} lr {p.LearningRate:E1} {p.TokensPerSecond:F0} tok/s elapsed {p.Elapsed:mm\\:ss} ETA {p.Eta:mm\\:ss}");
-            if (_terminal) { stderr.Write("\r" + text.PadRight(100)); _open = true; return; }
-            int tenth = p.Step * 10 / p.TotalSteps;
-            if (tenth != _lastTenth || p.Step == p.TotalSteps) { _lastTenth = tenth; stderr.WriteLine(text); }
-        }
-
-        public void Finish()
-        {
-            if (_open) { stderr.WriteLine(); _open = false; }
-        }
+        stderr.WriteLine($"organism {spec.Hash()}: building or reusing in {OrganismBuilder.FolderOf(spec, cache)}");
+        var build = ProgressRenderer.Run(stderr, (progress, log) => OrganismBuilder.Build(spec, cache, force, log, p => progress.Report(
+            new WorkProgress("train", p.Step, p.TotalSteps, "organism") { Loss = p.Loss, LearningRate = p.LearningRate, TokensPerSecond = p.TokensPerSecond })));
+        stderr.WriteLine(build.Reused ? $"organism reused ({build.Folder})" : $"organism built in {build.BuildSeconds:F0} s ({build.Folder})");
+        return build;
     }
 }

@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
-using KeyValueLab.Organism;
 using KeyValueLab.Study;
 
 namespace KeyValueLab.Cli.Commands;
@@ -39,18 +38,9 @@ internal static class StudyCommand
             catch (ArgumentException e) { throw new UsageException(e.Message); }
             if (parse.GetValue(threads) is > 0 and int n) TorchSharp.torch.set_num_threads(n);
             string file = parse.GetValue(studyFile) ?? "(built-in study)";
-            var spec = parse.GetValue(studyFile) is string path ? StudySpec.Load(path) : null;
-            spec = Apply(spec, parse.GetValue(model), parse.GetValue(tokenizer), parse.GetValue(editData), parse.GetValue(tasks), parse.GetValue(seeds));
-
-            var progress = new OrganismCommand.ProgressLine(stderr);
-            var inputs = StudyPlan.Resolve(spec, organism =>
-            {
-                stderr.WriteLine($"organism {organism.Hash()}: building or reusing in {OrganismBuilder.FolderOf(organism)}");
-                var build = OrganismBuilder.Build(organism, log: line => { progress.Finish(); stderr.WriteLine(line); }, onProgress: progress.Report);
-                progress.Finish();
-                stderr.WriteLine(build.Reused ? $"organism reused ({build.Folder})" : $"organism built in {build.BuildSeconds:F0} s ({build.Folder})");
-                return build;
-            });
+            var spec = Overridden(parse.GetValue(studyFile) is string path ? StudySpec.Load(path) : null, parse.GetValue(model), parse.GetValue(tokenizer),
+                parse.GetValue(editData), parse.GetValue(tasks), parse.GetValue(seeds));
+            var inputs = StudyPlan.Resolve(spec, organism => OrganismCommand.BuildWithProgress(organism, null, false, stderr));
             var studyPlan = StudyPlan.Build(spec, inputs, file);
             if (parse.GetValue(plan))
             {
@@ -59,17 +49,13 @@ internal static class StudyCommand
                     if (part.Takes(i)) stdout.WriteLine($"  {studyPlan.Groups[i].GroupId}  ({studyPlan.Groups[i].UnitIds.Count} units)");
                 return ExitCodes.Ok;
             }
-
             string outDir = parse.GetValue(output)!;
             using var cancel = new CancellationTokenSource();
             ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cancel.Cancel(); };
             Console.CancelKeyPress += onCancel;
             try
             {
-                var eta = new EtaLine(stderr);
-                var runner = new StudyRunner(studyPlan, outDir, part, log: line => { eta.Break(); stderr.WriteLine(line); }, progress: new SynchronousProgress<StudyProgress>(eta.Report));
-                int ran = runner.Run(cancel.Token);
-                eta.Break();
+                int ran = ProgressRenderer.Run(stderr, (progress, log) => new StudyRunner(studyPlan, outDir, part, log, progress).Run(cancel.Token));
                 stderr.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{ran} units run now; study command took {clock.Elapsed.TotalSeconds:F0} s"));
             }
             finally { Console.CancelKeyPress -= onCancel; }
@@ -83,75 +69,22 @@ internal static class StudyCommand
         return command;
     }
 
-    /// <summary>Command-line values on top of the study file (or of the built-in study, adapted to another model).</summary>
-    internal static StudySpec Apply(StudySpec? spec, string? model, string? tokenizer, string? editData, string[]? tasks, string? seeds)
+    /// <summary>The command line's values on top of the study file, or of the built-in study.</summary>
+    private static StudySpec Overridden(StudySpec? spec, string? model, string? tokenizer, string? editData, string[]? tasks, string? seeds)
     {
-        var result = spec ?? StudySpec.Default();
-        bool builtIn = spec is null;
-        if (model is not null)
-        {
-            result = result with { Model = model };
-            if (builtIn && !model.StartsWith("organism", StringComparison.Ordinal))
-            {
-                // The built-in grid's layers and last-token keying are sized for the organism; on another model use the
-                // published hyperparameters of its family, and the paper's tuning settings.
-                result = result with
-                {
-                    EditData = editData,
-                    Tasks = new Dictionary<string, string>(),
-                    Editing = editData is null ? null : result.Editing! with
-                    {
-                        StatsCorpus = "generated",
-                        StatsSamples = null,
-                        Conditions = [.. result.Editing!.Conditions.Select(c => c with { Layers = null, Overrides = [] })],
-                    },
-                    Tuning = tasks is { Length: > 0 } ? new TuningSpec { Targets = result.Tuning!.Targets } : null,
-                };
-            }
-        }
-        if (tokenizer is not null) result = result with { Tokenizer = tokenizer };
-        if (editData is not null) result = result with { EditData = editData };
-        if (tasks is { Length: > 0 })
-        {
-            var map = new Dictionary<string, string>(StringComparer.Ordinal);
-            foreach (var (name, path) in TuningOptions.ParseTasks(tasks)) map[name] = path;
-            result = result with { Tasks = map };
-        }
+        List<int>? seedList = null;
         if (seeds is not null)
         {
-            var list = new List<int>();
+            seedList = [];
             foreach (string s in seeds.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
-                list.Add(int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out int v) ? v : throw new UsageException($"--seeds: \"{s}\" is not a whole number"));
-            if (list.Count == 0 || list.Distinct().Count() != list.Count) throw new UsageException("--seeds: give distinct whole numbers, e.g. 1,2,3");
-            result = result with { Seeds = list };
+                seedList.Add(int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out int v) ? v : throw new UsageException($"--seeds: \"{s}\" is not a whole number"));
         }
-        if (result.Editing is null && result.Tuning is null)
-            throw new UsageException("nothing to run: give --edit-data and/or --task for this model, or a --study file");
-        return result;
-    }
-
-    /// <summary>One progress line with the units done and an ETA from this run's pace; redrawn in a terminal, every 5% otherwise.</summary>
-    private sealed class EtaLine(TextWriter stderr)
-    {
-        private readonly bool _terminal = ReferenceEquals(stderr, Console.Error) && !Console.IsErrorRedirected;
-        private readonly Stopwatch _clock = Stopwatch.StartNew();
-        private int _first = -1, _lastTwentieth = -1;
-        private bool _open;
-
-        public void Report(StudyProgress p)
+        var overrides = new StudyOverrides
         {
-            if (_first < 0) _first = p.Done;
-            int newly = p.Done - _first;
-            string eta = newly > 0 ? TimeSpan.FromSeconds(_clock.Elapsed.TotalSeconds / newly * (p.Total - p.Done)).ToString(@"hh\:mm\:ss", CultureInfo.InvariantCulture) : "--:--:--";
-            string text = string.Create(CultureInfo.InvariantCulture, $"[{p.Done}/{p.Total} {(p.Total == 0 ? 100 : 100.0 * p.Done / p.Total):F0}%] ETA {eta}  {p.Stage}");
-            if (_terminal) { stderr.Write("\r" + (text.Length > 118 ? text[..118] : text.PadRight(118))); _open = true; return; }
-            int twentieth = p.Total == 0 ? 20 : p.Done * 20 / p.Total;
-            if (twentieth != _lastTwentieth || p.Done == p.Total) { _lastTwentieth = twentieth; stderr.WriteLine(text); }
-        }
-
-        public void Break()
-        {
-            if (_open) { stderr.WriteLine(); _open = false; }
-        }
+            Model = model, Tokenizer = tokenizer, EditData = editData, Seeds = seedList,
+            Tasks = tasks is { Length: > 0 } ? TuningOptions.ParseTasks(tasks).GroupBy(t => t.Name).ToDictionary(g => g.Key, g => g.Last().Path, StringComparer.Ordinal) : null,
+        };
+        try { return (spec ?? StudySpec.Default()).With(overrides, builtIn: spec is null); }
+        catch (ArgumentException e) { throw new UsageException(e.Message); }
     }
 }

@@ -40,12 +40,12 @@ internal static class TuneEvalCommand
                 stderr.WriteLine(lora.TrainableSummary());
                 if (parse.GetValue(merge)) lora.Merge();
             }
-            var metrics = TuningOptions.Evaluate(loaded.Model, tok, data, parse.GetValue(evalBatch), parse.GetValue(likelihood), stderr);
+            var metrics = TuneEngine.Evaluate(loaded.Model, tok, data, parse.GetValue(evalBatch), parse.GetValue(likelihood), stderr.WriteLine).Select(t => t.Metrics).ToList();
             var report = new TuningReport
             {
                 Model = modelPath, Targets = lora?.Config.TargetModules ?? [], FourBit = nf4 is not null,
                 TrainableParameters = lora?.TrainableCount ?? 0, AllParameters = lora?.AllCount ?? 0,
-                BaseLinearBytesFp32 = nf4?.Fp32Bytes ?? TuneCommand.LinearBytes(loaded.Model), BaseLinearBytesStored = nf4?.Nf4Bytes ?? TuneCommand.LinearBytes(loaded.Model),
+                BaseLinearBytesFp32 = nf4?.Fp32Bytes ?? TuneEngine.LinearBytes(loaded.Model), BaseLinearBytesStored = nf4?.Nf4Bytes ?? TuneEngine.LinearBytes(loaded.Model),
                 Tasks = metrics,
             };
             stdout.Write(parse.GetValue(json) ? report.ToJsonString() + "\n" : report.Table());

@@ -15,8 +15,8 @@ internal static class TuningOptions
     };
 
     public static Option<bool> FourBit() => new("--4bit") { Description = "Freeze the base linears in NF4 with double quantisation (bitsandbytes layout); compute in fp32." };
-    public static Option<int> MaxEval() => new("--max-eval") { Description = "Evaluation examples per task (the first N).", DefaultValueFactory = _ => 1000 };
-    public static Option<int> EvalBatch() => new("--eval-batch") { Description = "Prompts per batch for greedy generation.", DefaultValueFactory = _ => 16 };
+    public static Option<int> MaxEval() => new("--max-eval") { Description = "Evaluation examples per task (the first N).", DefaultValueFactory = _ => new TaskSelection().MaxEval };
+    public static Option<int> EvalBatch() => new("--eval-batch") { Description = "Prompts per batch for greedy generation.", DefaultValueFactory = _ => TuneEngine.DefaultEvalBatch };
     public static Option<bool> LabelLikelihood() => new("--label-likelihood") { Description = "Also report the constrained metric: accuracy of the most likely label." };
 
     /// <summary>Parses NAME=PATH specs.</summary>
@@ -34,21 +34,5 @@ internal static class TuningOptions
             result.Add((name, spec[(eq + 1)..]));
         }
         return result;
-    }
-
-    /// <summary>Evaluates every task and returns its metrics, writing a line per task to <paramref name="stderr"/>.</summary>
-    public static List<TaskMetrics> Evaluate(KeyValueLab.Models.CausalLM model, KeyValueLab.Tokenization.ITokenizer tok, IEnumerable<TaskData> tasks,
-        int batch, bool likelihood, TextWriter stderr)
-    {
-        var metrics = new List<TaskMetrics>();
-        foreach (var task in tasks)
-        {
-            var started = System.Diagnostics.Stopwatch.StartNew();
-            var predictions = TaskEvaluator.Predict(model, tok, task.Eval, likelihood ? task.Labels : null, TaskEvaluator.MaxNewTokens, batch);
-            var m = TaskEvaluator.Score(task.Name, predictions, task.Labels);
-            stderr.WriteLine($"evaluated {task.Name}: {m.Count} examples in {started.Elapsed.TotalSeconds:F1} s, accuracy {m.Accuracy:F3}");
-            metrics.Add(m);
-        }
-        return metrics;
     }
 }

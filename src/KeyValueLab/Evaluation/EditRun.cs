@@ -17,9 +17,6 @@ namespace KeyValueLab.Evaluation;
 /// </summary>
 public enum EditMode { Single, Batch, Sequential }
 
-/// <summary>Progress of a run, for a progress bar.</summary>
-public sealed record EditProgress(int Done, int Total, string Stage);
-
 /// <summary>
 /// <c>edit-eval</c>'s engine: runs an editor over a slice of cases, writing <c>cases/{case_id}.json</c> as
 /// each case finishes (atomically: a killed run leaves no half-written case) and skipping cases already
@@ -52,7 +49,7 @@ public sealed class EditRun
     /// slice, model, …) is stored in params.json with the editor's hyperparameters and the mode.
     /// </summary>
     public EditSummary Run(CausalLM model, ITokenizer tokenizer, IKnowledgeEditor editor, IReadOnlyList<EditCase> cases,
-        JsonObject runParams, IProgress<EditProgress>? progress = null, Action<string>? log = null, CancellationToken cancel = default)
+        JsonObject runParams, IProgress<WorkProgress>? progress = null, Action<string>? log = null, CancellationToken cancel = default)
     {
         Directory.CreateDirectory(Path.Combine(OutputDir, "cases"));
         var parameters = (JsonObject)runParams.DeepClone();
@@ -66,7 +63,7 @@ public sealed class EditRun
         int total = cases.Count, done = total - todo.Count;
         if (todo.Count > 0)
         {
-            progress?.Report(new EditProgress(done, total, "preparing"));
+            progress?.Report(new WorkProgress("edit", done, total, "preparing"));
             var prepared = Stopwatch.StartNew();
             foreach (string line in editor.Prepare(model, tokenizer)) log?.Invoke(line);
             parameters["hyperparameters"] = editor.Hyperparameters;
@@ -93,7 +90,7 @@ public sealed class EditRun
     }
 
     private void RunSingle(CausalLM model, ITokenizer tokenizer, IKnowledgeEditor editor, CaseEvaluator evaluator,
-        List<EditCase> todo, int total, int done, IProgress<EditProgress>? progress, CancellationToken cancel)
+        List<EditCase> todo, int total, int done, IProgress<WorkProgress>? progress, CancellationToken cancel)
     {
         var names = editor.ParameterNames(model);
         string before = ParameterHash.Sha256(model), edited = ParameterHash.Sha256(model, names);
@@ -103,7 +100,7 @@ public sealed class EditRun
             cancel.ThrowIfCancellationRequested();
             var e = EditOnce(model, tokenizer, editor, evaluator, c, snapshot, names, edited);
             Write(c, e.Pre, e.Post, new EditCost(e.Seconds, e.Changed, e.Report.Steps, e.Report.FinalLoss, 1));
-            progress?.Report(new EditProgress(++done, total, c.CaseId));
+            progress?.Report(new WorkProgress("edit", ++done, total, c.CaseId));
         }
         if (ParameterHash.Sha256(model) != before)
             throw new InvalidOperationException("after the single-mode run the model's parameter hash differs from the original's");
@@ -131,33 +128,52 @@ public sealed class EditRun
     }
 
     private void RunBatch(CausalLM model, ITokenizer tokenizer, IKnowledgeEditor editor, CaseEvaluator evaluator,
-        IReadOnlyList<EditCase> all, List<EditCase> todo, int total, int done, IProgress<EditProgress>? progress, CancellationToken cancel)
+        IReadOnlyList<EditCase> all, List<EditCase> todo, int total, int done, IProgress<WorkProgress>? progress, CancellationToken cancel)
     {
         // A batch edit depends on every request of the slice, so a resumed run re-applies the whole batch
         // (deterministically) and writes the cases still missing.
         var names = editor.ParameterNames(model);
         using var snapshot = WeightSnapshot.Take(model, names);
+        EditBatch(model, tokenizer, editor, evaluator, all, todo, snapshot, (i, pre, post, edit) =>
+            {
+                Write(todo[i], pre, post, new EditCost(edit.Seconds / all.Count, edit.Changed, edit.Report.Steps, edit.Report.FinalLoss, all.Count));
+                progress?.Report(new WorkProgress("edit", ++done, total, todo[i].CaseId));
+            },
+            i => progress?.Report(new WorkProgress("edit", done, total, "pre-edit " + todo[i].CaseId)), cancel);
+    }
+
+    /// <summary>What a batch edit cost: the editor's report, its seconds and the weights it changed.</summary>
+    public sealed record BatchCost(EditReport Report, double Seconds, long Changed);
+
+    /// <summary>
+    /// One batch edit: <paramref name="measured"/> scored before, every request of <paramref name="all"/> applied in one editor call
+    /// (timed; changed weights counted against <paramref name="snapshot"/>), <paramref name="measured"/> scored after (each handed to
+    /// <paramref name="onCase"/> with its index as it is scored), then the weights restored.
+    /// </summary>
+    public static BatchCost EditBatch(CausalLM model, ITokenizer tokenizer, IKnowledgeEditor editor, CaseEvaluator evaluator, IReadOnlyList<EditCase> all,
+        IReadOnlyList<EditCase> measured, WeightSnapshot snapshot, Action<int, CaseScores, CaseScores, BatchCost> onCase, Action<int>? onPre = null,
+        CancellationToken cancel = default)
+    {
         var pre = new List<CaseScores>();
-        foreach (var c in todo)
+        for (int i = 0; i < measured.Count; i++)
         {
             cancel.ThrowIfCancellationRequested();
-            pre.Add(evaluator.Measure(c));
-            progress?.Report(new EditProgress(done, total, "pre-edit " + c.CaseId));
+            pre.Add(evaluator.Measure(measured[i]));
+            onPre?.Invoke(i);
         }
         var (report, seconds) = Timed(() => editor.Apply(model, tokenizer, [.. all.Select(c => c.Request)]));
-        long changed = Changed(model, snapshot);
-        for (int i = 0; i < todo.Count; i++)
+        var cost = new BatchCost(report, seconds, Changed(model, snapshot));
+        for (int i = 0; i < measured.Count; i++)
         {
             cancel.ThrowIfCancellationRequested();
-            var post = evaluator.Measure(todo[i]);
-            Write(todo[i], pre[i], post, new EditCost(seconds / all.Count, changed, report.Steps, report.FinalLoss, all.Count));
-            progress?.Report(new EditProgress(++done, total, todo[i].CaseId));
+            onCase(i, pre[i], evaluator.Measure(measured[i]), cost);
         }
         snapshot.Restore(model);
+        return cost;
     }
 
     private void RunSequential(CausalLM model, ITokenizer tokenizer, IKnowledgeEditor editor, CaseEvaluator evaluator,
-        IReadOnlyList<EditCase> cases, int total, IProgress<EditProgress>? progress, CancellationToken cancel)
+        IReadOnlyList<EditCase> cases, int total, IProgress<WorkProgress>? progress, CancellationToken cancel)
     {
         // Cases already on disk are re-applied (not re-scored) so the model carries the same edits as before the kill.
         var names = editor.ParameterNames(model);
@@ -170,7 +186,7 @@ public sealed class EditRun
             if (File.Exists(CaseFile(c.CaseId)))
             {
                 editor.Apply(model, tokenizer, [c.Request]);
-                progress?.Report(new EditProgress(++done, total, "replay " + c.CaseId));
+                progress?.Report(new WorkProgress("edit", ++done, total, "replay " + c.CaseId));
                 continue;
             }
             var pre = evaluator.Measure(c);
@@ -178,7 +194,7 @@ public sealed class EditRun
             long changed = Changed(model, snapshot);
             var post = evaluator.Measure(c);
             Write(c, pre, post, new EditCost(seconds, changed, report.Steps, report.FinalLoss, i + 1));
-            progress?.Report(new EditProgress(++done, total, c.CaseId));
+            progress?.Report(new WorkProgress("edit", ++done, total, c.CaseId));
         }
         snapshot.Restore(model);
     }

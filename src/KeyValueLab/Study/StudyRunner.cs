@@ -13,9 +13,6 @@ using KeyValueLab.Tuning;
 
 namespace KeyValueLab.Study;
 
-/// <summary>Progress of a study: units finished (this run and before), total in this shard, and what runs now.</summary>
-public sealed record StudyProgress(int Done, int Total, string Stage);
-
 /// <summary>
 /// Runs a <see cref="StudyPlan"/> into a run folder: every unit not yet in the <see cref="ResultsStore"/> is run and
 /// stored the moment it finishes; units already stored are skipped, so a killed study re-run finishes the same grid.
@@ -23,7 +20,7 @@ public sealed record StudyProgress(int Done, int Total, string Stage);
 /// unit loads the base model afresh, trains with epoch checkpoints in <c>tune/&lt;group&gt;/</c> (a killed run resumes
 /// from the last epoch) and keeps its adapter in <c>adapters/</c>.
 /// </summary>
-public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, Action<string>? log = null, IProgress<StudyProgress>? progress = null)
+public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, Action<string>? log = null, IProgress<WorkProgress>? progress = null)
 {
     public static readonly JsonSerializerOptions Json = new()
     {
@@ -64,7 +61,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
             total = mine.Sum(g => g.UnitIds.Count);
             done = mine.Sum(g => g.UnitIds.Count(stored.Contains));
             log?.Invoke($"study {plan.Spec.Name} ({plan.Spec.Hash()}): shard {shard}, {total} units, {done} already stored in {store.Path}");
-            progress?.Report(new StudyProgress(done, total, "starting"));
+            progress?.Report(new WorkProgress("study", done, total, "starting"));
 
             var edits = mine.Where(g => g.Kind == "edit" && g.UnitIds.Any(id => !stored.Contains(id))).ToList();
             if (edits.Count > 0)
@@ -84,18 +81,19 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
         foreach (var group in mine.Where(g => g.Kind == "tune" && !stored.Contains(g.UnitIds[0])))
         {
             cancel.ThrowIfCancellationRequested();
-            progress?.Report(new StudyProgress(done, total, $"tuning {group.GroupId}"));
+            progress?.Report(new WorkProgress("study", done, total, $"tuning {group.GroupId}"));
             store.Add([RunTuneGroup(group, host, versions, cancel)]);
             done++;
             ran++;
-            progress?.Report(new StudyProgress(done, total, group.GroupId));
+            progress?.Report(new WorkProgress("study", done, total, group.GroupId));
         }
         store.Set("last_run_finished_utc", Now());
         return ran;
     }
 
-    private ITokenizer LoadTokenizer() =>
-        TokenizerLoader.ForModel(plan.Inputs.ModelPath, plan.Inputs.TokenizerPath, "set tokenizer in the study file");
+    private const string TokenizerHint = "set tokenizer in the study file";
+
+    private ITokenizer LoadTokenizer() => TokenizerLoader.ForModel(plan.Inputs.ModelPath, plan.Inputs.TokenizerPath, TokenizerHint);
 
     private int RunEditGroup(CausalLM model, ITokenizer tokenizer, UnitGroup group, HashSet<string> stored, ResultsStore store,
         string host, string versions, ref int done, int total, CancellationToken cancel)
@@ -105,7 +103,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
         var editor = EditorFactory.Create(model, StudyPlan.Choice(condition, plan.Inputs, editing));
         try
         {
-            progress?.Report(new StudyProgress(done, total, $"preparing {group.GroupId}"));
+            progress?.Report(new WorkProgress("study", done, total, $"preparing {group.GroupId}"));
             foreach (string line in editor.Prepare(model, tokenizer)) log?.Invoke(line);
             var evaluation = new EvaluationOptions
             {
@@ -135,26 +133,17 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
                 // (deterministically) and stores the missing cases together.
                 var started = DateTime.UtcNow;
                 var missing = Enumerable.Range(0, group.Cases.Count).Where(i => !stored.Contains(group.UnitIds[i])).ToList();
-                var pre = missing.ToDictionary(i => i, i => evaluator.Measure(group.Cases[i]));
-                var watch = Stopwatch.StartNew();
-                editor.Apply(model, tokenizer, [.. group.Cases.Select(c => c.Request)]);
-                double seconds = watch.Elapsed.TotalSeconds;
-                long changed = EditRun.Changed(model, snapshot);
-                var post = new Dictionary<int, CaseScores>();
-                foreach (int i in missing)
-                {
-                    cancel.ThrowIfCancellationRequested();
-                    post[i] = evaluator.Measure(group.Cases[i]);
-                }
-                snapshot.Restore(model);
+                var scored = new List<(int Case, CaseScores Pre, CaseScores Post)>();
+                var cost = EditRun.EditBatch(model, tokenizer, editor, evaluator, group.Cases, [.. missing.Select(i => group.Cases[i])], snapshot,
+                    (k, pre, post, _) => scored.Add((missing[k], pre, post)), cancel: cancel);
                 // Each case's share of the group's wall time and of the edit's time.
                 double share = (DateTime.UtcNow - started).TotalSeconds / group.Cases.Count;
-                var records = missing.Select(i => EditRecord(group, i, condition, editor, pre[i], post[i], seconds / group.Cases.Count, changed,
+                var records = scored.Select(x => EditRecord(group, x.Case, condition, editor, x.Pre, x.Post, cost.Seconds / group.Cases.Count, cost.Changed,
                     config, started, share, host, versions)).ToList();
                 store.Add(records);
                 done += records.Count;
                 ran += records.Count;
-                progress?.Report(new StudyProgress(done, total, group.GroupId));
+                progress?.Report(new WorkProgress("study", done, total, group.GroupId));
             }
             else
             {
@@ -168,7 +157,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
                         (DateTime.UtcNow - started).TotalSeconds, host, versions)]);
                     done++;
                     ran++;
-                    progress?.Report(new StudyProgress(done, total, group.UnitIds[i]));
+                    progress?.Report(new WorkProgress("study", done, total, group.UnitIds[i]));
                 }
             }
             if (ParameterHash.Sha256(model) != before)
@@ -210,75 +199,53 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
         var started = DateTime.UtcNow;
         var clock = Stopwatch.StartNew();
         ProcessMemory.ResetPeak();
-        using var loaded = ModelLoader.Load(plan.Inputs.ModelPath);
-        var tokenizer = LoadTokenizer();
-        var data = plan.Inputs.TaskPaths.Select(t => TaskLoader.Load(t.Key, t.Value, StudyPlan.Selection(tuning, group.Seed))).ToList();
-        var modules = LoraConfig.ResolveTargets(group.Targets!, plan.Config.ModelType);
-        var config = new LoraConfig
+        string folder = Path.Combine(RunFolder, "tune", Safe(group.GroupId)), adapter = Path.Combine(RunFolder, "adapters", Safe(group.GroupId));
+        var job = new TuneJob
         {
-            R = tuning.R, Alpha = tuning.Alpha, Dropout = tuning.Dropout, TargetModules = modules,
-            BaseModel = plan.Inputs.ModelLabel,
+            ModelPath = plan.Inputs.ModelPath, TokenizerPath = plan.Inputs.TokenizerPath, TokenizerHint = TokenizerHint,
+            Tasks = [.. plan.Inputs.TaskPaths], Selection = StudyPlan.Selection(tuning, group.Seed), Targets = group.Targets!,
+            Lora = new LoraConfig { R = tuning.R, Alpha = tuning.Alpha, Dropout = tuning.Dropout, BaseModel = plan.Inputs.ModelLabel },
+            FourBit = tuning.FourBit,
+            Training = new TrainOptions
+            {
+                LearningRate = tuning.Lr, WarmupRatio = tuning.WarmupRatio, MaxGradNorm = tuning.MaxGradNorm, Epochs = tuning.Epochs,
+                MicroBatch = tuning.Batch, GradientAccumulation = tuning.GradAccum, MaxLength = tuning.MaxLength,
+                AnswerOnlyLoss = tuning.AnswerOnlyLoss, Seed = group.Seed, CheckpointDir = Path.Combine(folder, "checkpoints"), Resume = true,
+            },
+            AdapterFolder = adapter, EvalBatch = tuning.EvalBatch, LabelLikelihood = tuning.LabelLikelihood,
         };
-        long fp32Bytes = LinearBytes(loaded.Model);
-        using var nf4 = tuning.FourBit ? Nf4Base.Quantize(loaded.Model) : null;
-        using var lora = LoraModel.Attach(loaded.Model, config, group.Seed);
-        log?.Invoke($"{group.GroupId}: {lora.TrainableSummary()}");
-        string folder = Path.Combine(RunFolder, "tune", Safe(group.GroupId));
-        var options = new TrainOptions
-        {
-            LearningRate = tuning.Lr, WarmupRatio = tuning.WarmupRatio, MaxGradNorm = tuning.MaxGradNorm, Epochs = tuning.Epochs,
-            MicroBatch = tuning.Batch, GradientAccumulation = tuning.GradAccum, MaxLength = Math.Min(tuning.MaxLength, plan.Config.MaxPositions),
-            AnswerOnlyLoss = tuning.AnswerOnlyLoss, Seed = group.Seed, CheckpointDir = Path.Combine(folder, "checkpoints"), Resume = true,
-        };
-        using var progressWriter = new LineLog(log, group.GroupId);
-        var trained = SftTrainer.Train(lora, tokenizer, [.. data.SelectMany(d => d.Train)], options, progressWriter);
-        cancel.ThrowIfCancellationRequested();
-        string adapter = Path.Combine(RunFolder, "adapters", Safe(group.GroupId));
-        lora.Save(adapter);
-        var outcomes = new List<TaskOutcome>();
-        foreach (var task in data)
-        {
-            cancel.ThrowIfCancellationRequested();
-            var predictions = TaskEvaluator.Predict(loaded.Model, tokenizer, task.Eval, tuning.LabelLikelihood ? task.Labels : null, TaskEvaluator.MaxNewTokens, tuning.EvalBatch);
-            var m = TaskEvaluator.Score(task.Name, predictions, task.Labels);
-            outcomes.Add(new TaskOutcome(task.Name, m.Count, m.Accuracy, m.MacroF1, m.LabelLikelihoodAccuracy, [.. predictions.Select(p => p.ExactMatch)]));
-            log?.Invoke($"{group.GroupId}: {task.Name} accuracy {m.Accuracy:F3} ({m.Count} examples)");
-        }
+        var outcome = TuneEngine.Run(job, progress, log is null ? null : line => log($"{group.GroupId}: {line}"), cancel);
         var result = new TuneUnitResult
         {
             Label = StudyPlan.Label(group.Targets!),
-            Targets = modules,
+            Targets = outcome.Targets,
             Seed = group.Seed,
-            FourBit = nf4 is not null,
-            TrainableParameters = lora.TrainableCount,
-            AllParameters = lora.AllCount,
-            TrainSeconds = trained.Seconds,
-            TokensPerSecond = trained.TokensPerSecond,
+            FourBit = outcome.FourBit,
+            TrainableParameters = outcome.TrainableParameters,
+            AllParameters = outcome.AllParameters,
+            TrainSeconds = outcome.Training.Seconds,
+            TokensPerSecond = outcome.Training.TokensPerSecond,
             PeakResidentBytes = ProcessMemory.PeakResidentBytes(),
-            BaseBytesFp32 = fp32Bytes,
-            BaseBytesStored = nf4?.Nf4Bytes ?? fp32Bytes,
-            EpochLosses = trained.EpochLosses,
-            Tasks = outcomes,
+            BaseBytesFp32 = outcome.BaseBytesFp32,
+            BaseBytesStored = outcome.BaseBytesStored,
+            EpochLosses = outcome.Training.EpochLosses,
+            Tasks = [.. outcome.Tasks.Select(t => new TaskOutcome(t.Metrics.Task, t.Metrics.Count, t.Metrics.Accuracy, t.Metrics.MacroF1,
+                t.Metrics.LabelLikelihoodAccuracy, [.. t.Predictions.Select(p => p.ExactMatch)]))],
         };
         var unitConfig = new JsonObject
         {
             ["kind"] = "tune",
             ["targets"] = group.Targets,
-            ["target_modules"] = new JsonArray([.. modules.Select(m => (JsonNode?)m)]),
+            ["target_modules"] = new JsonArray([.. outcome.Targets.Select(m => (JsonNode?)m)]),
             ["seed"] = group.Seed,
             ["tuning"] = JsonSerializer.SerializeToNode(tuning, StudySpec.Json),
-            ["tasks"] = new JsonArray([.. data.Select(d => (JsonNode?)new JsonObject { ["task"] = d.Name, ["train"] = d.Train.Count, ["eval"] = d.Eval.Count, ["split"] = d.SplitNote })]),
+            ["tasks"] = new JsonArray([.. outcome.Data.Select(d => (JsonNode?)new JsonObject { ["task"] = d.Name, ["train"] = d.Train.Count, ["eval"] = d.Eval.Count, ["split"] = d.SplitNote })]),
             ["adapter"] = Path.GetRelativePath(RunFolder, adapter),
         };
-        if (Directory.Exists(options.CheckpointDir)) Directory.Delete(options.CheckpointDir, recursive: true);
+        if (Directory.Exists(job.Training.CheckpointDir)) Directory.Delete(job.Training.CheckpointDir, recursive: true);
         return new UnitRecord(group.UnitIds[0], "tune", group.GroupId, group.Seed, unitConfig.ToJsonString(), JsonSerializer.Serialize(result, Json),
             clock.Elapsed.TotalSeconds, Stamp(started), Now(), host, versions, "");
     }
-
-    /// <summary>Bytes of the linears a 4-bit base quantises (all but lm_head), in fp32.</summary>
-    public static long LinearBytes(CausalLM model) =>
-        model.named_modules().Where(m => m.module is TorchSharp.Modules.Linear && m.name != "lm_head")
-            .Sum(m => ((TorchSharp.Modules.Linear)m.module).weight!.NumberOfElements * 4);
 
     private static string Safe(string id) => string.Concat(id.Select(ch => char.IsLetterOrDigit(ch) || ch is '-' or '_' or '.' or '+' ? ch : '_'));
     private static string Now() => Stamp(DateTime.UtcNow);
@@ -309,23 +276,5 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
             UnitsTotal = Math.Max(total, units.Count),
         };
         return new StudyResults(info, edits, tunes);
-    }
-
-    /// <summary>Writes trainer progress lines to the log, prefixed with the unit.</summary>
-    private sealed class LineLog(Action<string>? log, string prefix) : TextWriter
-    {
-        private readonly System.Text.StringBuilder _line = new();
-        public override System.Text.Encoding Encoding => System.Text.Encoding.UTF8;
-        public override void Write(char value)
-        {
-            // A progress bar redraws with '\r': only the line standing when '\n' comes (an epoch's end) is logged.
-            if (value == '\r') _line.Clear();
-            else if (value == '\n')
-            {
-                if (_line.Length > 0) log?.Invoke($"{prefix}: {_line}");
-                _line.Clear();
-            }
-            else _line.Append(value);
-        }
     }
 }

@@ -37,6 +37,17 @@ public sealed record EditingSpec
     public int? StatsSamples { get; init; }
 }
 
+/// <summary>What a command line changes in a study: null (or empty) fields keep the study's.</summary>
+public sealed record StudyOverrides
+{
+    public string? Model { get; init; }
+    public string? Tokenizer { get; init; }
+    public string? EditData { get; init; }
+    /// <summary>Task name → path; replaces the study's tasks.</summary>
+    public IReadOnlyDictionary<string, string>? Tasks { get; init; }
+    public IReadOnlyList<int>? Seeds { get; init; }
+}
+
 /// <summary>Tuning half of a study: LoRA target sets × seeds on a multi-task mixture.</summary>
 public sealed record TuningSpec
 {
@@ -85,6 +96,47 @@ public sealed record StudySpec
         PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
         WriteIndented = true,
     };
+
+    /// <summary>
+    /// <paramref name="overrides"/> laid over this study. On the built-in study (<paramref name="builtIn"/>) pointed at another
+    /// model, the grid's layers and last-token keying (sized for the organism) give way to the published hyperparameters of
+    /// that model's family, and the tuning settings to the paper's; its data must then be given. Throws ArgumentException
+    /// when nothing is left to run.
+    /// </summary>
+    public StudySpec With(StudyOverrides overrides, bool builtIn)
+    {
+        var result = this;
+        if (overrides.Model is string model)
+        {
+            result = result with { Model = model };
+            if (builtIn && !model.StartsWith("organism", StringComparison.Ordinal))
+            {
+                result = result with
+                {
+                    EditData = overrides.EditData,
+                    Tasks = new Dictionary<string, string>(),
+                    Editing = overrides.EditData is null ? null : result.Editing! with
+                    {
+                        StatsCorpus = "generated",
+                        StatsSamples = null,
+                        Conditions = [.. result.Editing!.Conditions.Select(c => c with { Layers = null, Overrides = [] })],
+                    },
+                    Tuning = overrides.Tasks is { Count: > 0 } ? new TuningSpec { Targets = result.Tuning!.Targets } : null,
+                };
+            }
+        }
+        if (overrides.Tokenizer is not null) result = result with { Tokenizer = overrides.Tokenizer };
+        if (overrides.EditData is not null) result = result with { EditData = overrides.EditData };
+        if (overrides.Tasks is { Count: > 0 }) result = result with { Tasks = overrides.Tasks };
+        if (overrides.Seeds is not null)
+        {
+            if (overrides.Seeds.Count == 0 || overrides.Seeds.Distinct().Count() != overrides.Seeds.Count) throw new ArgumentException("--seeds: give distinct whole numbers, e.g. 1,2,3");
+            result = result with { Seeds = overrides.Seeds };
+        }
+        if (result.Editing is null && result.Tuning is null)
+            throw new ArgumentException("nothing to run: give --edit-data and/or --task for this model, or a --study file");
+        return result;
+    }
 
     /// <summary>
     /// The study <c>kvlab study</c> runs without a file: the default organism, FT on keys (up, gate) vs values at

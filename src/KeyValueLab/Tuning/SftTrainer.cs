@@ -104,10 +104,12 @@ public static class SftTrainer
     }
 
     /// <summary>
-    /// Trains the adapters of <paramref name="lora"/> on <paramref name="examples"/>; writes a progress bar (loss, tokens/s) to
-    /// <paramref name="progress"/> when given, and a checkpoint after every epoch when <see cref="TrainOptions.CheckpointDir"/> is set.
+    /// Trains the adapters of <paramref name="lora"/> on <paramref name="examples"/>; reports every optimizer step (loss, learning
+    /// rate, tokens/s) to <paramref name="progress"/>, a line per epoch to <paramref name="log"/>, and writes a checkpoint after every
+    /// epoch when <see cref="TrainOptions.CheckpointDir"/> is set. <paramref name="cancel"/> is checked between steps.
     /// </summary>
-    public static TrainResult Train(LoraModel lora, ITokenizer tokenizer, IReadOnlyList<TaskExample> examples, TrainOptions options, TextWriter? progress = null)
+    public static TrainResult Train(LoraModel lora, ITokenizer tokenizer, IReadOnlyList<TaskExample> examples, TrainOptions options,
+        IProgress<WorkProgress>? progress = null, Action<string>? log = null, CancellationToken cancel = default)
     {
         var model = lora.Model;
         var data = Pack(model, tokenizer, examples, options.MaxLength, options.AnswerOnlyLoss);
@@ -129,7 +131,7 @@ public static class SftTrainer
             step = (int)state["global_step"]!;
             epochLosses.AddRange(state["epoch_losses"]!.AsArray().Select(n => (double)n!));
             startEpoch = doneEpochs;
-            progress?.WriteLine($"resuming after epoch {doneEpochs} (step {step}) from {dir}");
+            log?.Invoke($"resuming after epoch {doneEpochs} (step {step}) from {dir}");
         }
 
         lora.Training = true;
@@ -144,6 +146,7 @@ public static class SftTrainer
             int lossCount = 0;
             for (int s = 0; s < stepsPerEpoch && (options.MaxSteps <= 0 || step < totalSteps); s++)
             {
+                cancel.ThrowIfCancellationRequested();
                 double lr = options.LearningRate * (step < warmup ? (double)step / Math.Max(1, warmup) : 1.0);
                 optimizer.LearningRate = lr;
                 optimizer.ZeroGrad();
@@ -164,11 +167,14 @@ public static class SftTrainer
                 step++;
                 lossSum += stepLoss;
                 lossCount++;
-                progress?.Write(string.Create(CultureInfo.InvariantCulture,
-                    $"\repoch {epoch + 1}/{options.Epochs} {Bar(step, totalSteps)} step {step}/{totalSteps} loss {stepLoss:F4} lr {lr:G3} {tokensSeen / clock.Elapsed.TotalSeconds:F0} tok/s   "));
+                progress?.Report(new WorkProgress("train", step, totalSteps, $"epoch {epoch + 1}/{options.Epochs}")
+                {
+                    Loss = stepLoss, LearningRate = lr, TokensPerSecond = tokensSeen / clock.Elapsed.TotalSeconds,
+                });
             }
             epochLosses.Add(lossCount > 0 ? lossSum / lossCount : double.NaN);
-            progress?.WriteLine();
+            log?.Invoke(string.Create(CultureInfo.InvariantCulture,
+                $"epoch {epoch + 1}/{options.Epochs}: step {step}/{totalSteps}, mean loss {epochLosses[^1]:F4}, {tokensSeen / clock.Elapsed.TotalSeconds:F0} tok/s"));
             if (options.CheckpointDir is not null) SaveCheckpoint(lora, optimizer, options.CheckpointDir, epoch + 1, step, epochLosses);
         }
         lora.Training = false;
@@ -188,12 +194,6 @@ public static class SftTrainer
         var logits = model.Forward(ids, mask);  // [B, T, V]
         var shifted = logits[.., ..^1].reshape(-1, logits.shape[2]);
         return nn.functional.cross_entropy(shifted, labels[.., 1..].reshape(-1), ignore_index: IgnoreIndex);
-    }
-
-    private static string Bar(int done, int total)
-    {
-        int width = 20, filled = total > 0 ? (int)Math.Round(width * (double)done / total) : width;
-        return "[" + new string('#', filled) + new string('.', width - filled) + "]";
     }
 
     /// <summary>AdamW state of a checkpoint: <c>optimizer.safetensors</c>, or TorchSharp's <c>optimizer.bin</c> in checkpoints written before.</summary>

@@ -123,9 +123,9 @@ public class EditRunTests(StoriesModel f) : IClassFixture<StoriesModel>
         Assert.DoesNotContain(summary.Post, m => m.Name == "ES");
     }
 
-    private sealed class Inline(Action<EditProgress> report) : IProgress<EditProgress>
+    private sealed class Inline(Action<WorkProgress> report) : IProgress<WorkProgress>
     {
-        public void Report(EditProgress value) => report(value);
+        public void Report(WorkProgress value) => report(value);
     }
 }
 

@@ -378,7 +378,7 @@ public class StudyRunTests
         string resumed = dir.File("resumed");
         KillWhenStored(file, resumed, 2, new Random().Next(0, 400));
         using var cancel = new CancellationTokenSource();
-        var progress = new Inline(p => { if (p.Done >= 10) cancel.Cancel(); });
+        var progress = new Inline(p => { if (p.Task == "study" && p.Done >= 10) cancel.Cancel(); });
         Assert.ThrowsAny<OperationCanceledException>(() => new StudyRunner(plan, resumed, Shard.All, progress: progress).Run(cancel.Token));
         using (var partial = ResultsStore.Open(resumed, false)) Assert.InRange(partial.Units().Count, 10, plan.UnitCount - 1);
         new StudyRunner(plan, resumed, Shard.All).Run();
@@ -440,8 +440,8 @@ public class StudyRunTests
         p.WaitForExit();
     }
 
-    private sealed class Inline(Action<StudyProgress> report) : IProgress<StudyProgress>
+    private sealed class Inline(Action<WorkProgress> report) : IProgress<WorkProgress>
     {
-        public void Report(StudyProgress value) => report(value);
+        public void Report(WorkProgress value) => report(value);
     }
 }

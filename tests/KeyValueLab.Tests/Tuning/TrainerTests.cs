@@ -40,7 +40,7 @@ public class TrainerTests(ITestOutputHelper output)
         using var lora = LoraModel.Attach(loaded.Model, new LoraConfig { TargetModules = LoraConfig.ResolveTargets("c_attn,keys", "gpt2") }, seed: 1);
         var options = new TrainOptions { Epochs = 5, MicroBatch = 4, GradientAccumulation = 2, MaxLength = 64, MaxSteps = 3, LearningRate = 1e-2 };
         var before = lora.Layers[0].B.detach().clone();
-        var result = SftTrainer.Train(lora, tok, data.Train, options, new StringWriter());
+        var result = SftTrainer.Train(lora, tok, data.Train, options, log: _ => { });
         Assert.Equal(3, result.Steps);
         Assert.True(double.IsFinite(result.EpochLosses[0]));
         Assert.True((lora.Layers[0].B - before).abs().max().item<float>() > 0);
