@@ -27,13 +27,17 @@ public static class EditorFactory
     {
         string family = model.Config.ModelType;
         string method = choice.Method.Trim().ToLowerInvariant();
-        var overrides = choice.Overrides.ToList();
-        if (choice.Layers is not null) overrides.Add($"layers=[{string.Join(",", EditScope.ParseLayers(choice.Layers))}]");
-        if (choice.KeyKinds is not null) overrides.Add($"key_kinds={choice.KeyKinds}");
+        // The user's name=value overrides are text and parsed with the file; the typed choices then go on as `with` expressions.
+        int[]? layers = choice.Layers is null ? null : [.. EditScope.ParseLayers(choice.Layers)];
         if (method is "ft" or "ft-l")
         {
-            if (choice.Side is not null) overrides.Add($"side={EditScope.ParseSide(choice.Side).ToString().ToLowerInvariant()}");
-            var hp = HyperparameterFiles.Load<FtHyperparameters>(choice.HparamsFile, method == "ft" ? "FT" : "FT-L", family, overrides);
+            var hp = HyperparameterFiles.Load<FtHyperparameters>(choice.HparamsFile, method == "ft" ? "FT" : "FT-L", family, choice.Overrides);
+            hp = hp with
+            {
+                Layers = layers ?? hp.Layers,
+                KeyKinds = choice.KeyKinds ?? hp.KeyKinds,
+                Side = choice.Side is null ? hp.Side : EditScope.ParseSide(choice.Side).ToString().ToLowerInvariant(),
+            };
             return new FineTuneEditor(hp);
         }
         string folder = method switch
@@ -43,10 +47,15 @@ public static class EditorFactory
             "memit" => "MEMIT",
             _ => throw new ArgumentException($"unknown method \"{choice.Method}\"; use one of {string.Join(", ", Methods)}"),
         };
-        if (choice.StatsCorpus is not null) overrides.Add($"mom2_corpus={System.Text.Json.JsonSerializer.Serialize(choice.StatsCorpus)}");
-        if (choice.StatsSamples is int n) overrides.Add($"mom2_n_samples={n}");
-        if (choice.StatsTokens is int t) overrides.Add($"mom2_sample_tokens={t}");
-        var lhp = HyperparameterFiles.Load<LocateEditHyperparameters>(choice.HparamsFile, folder, family, overrides);
+        var lhp = HyperparameterFiles.Load<LocateEditHyperparameters>(choice.HparamsFile, folder, family, choice.Overrides);
+        lhp = lhp with
+        {
+            Layers = layers ?? lhp.Layers,
+            KeyKinds = choice.KeyKinds ?? lhp.KeyKinds,
+            Mom2Corpus = choice.StatsCorpus ?? lhp.Mom2Corpus,
+            Mom2NSamples = choice.StatsSamples ?? lhp.Mom2NSamples,
+            Mom2SampleTokens = choice.StatsTokens ?? lhp.Mom2SampleTokens,
+        };
         var side = choice.Side is null ? (EditSide?)null : EditScope.ParseSide(choice.Side);
         if (folder == "ROME" && side is EditSide.Keys) throw new ArgumentException("ROME edits the values; use --method keyrome for the keys");
         if (folder == "KeyROME" && side is EditSide.Values) throw new ArgumentException("Key-ROME edits the keys; use --method rome for the values");

@@ -8,8 +8,11 @@ using KeyValueLab.Tuning;
 
 namespace KeyValueLab.Study;
 
+/// <summary>What a unit is: one edit case, or one LoRA training run with its evaluation. Stored lower-case ("edit", "tune").</summary>
+public enum UnitKind { Edit, Tune }
+
 /// <summary>A group of units that run together: one editing condition × seed (its cases), or one tuning run (targets × seed).</summary>
-public sealed record UnitGroup(string GroupId, string Kind, int Seed, EditCondition? Condition, string? Targets, IReadOnlyList<string> UnitIds, IReadOnlyList<EditCase> Cases);
+public sealed record UnitGroup(string GroupId, UnitKind Kind, int Seed, EditCondition? Condition, string? Targets, IReadOnlyList<string> UnitIds, IReadOnlyList<EditCase> Cases);
 
 /// <summary>Which part of a grid this process runs: shard <c>Index</c> of <c>Count</c> (1-based, as <c>--shard k/n</c>).</summary>
 public sealed record Shard(int Index, int Count)
@@ -127,7 +130,7 @@ public sealed class StudyPlan
                 foreach (var condition in editing.Conditions)
                 {
                     string group = $"edit/{condition.Id}/s{seed}";
-                    groups.Add(new UnitGroup(group, "edit", seed, condition, null, [.. cases.Select(c => $"{group}/{c.CaseId}")], cases));
+                    groups.Add(new UnitGroup(group, UnitKind.Edit, seed, condition, null, [.. cases.Select(c => $"{group}/{c.CaseId}")], cases));
                 }
             }
         }
@@ -155,7 +158,7 @@ public sealed class StudyPlan
                 foreach (string targets in tuning.Targets)
                 {
                     string group = $"tune/{Label(targets)}/s{seed}";
-                    groups.Add(new UnitGroup(group, "tune", seed, null, targets, [group], []));
+                    groups.Add(new UnitGroup(group, UnitKind.Tune, seed, null, targets, [group], []));
                 }
         }
         return new StudyPlan(spec, inputs, config, groups, all, tasks, studyFile);

@@ -63,7 +63,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
             log?.Invoke($"study {plan.Spec.Name} ({plan.Spec.Hash()}): shard {shard}, {total} units, {done} already stored in {store.Path}");
             progress?.Report(new WorkProgress("study", done, total, "starting"));
 
-            var edits = mine.Where(g => g.Kind == "edit" && g.UnitIds.Any(id => !stored.Contains(id))).ToList();
+            var edits = mine.Where(g => g.Kind == UnitKind.Edit && g.UnitIds.Any(id => !stored.Contains(id))).ToList();
             if (edits.Count > 0)
             {
                 var tokenizer = LoadTokenizer();
@@ -78,7 +78,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
         {
             loaded.Dispose();
         }
-        foreach (var group in mine.Where(g => g.Kind == "tune" && !stored.Contains(g.UnitIds[0])))
+        foreach (var group in mine.Where(g => g.Kind == UnitKind.Tune && !stored.Contains(g.UnitIds[0])))
         {
             cancel.ThrowIfCancellationRequested();
             progress?.Report(new WorkProgress("study", done, total, $"tuning {group.GroupId}"));
@@ -114,11 +114,11 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
             var evaluator = new CaseEvaluator(model, tokenizer, evaluation);
             var config = new JsonObject
             {
-                ["kind"] = "edit",
+                ["kind"] = Name(UnitKind.Edit),
                 ["method"] = editor.Method,
                 ["side"] = condition.Side,
                 ["layers"] = string.Join(",", editor.Scope.Layers),
-                ["mode"] = condition.Mode,
+                ["mode"] = Name(condition.Mode),
                 ["seed"] = group.Seed,
                 ["hyperparameters"] = editor.Hyperparameters.DeepClone(),
                 ["evaluation"] = JsonSerializer.SerializeToNode(evaluation, Json),
@@ -127,7 +127,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
             string before = ParameterHash.Sha256(model), edited = ParameterHash.Sha256(model, names);
             using var snapshot = WeightSnapshot.Take(model, names);
             int ran = 0;
-            if (condition.Mode == "batch")
+            if (condition.Mode == EditMode.Batch)
             {
                 // A batch edit depends on all its requests: a group with any unit missing re-runs the whole batch
                 // (deterministically) and stores the missing cases together.
@@ -180,7 +180,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
             Side = condition.Side,
             Layers = string.Join(",", editor.Scope.Layers),
             Seed = group.Seed,
-            Mode = condition.Mode,
+            Mode = Name(condition.Mode),
             CaseId = c.CaseId,
             Pre = CaseMetrics.From(pre, c.Format),
             Post = CaseMetrics.From(post, c.Format),
@@ -189,7 +189,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
         };
         var unitConfig = (JsonObject)config.DeepClone();
         unitConfig["case_id"] = c.CaseId;
-        return new UnitRecord(group.UnitIds[i], "edit", group.GroupId, group.Seed, unitConfig.ToJsonString(), JsonSerializer.Serialize(result, Json),
+        return new UnitRecord(group.UnitIds[i], Name(UnitKind.Edit), group.GroupId, group.Seed, unitConfig.ToJsonString(), JsonSerializer.Serialize(result, Json),
             wallSeconds, Stamp(started), Now(), host, versions, "");
     }
 
@@ -234,7 +234,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
         };
         var unitConfig = new JsonObject
         {
-            ["kind"] = "tune",
+            ["kind"] = Name(UnitKind.Tune),
             ["targets"] = group.Targets,
             ["target_modules"] = new JsonArray([.. outcome.Targets.Select(m => (JsonNode?)m)]),
             ["seed"] = group.Seed,
@@ -243,9 +243,12 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
             ["adapter"] = Path.GetRelativePath(RunFolder, adapter),
         };
         if (Directory.Exists(job.Training.CheckpointDir)) Directory.Delete(job.Training.CheckpointDir, recursive: true);
-        return new UnitRecord(group.UnitIds[0], "tune", group.GroupId, group.Seed, unitConfig.ToJsonString(), JsonSerializer.Serialize(result, Json),
+        return new UnitRecord(group.UnitIds[0], Name(UnitKind.Tune), group.GroupId, group.Seed, unitConfig.ToJsonString(), JsonSerializer.Serialize(result, Json),
             clock.Elapsed.TotalSeconds, Stamp(started), Now(), host, versions, "");
     }
+
+    /// <summary>An enum as the store writes it: "edit", "tune", "single", "batch".</summary>
+    private static string Name(Enum value) => value.ToString().ToLowerInvariant();
 
     private static string Safe(string id) => string.Concat(id.Select(ch => char.IsLetterOrDigit(ch) || ch is '-' or '_' or '.' or '+' ? ch : '_'));
     private static string Now() => Stamp(DateTime.UtcNow);
@@ -255,8 +258,8 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
     public static StudyResults Load(ResultsStore store, string name)
     {
         var units = store.Units();
-        var edits = units.Where(u => u.Kind == "edit").Select(u => JsonSerializer.Deserialize<EditUnitResult>(u.Result, Json)!).ToList();
-        var tunes = units.Where(u => u.Kind == "tune").Select(u => JsonSerializer.Deserialize<TuneUnitResult>(u.Result, Json)!).ToList();
+        var edits = units.Where(u => u.Kind == Name(UnitKind.Edit)).Select(u => JsonSerializer.Deserialize<EditUnitResult>(u.Result, Json)!).ToList();
+        var tunes = units.Where(u => u.Kind == Name(UnitKind.Tune)).Select(u => JsonSerializer.Deserialize<TuneUnitResult>(u.Result, Json)!).ToList();
         var spec = JsonNode.Parse(store.Get("study_json") ?? "{}") as JsonObject ?? [];
         int total = 0;
         if (store.Get("units_total") is string t) total = int.Parse(t, CultureInfo.InvariantCulture);

@@ -3,6 +3,7 @@ using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using KeyValueLab.Evaluation;
 using YamlDotNet.Core;
 using YamlDotNet.RepresentationModel;
 using Editing_ = KeyValueLab.Editing;
@@ -16,7 +17,7 @@ namespace KeyValueLab.Study;
 /// <param name="Layers">Layers as "1", "0-2" or "3,5"; null = the hyperparameter file's (published) layers.</param>
 /// <param name="Mode">single (each case on the original model) or batch (all of a seed's cases in one call).</param>
 /// <param name="Overrides">Hyperparameter overrides "key=json" as <c>--set</c> takes them.</param>
-public sealed record EditCondition(string Method, string Side, string? Layers, string Mode, IReadOnlyList<string> Overrides)
+public sealed record EditCondition(string Method, string Side, string? Layers, EditMode Mode, IReadOnlyList<string> Overrides)
 {
     /// <summary>Stable name used in unit ids, e.g. "ft/keys:up/L1".</summary>
     public string Id => $"{Method}/{Side}/L{Layers ?? "default"}";
@@ -95,6 +96,7 @@ public sealed record StudySpec
     {
         PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
         WriteIndented = true,
+        Converters = { new System.Text.Json.Serialization.JsonStringEnumConverter(JsonNamingPolicy.SnakeCaseLower) },
     };
 
     /// <summary>
@@ -160,12 +162,12 @@ public sealed record StudySpec
             StatsSamples = 1000,
             Conditions =
             [
-                new("ft", "keys:up", "1", "single", []),
-                new("ft", "keys:gate", "1", "single", []),
-                new("ft", "values", "1", "single", []),
-                new("rome", "values", "1", "single", ["fact_token=\"last\""]),
-                new("keyrome", "keys:up", "1", "single", ["fact_token=\"last\""]),
-                new("memit", "values", "0-1", "batch", ["fact_token=\"last\"", "mom2_update_weight=350"]),
+                new("ft", "keys:up", "1", EditMode.Single, []),
+                new("ft", "keys:gate", "1", EditMode.Single, []),
+                new("ft", "values", "1", EditMode.Single, []),
+                new("rome", "values", "1", EditMode.Single, ["fact_token=\"last\""]),
+                new("keyrome", "keys:up", "1", EditMode.Single, ["fact_token=\"last\""]),
+                new("memit", "values", "0-1", EditMode.Batch, ["fact_token=\"last\"", "mom2_update_weight=350"]),
             ],
         },
         Tuning = new TuningSpec
@@ -380,8 +382,12 @@ public sealed record StudySpec
                 sides.AddRange(Strings(run, "side", q));
                 if (sides.Count == 0) sides.Add(method is "keyrome" ? "keys" : "values");
                 var layers = run["layers"] is JsonArray ? Strings(run, "layers", q) : run["layers"] is null ? [null!] : [String(run, "layers", q)!];
-                string mode = (String(run, "mode", q) ?? (method == "memit" ? "batch" : "single")).ToLowerInvariant();
-                if (mode is not ("single" or "batch")) throw Error(q + "mode", "must be single or batch");
+                var mode = (String(run, "mode", q) ?? (method == "memit" ? "batch" : "single")).ToLowerInvariant() switch
+                {
+                    "single" => EditMode.Single,
+                    "batch" => EditMode.Batch,
+                    _ => throw Error(q + "mode", "must be single or batch"),
+                };
                 var set = Strings(run, "set", q);
                 foreach (string s in set)
                     if (s.IndexOf('=') <= 0) throw Error(q + "set", $"\"{s}\": expected key=value");

@@ -154,7 +154,7 @@ public class StudySpecTests
         Assert.Equal(4, a.Editing!.Conditions.Count);
         Assert.Equal(["keys", "values"], a.Editing.Conditions.Where(c => c.Method == "ft").Select(c => c.Side));
         Assert.Equal("keys", a.Editing.Conditions.Single(c => c.Method == "keyrome").Side);
-        Assert.Equal("batch", a.Editing.Conditions.Single(c => c.Method == "memit").Mode);
+        Assert.Equal(KeyValueLab.Evaluation.EditMode.Batch, a.Editing.Conditions.Single(c => c.Method == "memit").Mode);
     }
 
     [Theory]
@@ -188,7 +188,7 @@ public class StudySpecTests
         Assert.Equal(["keys:up", "keys:gate", "values"], spec.Editing!.Conditions.Where(c => c.Method == "ft").Select(c => c.Side));
         Assert.Contains(spec.Editing.Conditions, c => c.Method == "rome");
         Assert.Contains(spec.Editing.Conditions, c => c.Method == "keyrome");
-        Assert.Contains(spec.Editing.Conditions, c => c.Method == "memit" && c.Mode == "batch");
+        Assert.Contains(spec.Editing.Conditions, c => c.Method == "memit" && c.Mode == KeyValueLab.Evaluation.EditMode.Batch);
         Assert.Equal(["q,v", "q,v,keys:up", "q,v,keys:gate", "q,v,values"], spec.Tuning!.Targets);
         Assert.True(spec.Tuning.FourBit);
         Assert.True(spec.Seeds.Count >= 2);
