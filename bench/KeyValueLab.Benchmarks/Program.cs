@@ -26,7 +26,7 @@ public static class Program
 {
     public static int Main(string[] args)
     {
-        TorchRuntime.EnsureLoaded();
+        TorchRuntime.EnsureLoaded(CachePaths.Root);
         string mode = args.Length > 0 ? args[0] : "runtime";
         if (mode == "bdn")
         {
@@ -170,7 +170,7 @@ public class ForwardBenchmarks
     [GlobalSetup]
     public void Setup()
     {
-        TorchRuntime.EnsureLoaded();
+        TorchRuntime.EnsureLoaded(CachePaths.Root);
         _model = ModelLoader.Create(RuntimeBenchmark.Gpt2SmallConfig, seed: 0);
         _model.Model.eval();
         _ids = randint(0, _model.Config.VocabSize, [RuntimeBenchmark.Batch, RuntimeBenchmark.Tokens], dtype: int64);

@@ -1,5 +1,3 @@
-using KeyValueLab.Native;
-
 namespace KeyValueLab.Cli;
 
 /// <summary>Process exit codes of <c>kvlab</c>.</summary>
@@ -24,7 +22,6 @@ internal static class CommandRunner
     {
         try
         {
-            TorchRuntime.EnsureLoaded();
             return body();
         }
         catch (InputException e)
@@ -36,11 +33,6 @@ internal static class CommandRunner
         {
             stderr.WriteLine($"kvlab: {e.Message}");
             return ExitCodes.Usage;
-        }
-        catch (TorchRuntimeException e)
-        {
-            stderr.WriteLine($"kvlab: {e.Message}");
-            return ExitCodes.Runtime;
         }
         catch (OperationCanceledException)
         {

@@ -1,12 +1,23 @@
 using System.CommandLine;
 using KeyValueLab.Cli.Commands;
+using KeyValueLab.Native;
 
 namespace KeyValueLab.Cli;
 
 /// <summary><c>kvlab</c>: thin commands over the KeyValueLab library.</summary>
 public static class Program
 {
-    public static int Main(string[] args) => Run(args, Console.Out, Console.Error);
+    public static int Main(string[] args)
+    {
+        // Before anything touches TorchSharp (KVLAB_NATIVE_PATCH=0 turns this off; see TorchRuntime).
+        try { TorchRuntime.EnsureLoaded(CachePaths.Root); }
+        catch (TorchRuntimeException e)
+        {
+            Console.Error.WriteLine($"kvlab: {e.Message}");
+            return ExitCodes.Runtime;
+        }
+        return Run(args, Console.Out, Console.Error);
+    }
 
     /// <summary>Parses and runs one command line; tests call this with their own writers.</summary>
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)

@@ -21,7 +21,7 @@ internal static class TestData
 
 #pragma warning disable CA2255
     [ModuleInitializer]
-    internal static void LoadTorch() => TorchRuntime.EnsureLoaded();
+    internal static void LoadTorch() => TorchRuntime.EnsureLoaded(CachePaths.Root);
 #pragma warning restore CA2255
 }
 

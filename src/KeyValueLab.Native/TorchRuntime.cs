@@ -1,4 +1,3 @@
-using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 
@@ -18,6 +17,15 @@ namespace KeyValueLab.Native;
 /// the library already makes from that version. We then load libtorch's own libraries and the copy
 /// by full path before TorchSharp's first call; the copy's SONAME is libLibTorchSharp.so, so
 /// TorchSharp's later loads by name bind to it. The NuGet cache is never modified.
+/// <para>
+/// Nothing runs this implicitly: a program calls <see cref="EnsureLoaded"/> before its first tensor (kvlab's <c>Main</c>,
+/// the tests' module initializer). <c>KVLAB_NATIVE_PATCH=0</c> turns it off.
+/// </para>
+/// <para>
+/// Delete this project (and its two calls) once a TorchSharp release ships a libLibTorchSharp.so that no longer
+/// needs GLIBCXX_3.4.32: check with <c>readelf -V libLibTorchSharp.so | grep GLIBCXX_3.4.32</c> on the new package.
+/// 0.107.0 is built with GCC 13, whose &lt;iostream&gt; adds the reference.
+/// </para>
 /// </remarks>
 public static class TorchRuntime
 {
@@ -38,28 +46,26 @@ public static class TorchRuntime
     /// <summary>Versions that the system libstdc++ lacked (empty when nothing had to be patched).</summary>
     public static IReadOnlyList<string> MissingVersions { get; private set; } = Array.Empty<string>();
 
-#pragma warning disable CA2255 // A library module initializer is intended: TorchSharp must not be touched before this runs.
-    [ModuleInitializer]
-    internal static void InitializeOnModuleLoad()
-#pragma warning restore CA2255
-    {
-        try { EnsureLoaded(); }
-        catch (Exception) { /* Kept in _failure; EnsureLoaded() rethrows it for whoever asks. */ }
-    }
+    /// <summary>The environment variable that turns the patch off when set to 0.</summary>
+    public const string Switch = "KVLAB_NATIVE_PATCH";
+
+    /// <summary>False when <c>KVLAB_NATIVE_PATCH=0</c>: then <see cref="EnsureLoaded"/> leaves TorchSharp to load as shipped.</summary>
+    public static bool Enabled => Environment.GetEnvironmentVariable(Switch) != "0";
 
     /// <summary>
-    /// Prepares and loads the native libraries once per process. Throws
-    /// <see cref="TorchRuntimeException"/> with a one-line reason when TorchSharp cannot be made to load.
+    /// Prepares and loads the native libraries once per process; a patched copy, when one is needed, is kept under
+    /// <c><paramref name="cacheRoot"/>/native/</c> (else under the temp folder). Throws <see cref="TorchRuntimeException"/>
+    /// with a one-line reason when TorchSharp cannot be made to load. Does nothing when <see cref="Enabled"/> is false.
     /// </summary>
-    public static void EnsureLoaded()
+    public static void EnsureLoaded(string cacheRoot)
     {
         lock (Gate)
         {
             if (_failure is not null) throw _failure;
-            if (_loaded) return;
+            if (_loaded || !Enabled) return;
             try
             {
-                if (OperatingSystem.IsLinux()) PrepareLinux();
+                if (OperatingSystem.IsLinux()) PrepareLinux(cacheRoot);
                 _loaded = true;
             }
             catch (Exception e)
@@ -70,7 +76,7 @@ public static class TorchRuntime
         }
     }
 
-    private static void PrepareLinux()
+    private static void PrepareLinux(string cacheRoot)
     {
         string torchSharp = FindNative("libLibTorchSharp.so")
             ?? throw new TorchRuntimeException("TorchSharp native runtime: libLibTorchSharp.so not found next to the application (is the libtorch-cpu package restored for this platform?)");
@@ -87,7 +93,7 @@ public static class TorchRuntime
 
         MissingVersions = missing.Select(v => v.Name).ToArray();
         byte[] patched = Patch(image, needs, missing, defined, stdcxx);
-        string copy = WriteCached(torchSharp, patched);
+        string copy = WriteCached(torchSharp, patched, cacheRoot);
 
         // libtorch's libraries first (by full path, so their own RUNPATH finds libgomp), then the copy:
         // its NEEDED entries are satisfied by SONAME from what is already loaded.
@@ -138,10 +144,10 @@ public static class TorchRuntime
         return image.Bytes;
     }
 
-    private static string WriteCached(string original, byte[] patched)
+    private static string WriteCached(string original, byte[] patched, string cacheRoot)
     {
         string hash = Convert.ToHexString(SHA256.HashData(patched))[..16].ToLowerInvariant();
-        foreach (string root in CacheRoots())
+        foreach (string root in new[] { cacheRoot, Path.Combine(Path.GetTempPath(), $"keyvaluelab-{Environment.UserName}") })
         {
             string dir = Path.Combine(root, "native", hash);
             string target = Path.Combine(dir, Path.GetFileName(original));
@@ -162,12 +168,6 @@ public static class TorchRuntime
             }
         }
         throw new TorchRuntimeException("TorchSharp native runtime: no writable cache folder for the patched libLibTorchSharp.so (tried the KeyValueLab cache folder and the temp folder)");
-    }
-
-    private static IEnumerable<string> CacheRoots()
-    {
-        yield return CachePaths.Root;
-        yield return Path.Combine(Path.GetTempPath(), $"keyvaluelab-{Environment.UserName}");
     }
 
     /// <summary>Finds a native library among the folders .NET itself probes for this application.</summary>
