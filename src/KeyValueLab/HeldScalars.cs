@@ -20,7 +20,15 @@ namespace KeyValueLab;
 /// On per-step paths we therefore pass only Scalars that are reachable for the whole native call: the static ones
 /// here (never freed), readonly fields of the object that uses them, or <c>using</c> locals (freed after the call),
 /// and add tensors with <see cref="Plus"/>. Code that runs once per command (loading, quantising, editing) keeps the
-/// plain operators.
+/// plain operators. The rule follows how often code runs, not its namespace: the editors' optimisation loops (FT, the
+/// ROME/Key-ROME/MEMIT target vectors) are per-step code too and use <c>AdamWOptimizer.Adam</c> instead of <c>optim.Adam</c>;
+/// <c>TemporaryScalarTests</c> reads the IL of all of it.
+/// </para>
+/// <para>
+/// The upstream fix that retires this rule (and its audit): dotnet/TorchSharp#1496, which includes #1434, makes TorchSharp's
+/// operators and methods dispose the Scalars they convert after the native call returns, so they stay alive while libtorch
+/// reads them. Both pull requests were open when this was written; once a TorchSharp release contains #1496, update the
+/// package and drop the held Scalars where they only serve this rule.
 /// </para>
 /// </remarks>
 internal static class HeldScalars

@@ -59,7 +59,8 @@ public sealed class FineTuneEditor : IKnowledgeEditor
         using var originals = new DisposableList(_hp.NormConstraint is null ? [] : weights.Select(w => w.detach().clone().DetachFromDisposeScope()));
         using var batch = new RewriteBatch(rows, [], padId);
         using var lastBatch = _hp.Objective == "prompt_last" ? new PromptLastBatch(rows, padId) : null;
-        using var adam = optim.Adam(weights, lr: _hp.Lr, weight_decay: _hp.WeightDecay);
+        using var adam = Tuning.AdamWOptimizer.Adam(weights, _hp.Lr, _hp.WeightDecay);  // held Scalars on this per-step path (see HeldScalars)
+        using Scalar below = (-(_hp.NormConstraint ?? 0)).ToScalar(), above = (_hp.NormConstraint ?? 0).ToScalar();
         int steps = 0;
         double loss = double.NaN;
         for (int step = 0; step < _hp.Steps; step++)
@@ -68,14 +69,14 @@ public sealed class FineTuneEditor : IKnowledgeEditor
             var objective = lastBatch is null ? batch.Nll(batch.Forward(model)) : lastBatch.Loss(model);
             loss = objective.item<float>();
             if (loss < _hp.EarlyStopLoss) break;
-            adam.zero_grad();
+            adam.ZeroGrad();
             objective.backward();
-            adam.step();
+            adam.Step();
             steps++;
-            if (_hp.NormConstraint is double eps)
+            if (_hp.NormConstraint is not null)
                 using (no_grad())
                     for (int i = 0; i < weights.Count; i++)
-                        weights[i].copy_(minimum(maximum(weights[i], originals[i] - eps), originals[i] + eps));
+                        weights[i].copy_(minimum(maximum(weights[i], originals[i].add(below, HeldScalars.One)), originals[i].add(above, HeldScalars.One)));
         }
         foreach (var w in weights) w.grad?.zero_();
         return new EditReport(steps, loss);

@@ -40,7 +40,8 @@ public static class TargetOptimizer
         var initials = new Tensor?[points.Count];
         var hooks = new List<IDisposable>();
         Tensor? klInit = null;
-        optim.Optimizer? adam = null;
+        Tuning.AdamWOptimizer? adam = null;  // held Scalars on this per-step path (see HeldScalars)
+        using Scalar klFactor = hp.KlFactor.ToScalar(), weightDecay = hp.VWeightDecay.ToScalar(), klRows = batch.KlRows.ToScalar();
         int steps = 0;
         double loss = double.NaN, nll = double.NaN;
         try
@@ -57,7 +58,7 @@ public static class TargetOptimizer
                         delta.DetachFromDisposeScope();
                         deltas[k] = delta;
                     }
-                    return output + batch.Lookup * deltas[k]!;
+                    return output.Plus(batch.Lookup * deltas[k]!);
                 }));
             }
             for (int step = 0; step < Math.Max(1, hp.VNumGradSteps); step++)
@@ -70,22 +71,22 @@ public static class TargetOptimizer
                 {
                     var current = batch.KlLogProbs(logits);
                     klInit ??= current.detach().clone().DetachFromDisposeScope();
-                    var kl = (current.exp() * (current - klInit)).sum() / batch.KlRows;   // KL(p_δ ‖ p_0), batch mean
-                    total = total + hp.KlFactor * kl;
+                    var kl = (current.exp() * (current - klInit)).sum().div(klRows);   // KL(p_δ ‖ p_0), batch mean
+                    total = total.Plus(kl.mul(klFactor));
                 }
                 for (int i = 0; i < points.Count; i++)
                 {
                     var v0 = initials[i]!;
-                    total = total + hp.VWeightDecay * (deltas[i]!.norm() / v0.norm().square());
+                    total = total.Plus((deltas[i]!.norm() / v0.norm().pow(HeldScalars.Two)).mul(weightDecay));
                 }
                 loss = total.item<float>();
                 nll = nllLoss.item<float>();
                 steps = step;
                 if (loss < hp.EarlyStopLoss || step == hp.VNumGradSteps - 1) break;
-                adam ??= optim.Adam(deltas.Select(d => d!), lr: hp.VLr);
-                adam.zero_grad();
+                adam ??= Tuning.AdamWOptimizer.Adam(deltas.Select(d => d!), hp.VLr);
+                adam.ZeroGrad();
                 total.backward();
-                adam.step();
+                adam.Step();
                 steps = step + 1;
                 using (no_grad())
                 {
@@ -93,7 +94,11 @@ public static class TargetOptimizer
                     {
                         double max = hp.ClampNormFactor * initials[i]!.norm().item<float>();
                         double norm = deltas[i]!.norm().item<float>();
-                        if (norm > max) deltas[i]!.mul_(max / norm);
+                        if (norm > max)
+                        {
+                            using Scalar shrink = (max / norm).ToScalar();
+                            deltas[i]!.mul_(shrink);
+                        }
                     }
                 }
             }

@@ -15,6 +15,7 @@ namespace KeyValueLab.Tuning;
 /// Written out rather than using TorchSharp's <c>optim.AdamW</c>, whose step makes temporary Scalars that can be freed while
 /// libtorch reads them (see <see cref="HeldScalars"/>): here every Scalar is a field or a <c>using</c> local.
 /// State (<c>exp_avg</c>, <c>exp_avg_sq</c>, step per parameter) is allocated up front and saved as safetensors.
+/// <see cref="Adam"/> makes its twin with <c>torch.optim.Adam</c>'s coupled weight decay (g ← g + λp), for the editors.
 /// </remarks>
 public sealed class AdamWOptimizer : IDisposable
 {
@@ -22,9 +23,15 @@ public sealed class AdamWOptimizer : IDisposable
     private readonly Tensor[] _expAvg, _expAvgSq;
     private readonly long[] _steps;
     private readonly double _beta1, _beta2, _eps;
-    private readonly Scalar _beta1Scalar, _oneMinusBeta1, _beta2Scalar, _oneMinusBeta2, _epsScalar;
+    private readonly Scalar _beta1Scalar, _oneMinusBeta1, _beta2Scalar, _oneMinusBeta2, _epsScalar, _weightDecayScalar;
+    private readonly bool _decoupled;
 
     public AdamWOptimizer(IEnumerable<Parameter> parameters, double lr = 1e-3, double beta1 = 0.9, double beta2 = 0.999, double eps = 1e-8, double weightDecay = 0)
+        : this(parameters, lr, beta1, beta2, eps, weightDecay, decoupled: true)
+    {
+    }
+
+    private AdamWOptimizer(IEnumerable<Parameter> parameters, double lr, double beta1, double beta2, double eps, double weightDecay, bool decoupled)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(lr);
         ArgumentOutOfRangeException.ThrowIfNegative(eps);
@@ -44,7 +51,16 @@ public sealed class AdamWOptimizer : IDisposable
         _beta2Scalar = beta2.ToScalar();
         _oneMinusBeta2 = (1 - beta2).ToScalar();
         _epsScalar = eps.ToScalar();
+        _weightDecayScalar = weightDecay.ToScalar();
+        _decoupled = decoupled;
     }
+
+    /// <summary>
+    /// Adam exactly as <c>torch.optim.Adam</c> (single-tensor path, no amsgrad): the L2 term λp is added to the gradient
+    /// before the moments, instead of AdamW's decoupled decay; otherwise the same held-Scalar step.
+    /// </summary>
+    public static AdamWOptimizer Adam(IEnumerable<Parameter> parameters, double lr = 1e-3, double weightDecay = 0) =>
+        new(parameters, lr, 0.9, 0.999, 1e-8, weightDecay, decoupled: false);
 
     /// <summary>Learning rate of the next <see cref="Step"/> (schedules set it before each step).</summary>
     public double LearningRate { get; set; }
@@ -85,9 +101,10 @@ public sealed class AdamWOptimizer : IDisposable
             if (grad is null) continue;
             using var scope = NewDisposeScope();
             long t = ++_steps[i];
-            if (WeightDecay != 0) param.mul_(decay);
-            _expAvg[i].mul_(_beta1Scalar).add_(grad, _oneMinusBeta1);
-            _expAvgSq[i].mul_(_beta2Scalar).addcmul_(grad, grad, _oneMinusBeta2);
+            if (WeightDecay != 0 && _decoupled) param.mul_(decay);
+            var g = WeightDecay != 0 && !_decoupled ? grad.add(param, _weightDecayScalar) : grad;
+            _expAvg[i].mul_(_beta1Scalar).add_(g, _oneMinusBeta1);
+            _expAvgSq[i].mul_(_beta2Scalar).addcmul_(g, g, _oneMinusBeta2);
             double biasCorrection1 = 1 - Math.Pow(_beta1, t), biasCorrection2 = 1 - Math.Pow(_beta2, t);
             using Scalar sqrtBiasCorrection2 = Math.Sqrt(biasCorrection2).ToScalar();
             using Scalar negativeStepSize = (-lr / biasCorrection1).ToScalar();
@@ -175,6 +192,7 @@ public sealed class AdamWOptimizer : IDisposable
         _beta2Scalar.Dispose();
         _oneMinusBeta2.Dispose();
         _epsScalar.Dispose();
+        _weightDecayScalar.Dispose();
     }
 }
 
