@@ -19,7 +19,7 @@ namespace KeyValueLab;
 /// <para>
 /// On per-step paths we therefore pass only Scalars that are reachable for the whole native call: the static ones
 /// here (never freed), readonly fields of the object that uses them, or <c>using</c> locals (freed after the call),
-/// and add tensors with <see cref="Plus"/>. Code that runs once per command (loading, quantising, editing) keeps the
+/// and add tensors with <see cref="Plus"/>. Code that runs once per command or per edit (loading, quantising, a closed-form update) keeps the
 /// plain operators. The rule follows how often code runs, not its namespace: the editors' optimisation loops (FT, the
 /// ROME/Key-ROME/MEMIT target vectors) are per-step code too and use <c>AdamWOptimizer.Adam</c> instead of <c>optim.Adam</c>;
 /// <c>TemporaryScalarTests</c> reads the IL of all of it.
