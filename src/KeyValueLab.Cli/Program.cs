@@ -19,8 +19,8 @@ public static class Program
         return Run(args, Console.Out, Console.Error);
     }
 
-    /// <summary>Parses and runs one command line; tests call this with their own writers.</summary>
-    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    /// <summary>Every command of kvlab, writing to <paramref name="stdout"/> and <paramref name="stderr"/>.</summary>
+    internal static RootCommand Root(TextWriter stdout, TextWriter stderr)
     {
         var root = new RootCommand("KeyValueLab: study and change what transformer language models know by updating the keys or the values of their feed-forward layers.");
         root.Subcommands.Add(GenerateCommand.Create(stdout, stderr));
@@ -32,7 +32,13 @@ public static class Program
         root.Subcommands.Add(TuneEvalCommand.Create(stdout, stderr));
         root.Subcommands.Add(StudyCommand.Create(stdout, stderr));
         root.Subcommands.Add(ReportCommand.Create(stdout, stderr));
+        return root;
+    }
 
+    /// <summary>Parses and runs one command line; tests call this with their own writers.</summary>
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        var root = Root(stdout, stderr);
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {

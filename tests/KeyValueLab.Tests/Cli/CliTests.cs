@@ -79,14 +79,46 @@ public class GenerateCliTests
         Assert.All(memories, m => Assert.Equal(3, m!["PromotedTokens"]!.AsArray().Count));
     }
 
+    /// <summary>Every command and subcommand kvlab has (walked from the root), as the words typed to reach it.</summary>
+    public static TheoryData<string> Commands()
+    {
+        var data = new TheoryData<string>();
+        void Walk(System.CommandLine.Command c, string path)
+        {
+            foreach (var sub in c.Subcommands)
+            {
+                string name = (path + " " + sub.Name).Trim();
+                data.Add(name);
+                Walk(sub, name);
+            }
+        }
+        Walk(Program.Root(TextWriter.Null, TextWriter.Null), "");
+        return data;
+    }
+
+    [Fact]
+    public void TheNineCommandsAreThere() =>
+        Assert.Equal(["edit", "edit-eval", "generate", "inspect", "organism", "report", "study", "tune", "tune-eval"],
+            Program.Root(TextWriter.Null, TextWriter.Null).Subcommands.Select(c => c.Name).Order(StringComparer.Ordinal));
+
     [Theory]
-    [InlineData("generate")]
-    [InlineData("inspect")]
+    [MemberData(nameof(Commands))]
     public void EveryCommandHasHelp(string command)
     {
-        var (code, stdout, _) = Kvlab.Run(command, "--help");
-        Assert.Equal(0, code);
-        Assert.Contains("--model", stdout);
+        // The help names the command's purpose and every option and argument, each with its description.
+        System.CommandLine.Command found = Program.Root(TextWriter.Null, TextWriter.Null);
+        foreach (string word in command.Split(' ')) found = found.Subcommands.Single(c => c.Name == word);
+        var (code, stdout, stderr) = Kvlab.Run([.. command.Split(' '), "--help"]);
+        Assert.True(code == 0, stderr);
+        Assert.Contains(found.Description!, System.Text.RegularExpressions.Regex.Replace(stdout, @"\s+", " "));
+        foreach (var option in found.Options.Where(o => !o.Hidden))
+        {
+            Assert.Contains(option.Name, stdout);
+            Assert.False(string.IsNullOrWhiteSpace(option.Description), $"{command} {option.Name} has no description");
+            Assert.Contains(option.Description!.Split(' ')[0], stdout);
+        }
+        foreach (var argument in found.Arguments) Assert.Contains(argument.Name, stdout);
+        foreach (var sub in found.Subcommands) Assert.Contains(sub.Name, stdout);
     }
 
     [Fact]
@@ -195,7 +227,21 @@ public class BadInputCliTests
     }
 
     [Fact]
-    public void ThereAreAtLeastFifteenDistinctCases() => Assert.True(BreakerTable.Count >= 15);
+    public void FifteenOrMoreBrokenInputsGetFifteenOrMoreDistinctMessages()
+    {
+        // Each broken input is reported in its own words (not one catch-all line): the messages, with the temporary folder
+        // blanked out, are as many as the cases.
+        var messages = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var (name, make) in BreakerTable)
+        {
+            using var dir = new TempDir();
+            var (model, tokenizer, _, _) = make(dir);
+            var (code, _, stderr) = Kvlab.Run("generate", "--model", model, "--tokenizer", tokenizer, "--steps", "4", "-t", "0");
+            Assert.True(code == 2, $"{name}: exit {code}");
+            messages.Add(stderr.Trim().Replace(dir.Path, "DIR"));
+        }
+        Assert.True(messages.Count >= 15 && messages.Count == BreakerTable.Count, $"{messages.Count} distinct messages for {BreakerTable.Count} cases:\n{string.Join("\n", messages)}");
+    }
 
     private static Dictionary<string, string> Snapshot(string folder) =>
         Directory.GetFiles(folder, "*", SearchOption.AllDirectories)

@@ -7,7 +7,7 @@ using KeyValueLab.Tokenization;
 
 namespace KeyValueLab.Tests.Editing;
 
-/// <summary>Every editor on the real stories260K model: the edit makes the new object more likely than the old one, and only the scoped matrices change.</summary>
+/// <summary>Every editor on the real stories260K model: the new object wins on the rewrite prompt (ES, rank 1), and only the scoped matrices change.</summary>
 public sealed class EditorTests : IClassFixture<EditorTests.Stories>
 {
     public sealed class Stories : IDisposable
@@ -35,8 +35,23 @@ public sealed class EditorTests : IClassFixture<EditorTests.Stories>
         return (s[0].Loss, s[1].Loss);
     }
 
-    /// <param name="mustWin">False: only require that the new object became more likely. ROME and Key-ROME on this 64-wide, 172-memory model spill the edit onto the prompt's later tokens (the rank-one update is exact at the subject, see RankOneUpdateMapsTheSubjectKeyExactlyToTheTarget).</param>
-    private void CheckEdit(IKnowledgeEditor editor, bool mustWin = true)
+    /// <summary>Rank (1 = likeliest) of the new object's first token after the rewrite prompt.</summary>
+    private int NewObjectRank()
+    {
+        var model = _f.Loaded.Model;
+        var row = EditPrompts.Build(model, _f.Tokenizer, Request.Prompt, Request.Subject, Request.TargetNew);
+        using var scope = TorchSharp.torch.NewDisposeScope();
+        using var noGrad = TorchSharp.torch.no_grad();
+        var logits = model.Forward(TorchSharp.torch.tensor(row.PromptIds.Select(i => (long)i).ToArray(), [1, row.PromptIds.Length]))[0, -1];
+        return (int)logits.gt(logits[row.TargetIds[0]]).sum().item<long>() + 1;
+    }
+
+    /// <summary>
+    /// The edit's actual target: before, the model prefers the true object; after, the new object wins on the rewrite prompt
+    /// (L(new) &lt; L(true), ROME's ES) and its first token is the likeliest next token; only the scoped matrices changed.
+    /// </summary>
+    /// <param name="firstTokenTop">False for FT's prompt_last objective, which spreads the target's tokens over the last prompt position.</param>
+    private void CheckEdit(IKnowledgeEditor editor, bool firstTokenTop = true)
     {
         var model = _f.Loaded.Model;
         string before = ParameterHash.Sha256(model);
@@ -49,10 +64,11 @@ public sealed class EditorTests : IClassFixture<EditorTests.Stories>
             editor.Prepare(model, _f.Tokenizer);
             var pre = Losses();
             Assert.True(pre.True < pre.New, $"pre-edit the model should prefer the true object: {pre}");
+            Assert.NotEqual(1, NewObjectRank());
             var report = editor.Apply(model, _f.Tokenizer, [Request]);
             var post = Losses();
-            if (!mustWin) Assert.True(post.New < pre.New, $"{editor.Method}: L(new) {pre.New:F3} → {post.New:F3}");
-            else Assert.True(post.New < post.True, $"{editor.Method} {editor.Scope.Side}: post-edit L(new)={post.New:F3} should be below L(true)={post.True:F3} (report {report})");
+            Assert.True(post.New < post.True, $"{editor.Method} {editor.Scope.Side}: post-edit L(new)={post.New:F3} should be below L(true)={post.True:F3} (report {report})");
+            if (firstTokenTop) Assert.Equal(1, NewObjectRank());
             Assert.Equal(othersBefore, ParameterHash.Sha256(model, others));
             Assert.True(EditRun.Changed(model, snapshot) > 0);
         }
@@ -74,7 +90,7 @@ public sealed class EditorTests : IClassFixture<EditorTests.Stories>
     public void FineTuningMakesTheNewObjectWin(string side, string? kinds, string objective)
     {
         var hp = new FtHyperparameters { Layers = [2], Side = side, KeyKinds = kinds, Steps = 25, Lr = 5e-3, Objective = objective };
-        CheckEdit(new FineTuneEditor(hp));
+        CheckEdit(new FineTuneEditor(hp), firstTokenTop: objective != "prompt_last");
     }
 
     [Fact]
@@ -95,12 +111,17 @@ public sealed class EditorTests : IClassFixture<EditorTests.Stories>
         Assert.InRange(maxDiff, 1e-4f, 1e-3f + 1e-6f);
     }
 
+    /// <summary>
+    /// ROME and Key-ROME key the edit on the prompt's last token here, as the study does on small models: keyed on the subject
+    /// ("Lily", position 1) this 64-wide, 172-memory model spills the edit onto the later tokens and the true object keeps
+    /// winning, although the rank-one update is exact at the subject (RankOneUpdateMapsTheSubjectKeyExactlyToTheTarget).
+    /// </summary>
     [Fact]
-    public void RomeMakesTheNewObjectMoreLikely()
+    public void RomeMakesTheNewObjectWin()
     {
-        var hp = SmallLocate("ROME");
+        var hp = SmallLocate("ROME") with { FactToken = "last" };
         using var editor = new RomeEditor(hp, 2, Stats(hp));
-        CheckEdit(editor, mustWin: false);
+        CheckEdit(editor);
     }
 
     [Theory]
@@ -134,11 +155,12 @@ public sealed class EditorTests : IClassFixture<EditorTests.Stories>
 
     [Theory]
     [InlineData("up")]
-    public void KeyRomeMakesTheNewObjectMoreLikely(string kinds)
+    [InlineData("both")]
+    public void KeyRomeMakesTheNewObjectWin(string kinds)
     {
-        var hp = SmallLocate("KeyROME");
+        var hp = SmallLocate("KeyROME") with { FactToken = "last" };
         using var editor = new KeyRomeEditor(hp, 2, EditScope.ParseKeyKinds(kinds), Stats(hp));
-        CheckEdit(editor, mustWin: false);
+        CheckEdit(editor);
     }
 
     [Fact]

@@ -23,6 +23,11 @@ public class EditCliTests
         Assert.True(code == 0, err);
         Assert.Contains("FT keys(gate+up) L2", output);
         foreach (string label in new[] { "[rewrite]", "[paraphrase]", "[neighbour]", "before:", "after:", "P(moon)" }) Assert.Contains(label, output);
+        // The edit's target on the rewrite prompt: before, "park" beats "moon"; after, "moon" wins (ES) with most of the mass.
+        var m = System.Text.RegularExpressions.Regex.Match(output, @"\[rewrite\][^\[]*P\(moon\) ([0-9.]+) → ([0-9.]+)   P\(park\) ([0-9.]+) → ([0-9.]+)");
+        Assert.True(m.Success, output);
+        double[] p = [.. m.Groups.Values.Skip(1).Select(g => double.Parse(g.Value, System.Globalization.CultureInfo.InvariantCulture))];
+        Assert.True(p[0] < p[2] && p[1] > p[3] && p[1] > 0.5, $"P(moon) {p[0]} → {p[1]}, P(park) {p[2]} → {p[3]}");
     }
 
     [Fact]

@@ -325,7 +325,7 @@ public class ResultsStoreTests
     }
 }
 
-public class StudyRunTests
+public class StudyRunTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     [Fact]
     public void FixtureStudyRunsEndToEndAndAReRunDoesNothing()
@@ -373,10 +373,14 @@ public class StudyRunTests
         Assert.Contains(numbers.Keys, k => k.StartsWith("edit/ft/keys:gate/L2/s3/", StringComparison.Ordinal));
         Assert.Contains("tune/+values/s3", numbers.Keys);
 
-        // SIGKILL a real kvlab process once at least 2 units are stored (at a random moment after that), then stop
+        // SIGKILL a real kvlab process once at least 2 units are stored (at a seeded moment after that), then stop
         // in-process inside the MEMIT batch's group (after 10 units), then finish.
         string resumed = dir.File("resumed");
-        KillWhenStored(file, resumed, 2, new Random().Next(0, 400));
+        // The kill's delay comes from a seed, printed so a failing run can be replayed with KVLAB_TEST_SEED=<seed>.
+        int seed = int.TryParse(Environment.GetEnvironmentVariable("KVLAB_TEST_SEED"), out int given) ? given : Random.Shared.Next();
+        int delayMs = new Random(seed).Next(0, 400);
+        output.WriteLine($"kill seed {seed}: SIGKILL {delayMs} ms after 2 units are stored");
+        KillWhenStored(file, resumed, 2, delayMs);
         using var cancel = new CancellationTokenSource();
         var progress = new Inline(p => { if (p.Task == "study" && p.Done >= 10) cancel.Cancel(); });
         Assert.ThrowsAny<OperationCanceledException>(() => new StudyRunner(plan, resumed, Shard.All, progress: progress).Run(cancel.Token));
