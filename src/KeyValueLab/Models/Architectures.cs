@@ -15,10 +15,11 @@ public static class Architectures
             [Qwen2.ModelType] = (Qwen2.ParseConfig, Qwen2.Build),
             [Mistral.ModelType] = (Mistral.ParseConfig, Mistral.Build),
             [Gemma.ModelType] = (Gemma.ParseConfig, Gemma.Build),
+            [GptNeox.ModelType] = (GptNeox.ParseConfig, (c, d) => new GptNeox(c, d)),
         };
 
     /// <summary>The model types this build can run.</summary>
-    public static IReadOnlyList<string> Supported { get; } = [Gpt2.ModelType, Gptj.ModelType, Llama.ModelType, Qwen2.ModelType, Mistral.ModelType, Gemma.ModelType];
+    public static IReadOnlyList<string> Supported { get; } = [Gpt2.ModelType, Gptj.ModelType, Llama.ModelType, Qwen2.ModelType, Mistral.ModelType, Gemma.ModelType, GptNeox.ModelType];
 
     /// <summary>
     /// Parses a <c>config.json</c> object; <paramref name="source"/> names the file in errors.
