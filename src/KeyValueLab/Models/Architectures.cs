@@ -16,10 +16,11 @@ public static class Architectures
             [Mistral.ModelType] = (Mistral.ParseConfig, Mistral.Build),
             [Gemma.ModelType] = (Gemma.ParseConfig, Gemma.Build),
             [GptNeox.ModelType] = (GptNeox.ParseConfig, (c, d) => new GptNeox(c, d)),
+            [Phi3.ModelType] = (Phi3.ParseConfig, (c, d) => new Phi3(c, d)),
         };
 
     /// <summary>The model types this build can run.</summary>
-    public static IReadOnlyList<string> Supported { get; } = [Gpt2.ModelType, Gptj.ModelType, Llama.ModelType, Qwen2.ModelType, Mistral.ModelType, Gemma.ModelType, GptNeox.ModelType];
+    public static IReadOnlyList<string> Supported { get; } = [Gpt2.ModelType, Gptj.ModelType, Llama.ModelType, Qwen2.ModelType, Mistral.ModelType, Gemma.ModelType, GptNeox.ModelType, Phi3.ModelType];
 
     /// <summary>
     /// Parses a <c>config.json</c> object; <paramref name="source"/> names the file in errors.
