@@ -14,7 +14,7 @@ internal sealed record ReferenceLogits(long[] InputIds, float[] Logits, int Voca
 
     /// <summary>The batch fixtures: two sequences of 7 tokens each, logits [2, 7, 1000].</summary>
     public static readonly string[] BatchFixtures =
-        ["tiny_qwen2", "tiny_mistral", "tiny_mistral_bf16", "tiny_gemma", "tiny_phi3", "tiny_gpt_neox", "tiny_gpt_neox_sequential"];
+        ["tiny_qwen2", "tiny_mistral", "tiny_mistral_bf16", "tiny_gemma", "tiny_gemma2", "tiny_phi3", "tiny_gpt_neox", "tiny_gpt_neox_sequential"];
 
     /// <summary>Every fixture folder with its reference (stories260K_hf uses llama2.c run.c's logits).</summary>
     public static readonly string[] Fixtures =
