@@ -22,35 +22,38 @@ namespace KeyValueLab.Models;
 public sealed class FusedLinear : nn.Module<Tensor, Tensor>
 {
     [ComponentName(Name = "weight")] private readonly Parameter _weight;
-    private readonly IReadOnlyList<Linear> _parts;  // not registered: views of _weight's rows
+    private readonly IReadOnlyList<(string Name, Linear Module)> _parts;  // not registered: views of _weight's rows
 
-    /// <summary>A fused layer <c>[sum(rows), inFeatures]</c> with parts of <paramref name="rows"/> rows each, in order.</summary>
-    public FusedLinear(long inFeatures, IReadOnlyList<long> rows, Device? device) : base("fused")
+    /// <summary>A fused layer <c>[sum(rows), inFeatures]</c> with named parts of the given rows each, in order.</summary>
+    public FusedLinear(long inFeatures, IReadOnlyList<(string Name, long Rows)> parts, Device? device) : base("fused")
     {
-        _weight = new Parameter(zeros(rows.Sum(), inFeatures, ScalarType.Float32, device));
-        var parts = new List<Linear>();
+        _weight = new Parameter(zeros(parts.Sum(p => p.Rows), inFeatures, ScalarType.Float32, device));
+        var list = new List<(string, Linear)>();
         long offset = 0;
-        foreach (long n in rows)
+        foreach (var (name, n) in parts)
         {
-            parts.Add(nn.Linear(new Parameter(_weight.detach().narrow(0, offset, n), requires_grad: false), null));
+            list.Add((name, nn.Linear(new Parameter(_weight.detach().narrow(0, offset, n), requires_grad: false), null)));
             offset += n;
         }
-        _parts = parts;
+        _parts = list;
         RegisterComponents();
     }
 
     public Parameter weight => _weight;
 
-    /// <summary>Part <paramref name="index"/>: a linear whose weight is rows of <see cref="weight"/>.</summary>
-    public Linear Part(int index) => _parts[index];
+    /// <summary>The parts by name (Phi-3: <c>gate</c>, <c>up</c>), each a linear whose weight is rows of <see cref="weight"/>.</summary>
+    public IReadOnlyList<(string Name, Linear Module)> Parts => _parts;
+
+    /// <summary>Part <paramref name="index"/>.</summary>
+    public Linear Part(int index) => _parts[index].Module;
 
     /// <summary>x·Wᵀ, as the parts' outputs side by side <c>[..., sum(rows)]</c>.</summary>
-    public override Tensor forward(Tensor x) => cat([.. _parts.Select(p => p.call(x))], dim: -1);
+    public override Tensor forward(Tensor x) => cat([.. _parts.Select(p => p.Module.call(x))], dim: -1);
 
     protected override void Dispose(bool disposing)
     {
         if (disposing)
-            foreach (var part in _parts) part.Dispose();
+            foreach (var (_, part) in _parts) part.Dispose();
         base.Dispose(disposing);
     }
 }

@@ -58,7 +58,7 @@ public sealed class Phi3Mlp : nn.Module<Tensor, Tensor>
     public Phi3Mlp(ModelConfig config, Phi3Options options, Device? device) : base("mlp")
     {
         long inner = config.IntermediateSize;
-        _gateUpProj = new FusedLinear(config.HiddenSize, [inner, inner], device);
+        _gateUpProj = new FusedLinear(config.HiddenSize, [("gate", inner), ("up", inner)], device);
         _downProj = Layers.Linear(inner, config.HiddenSize, hasBias: false, device);
         _act = options.Activation;
         RegisterComponents();

@@ -5,6 +5,7 @@ using KeyValueLab.Memory;
 using KeyValueLab.Models;
 using KeyValueLab.Tests.Editing;
 using KeyValueLab.Tests.Inference;
+using KeyValueLab.Tuning;
 using static TorchSharp.torch;
 
 namespace KeyValueLab.Tests.Models;
@@ -112,6 +113,34 @@ public sealed class ArchitectureEditingTests
             snapshot.Restore(model);
             Assert.Equal(before, ParameterHash.Sha256(model));
         }
+    }
+
+    /// <summary>A LoRA adapter on Phi-3's up half alone, merged, moves only the up rows of gate_up_proj; "keys" adapts both halves.</summary>
+    [Theory]
+    [InlineData("keys:up", 1)]
+    [InlineData("keys:gate", 0)]
+    [InlineData("keys", -1)]
+    public void LoraOnOnePhi3HalfChangesOnlyItsRows(string targets, int half)
+    {
+        using var loaded = ModelLoader.Load(TestData.Path("fixtures/tiny_phi3"));
+        var model = loaded.Model;
+        long m = model.Config.IntermediateSize;
+        var fused = model.named_parameters().Single(p => p.name == "model.layers.0.mlp.gate_up_proj.weight").parameter;
+        using var scope = NewDisposeScope();
+        var before = fused.detach().clone();
+        using var lora = LoraModel.Attach(model, new LoraConfig { TargetModules = LoraConfig.ResolveTargets(targets, Phi3.ModelType) }, seed: 1);
+        Assert.Equal(half < 0 ? 4 : 2, lora.Layers.Count);  // per layer: the chosen halves
+        using (no_grad())
+            foreach (var l in lora.Layers) l.B.normal_(0, 0.05);
+        lora.Merge();
+        var rowChanged = fused.detach().ne(before).any(1);  // [2m]
+        for (int h = 0; h < 2; h++)
+        {
+            bool edited = half < 0 || h == half;
+            Assert.Equal(edited, rowChanged.narrow(0, h * m, m).any().item<bool>());
+            if (edited) Assert.True(rowChanged.narrow(0, h * m, m).all().item<bool>());
+        }
+        lora.Unmerge();
     }
 
     /// <summary>FT on Phi-3's up half alone moves only the up rows of the stored gate_up_proj; the gate rows keep their bits.</summary>
