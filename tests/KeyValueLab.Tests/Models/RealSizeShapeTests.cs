@@ -264,6 +264,30 @@ public class RealSizeShapeTests
         Assert.Equal(name.StartsWith("gpt", StringComparison.Ordinal) || name.StartsWith("pythia", StringComparison.Ordinal) ? 1 : 2, memory.KeyKinds.Count);
     }
 
+    /// <summary>
+    /// The hparams shipped for the new architectures name layers that exist in the published model each file is
+    /// for (docs/models.md), and the files with published layers (EasyEdit's Qwen2.5-7B and Mistral-7B) carry them.
+    /// </summary>
+    [Theory]
+    [InlineData("qwen2.5-7b", 5, 27)]
+    [InlineData("mistral-7b-v0.1", 5, 21)]
+    [InlineData("gemma-2-9b", null, null)]
+    [InlineData("phi-3-mini-4k", null, null)]
+    [InlineData("pythia-6.9b", null, null)]
+    public void ShippedEditingLayersFitThePublishedModel(string name, int? publishedRome, int? publishedFt)
+    {
+        var config = Config(Published.Single(row => (string)row[0] == name)[1].ToString()!);
+        string family = config.ModelType;
+        var rome = KeyValueLab.Editing.HyperparameterFiles.Load<KeyValueLab.Editing.LocateEditHyperparameters>(null, "ROME", family);
+        var ft = KeyValueLab.Editing.HyperparameterFiles.Load<KeyValueLab.Editing.FtHyperparameters>(null, "FT", family);
+        var layers = new[] { "ROME", "KeyROME", "MEMIT" }
+            .SelectMany(m => KeyValueLab.Editing.HyperparameterFiles.Load<KeyValueLab.Editing.LocateEditHyperparameters>(null, m, family).Layers)
+            .Concat(new[] { "FT", "FT-L" }.SelectMany(m => KeyValueLab.Editing.HyperparameterFiles.Load<KeyValueLab.Editing.FtHyperparameters>(null, m, family).Layers));
+        Assert.All(layers, l => Assert.InRange(l, 0, config.NumLayers - 1));
+        if (publishedRome is int r) Assert.Equal([r], rome.Layers);
+        if (publishedFt is int f) Assert.Equal([f], ft.Layers);
+    }
+
     /// <summary>The original uploads name tensors differently (gpt2: no "transformer." prefix; buffers such as attn.bias); they still match.</summary>
     [Theory]
     [MemberData(nameof(Published))]
