@@ -52,6 +52,40 @@ public class FixtureLogitsTests(ITestOutputHelper output)
 
     public static TheoryData<string> BatchFixtures => new(ReferenceLogits.BatchFixtures);
 
+    /// <summary>
+    /// The features these fixtures exist for matter: switched off in config.json, the logits leave the reference
+    /// from position <paramref name="from"/> on (by more than 1e-2), and agree with it before. A window of 4
+    /// changes nothing until position 4; rotary and attention soft-capping nothing at position 0.
+    /// </summary>
+    [Theory]
+    [InlineData("tiny_mistral", "sliding_window", "null", 4)]
+    [InlineData("tiny_gemma2", "sliding_window", "null", 4)]
+    [InlineData("tiny_gemma2", "attn_logit_softcapping", "null", 1)]
+    [InlineData("tiny_gemma2", "final_logit_softcapping", "null", 0)]
+    [InlineData("tiny_gemma2", "query_pre_attn_scalar", "16", 1)]
+    [InlineData("tiny_gpt_neox", "use_parallel_residual", "false", 0)]
+    [InlineData("tiny_gpt_neox", "rotary_pct", "1.0", 1)]
+    [InlineData("tiny_phi3", "sliding_window", "2", 2)]
+    public void SwitchingTheFeatureOffLeavesTheReference(string fixture, string field, string value, int from)
+    {
+        var reference = ReferenceLogits.For(fixture);
+        using var dir = new TempDir();
+        foreach (var file in Directory.GetFiles(TestData.Path("fixtures/" + fixture)))
+            File.Copy(file, dir.File(Path.GetFileName(file)));
+        var config = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(dir.File("config.json")))!.AsObject();
+        config[field] = System.Text.Json.Nodes.JsonNode.Parse(value);
+        File.WriteAllText(dir.File("config.json"), config.ToJsonString());
+        using var loaded = ModelLoader.Load(dir.Path);
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var diffs = reference.MaxDiffPerPosition(loaded.Model.Forward(reference.InputTensor()));
+        output.WriteLine($"{fixture} {field}={value}: maxdiff per position {string.Join(" ", diffs.Select(d => d.ToString("0.0e0")))}");
+        var before = diffs.Where((_, i) => i % reference.Positions < from);
+        var after = diffs.Where((_, i) => i % reference.Positions >= from);
+        Assert.All(before, d => Assert.True(d <= Tolerance, $"before position {from}: maxdiff {d:g3}"));
+        Assert.True(after.Max() > 1e-2, $"{field}={value} changed nothing from position {from} on");
+    }
+
     [Fact]
     public void Llama2cBinGivesRunCLogits()
     {
