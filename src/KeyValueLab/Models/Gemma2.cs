@@ -62,7 +62,7 @@ public sealed class Gemma2Model : nn.Module<Tensor, AttentionContext, Tensor>
         _embedTokens = new TokenEmbedding(config.VocabSize, config.HiddenSize, device);
         _layers = nn.ModuleList(Enumerable.Range(0, config.NumLayers).Select(i => new Gemma2DecoderLayer(i, config, options, device)).ToArray());
         _norm = new LlamaRmsNorm(config.HiddenSize, options.RmsNormEps, device, plusOne: true);
-        _embedScale = LlamaModel.EmbeddingScale(config.HiddenSize);
+        _embedScale = LlamaModel.EmbeddingScale(config.HiddenSize).ToScalar();
         RegisterComponents();
     }
 

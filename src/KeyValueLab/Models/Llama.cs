@@ -180,7 +180,7 @@ public sealed class LlamaModel : nn.Module<Tensor, AttentionContext, Tensor>
         _embedTokens = new TokenEmbedding(config.VocabSize, config.HiddenSize, device);
         _layers = nn.ModuleList(Enumerable.Range(0, config.NumLayers).Select(i => new LlamaDecoderLayer(i, config, options, device)).ToArray());
         _norm = new LlamaRmsNorm(config.HiddenSize, options.RmsNormEps, device, options.NormPlusOne);
-        if (options.ScaleEmbeddings) _embedScale = EmbeddingScale(config.HiddenSize);
+        if (options.ScaleEmbeddings) _embedScale = EmbeddingScale(config.HiddenSize).ToScalar();
         RegisterComponents();
     }
 
@@ -188,7 +188,7 @@ public sealed class LlamaModel : nn.Module<Tensor, AttentionContext, Tensor>
     /// Gemma's embedding normaliser √hidden, rounded to float32 as transformers does
     /// (<c>torch.tensor(hidden_size**0.5, dtype=hidden_states.dtype)</c>: 5.656854 for 32, not bf16's 5.65625).
     /// </summary>
-    internal static Scalar EmbeddingScale(int hidden) => ((float)Math.Sqrt(hidden)).ToScalar();
+    internal static float EmbeddingScale(int hidden) => (float)Math.Sqrt(hidden);
 
     public TokenEmbedding EmbedTokens => _embedTokens;
     public ModuleList<LlamaDecoderLayer> Layers => _layers;
