@@ -7,11 +7,11 @@ namespace KeyValueLab.Inference;
 public static class PromptEncoding
 {
     /// <summary>
-    /// Whether a model expects BOS before a prompt: Llama-family models were trained with it
-    /// (SentencePiece adds it, so do llama2.c and Hugging Face), GPT-2 and GPT-J were not.
+    /// Whether a model expects BOS before a prompt, as its architecture's tokenizer adds by default
+    /// (<see cref="Architecture.PromptBos"/>): Llama, Mistral and Gemma were trained with it (SentencePiece adds it,
+    /// so do llama2.c and Hugging Face); GPT-2, GPT-J, GPT-NeoX, Qwen2 and Phi-3 were not.
     /// </summary>
-    public static bool UsesBos(CausalLM model) =>
-        model.Config.ModelType is "llama" or "mistral" or "qwen2" or "gemma";
+    public static bool UsesBos(CausalLM model) => Architectures.Of(model.Config.ModelType).PromptBos;
 
     /// <summary>
     /// Ids of <paramref name="prompt"/>, with BOS first when <paramref name="addBos"/> (default

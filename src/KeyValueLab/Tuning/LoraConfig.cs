@@ -55,23 +55,26 @@ public sealed record LoraConfig
         return names;
     }
 
-    private static IEnumerable<string> Shortcut(string target, string modelType) => (target, modelType) switch
+    /// <summary>The paper's shortcuts, from the architecture's description (<see cref="Architecture"/>).</summary>
+    private static IEnumerable<string> Shortcut(string target, string modelType)
     {
-        ("keys", "llama") => ["gate_proj", "up_proj"],
-        ("keys:gate", "llama") => ["gate_proj"],
-        ("keys:up", "llama") => ["up_proj"],
-        ("values", "llama") => ["down_proj"],
-        ("keys" or "keys:fc", "gpt2") => ["mlp.c_fc"],
-        ("values", "gpt2") => ["mlp.c_proj"],
-        ("keys" or "keys:fc", "gptj") => ["mlp.fc_in"],
-        ("values", "gptj") => ["mlp.fc_out"],
-        ("keys:gate" or "keys:up", _) => throw new ArgumentException($"{target}: {modelType} has one key matrix per layer; use \"keys\""),
-        ("q" or "k" or "v", "llama" or "gptj") => [$"{target}_proj"],
-        ("o", "llama") => ["o_proj"],
-        ("o", "gptj") => ["out_proj"],
-        ("q" or "k" or "v" or "o", "gpt2") => throw new ArgumentException($"{target}: GPT-2 fuses q, k and v in attn.c_attn; target \"c_attn\""),
-        _ => [target],
-    };
+        var arch = Architectures.Of(modelType);
+        var keys = arch.KeyModules;
+        switch (target)
+        {
+            case "keys": return keys.Values;
+            case "keys:fc" when keys.ContainsKey("fc"): return [keys["fc"]];
+            case "keys:gate" or "keys:up" when keys.Count == 1:
+                throw new ArgumentException($"{target}: {modelType} has one key matrix per layer; use \"keys\"");
+            case "keys:gate": return [keys["gate"]];
+            case "keys:up": return [keys["up"]];
+            case "values": return [arch.ValueModule];
+            case "q" or "k" or "v" or "o":
+                if (arch.AttentionModules.TryGetValue(target, out var module)) return [module];
+                throw new ArgumentException($"{target}: {modelType} fuses q, k and v in {arch.FusedAttention}; target \"{arch.FusedAttention!.Split('.')[^1]}\"");
+            default: return [target];
+        }
+    }
 
     /// <summary>PEFT's <c>adapter_config.json</c>.</summary>
     public JsonObject ToPeftJson()

@@ -68,7 +68,14 @@ public sealed class LoraModel : IDisposable
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(config.R, 1);
         foreach (var p in model.parameters()) p.requires_grad = false;
-        var linears = model.named_modules().Where(m => m.module is Linear).Select(m => (m.name, (Linear)m.module)).ToList();
+        // The parts of a fused layer (Phi-3's gate_up_proj.gate and .up) are linears of their own, so an adapter on
+        // one part changes only its rows; an adapter on the whole fused layer is an adapter on each part.
+        var linears = model.named_modules().SelectMany(m => m.module switch
+        {
+            Linear linear => [(name: m.name, linear)],
+            FusedLinear fused => fused.Parts.Select(p => (name: $"{m.name}.{p.Name}", linear: p.Module)),
+            _ => Enumerable.Empty<(string name, Linear linear)>(),
+        }).ToList();
         var chosen = linears.Where(l => config.Matches(l.name)).ToList();
         if (chosen.Count == 0)
         {
@@ -175,7 +182,7 @@ public sealed class LoraModel : IDisposable
         var config = Config with
         {
             TargetModules = Config.TargetRegex is null ? [.. Config.TargetModules.OrderBy(t => t, StringComparer.Ordinal)] : [],
-            FanInFanOut = Model.Config.ModelType == Gpt2.ModelType,
+            FanInFanOut = Architectures.Of(Model.Config.ModelType).FanInFanOut,
         };
         File.WriteAllText(Path.Combine(folder, ConfigFile), config.ToPeftJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         var tensors = Layers.SelectMany(l => new TensorToSave[] { new(l.KeyA, l.A.detach()), new(l.KeyB, l.B.detach()) })

@@ -87,7 +87,7 @@ public class EditDatasetTests
     [Fact]
     public void ShippedHyperparametersParseForEveryMethodAndFamily()
     {
-        foreach (string family in new[] { "gpt2", "gptj", "llama" })
+        foreach (string family in KeyValueLab.Models.Architectures.Supported)
         {
             Assert.Equal(25, HyperparameterFiles.Load<FtHyperparameters>(null, "FT", family).Steps);
             Assert.NotNull(HyperparameterFiles.Load<FtHyperparameters>(null, "FT-L", family).NormConstraint);

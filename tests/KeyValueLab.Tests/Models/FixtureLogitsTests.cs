@@ -21,11 +21,69 @@ public class FixtureLogitsTests(ITestOutputHelper output)
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         var logits = loaded.Model.Forward(reference.InputTensor());
-        Assert.Equal(new long[] { 1, reference.Positions, reference.Vocab }, logits.shape);
+        Assert.Equal(new long[] { reference.Batch, reference.Positions, reference.Vocab }, logits.shape);
         var diffs = reference.MaxDiffPerPosition(logits);
         output.WriteLine($"{fixture}: LOGITS maxdiff per position {string.Join(" ", diffs.Select(d => d.ToString("0.0e0")))}");
         for (int t = 0; t < diffs.Length; t++)
-            Assert.True(diffs[t] <= Tolerance, $"{fixture} position {t}: maxdiff {diffs[t]:g3} > {Tolerance}");
+            Assert.True(diffs[t] <= Tolerance, $"{fixture} sequence {t / reference.Positions} position {t % reference.Positions}: maxdiff {diffs[t]:g3} > {Tolerance}");
+    }
+
+    /// <summary>
+    /// The batch fixtures again, decoded one token at a time through the KV cache (both sequences together):
+    /// every position's logits must still match the reference, so cached decoding (and, for Mistral and Gemma 2,
+    /// the sliding window over cached keys) is checked against the oracle itself, not only against our own forward.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(BatchFixtures))]
+    public void CachedDecodingMatchesReferenceAtEveryPosition(string fixture)
+    {
+        var reference = ReferenceLogits.For(fixture);
+        using var loaded = ModelLoader.Load(TestData.Path("fixtures/" + fixture));
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var ids = reference.InputTensor();
+        using var cache = loaded.Model.NewCache();
+        var steps = Enumerable.Range(0, reference.Positions).Select(t => loaded.Model.Forward(ids.narrow(1, t, 1), cache: cache)).ToList();
+        var diffs = reference.MaxDiffPerPosition(cat(steps, 1));
+        output.WriteLine($"{fixture}: CACHED LOGITS maxdiff per position {string.Join(" ", diffs.Select(d => d.ToString("0.0e0")))}");
+        for (int t = 0; t < diffs.Length; t++)
+            Assert.True(diffs[t] <= Tolerance, $"{fixture} cached, sequence {t / reference.Positions} position {t % reference.Positions}: maxdiff {diffs[t]:g3} > {Tolerance}");
+    }
+
+    public static TheoryData<string> BatchFixtures => new(ReferenceLogits.BatchFixtures);
+
+    /// <summary>
+    /// The features these fixtures exist for matter: switched off in config.json, the logits leave the reference
+    /// from position <paramref name="from"/> on (by more than 1e-2), and agree with it before. A window of 4
+    /// changes nothing until position 4; rotary and attention soft-capping nothing at position 0.
+    /// </summary>
+    [Theory]
+    [InlineData("tiny_mistral", "sliding_window", "null", 4)]
+    [InlineData("tiny_gemma2", "sliding_window", "null", 4)]
+    [InlineData("tiny_gemma2", "attn_logit_softcapping", "null", 1)]
+    [InlineData("tiny_gemma2", "final_logit_softcapping", "null", 0)]
+    [InlineData("tiny_gemma2", "query_pre_attn_scalar", "16", 1)]
+    [InlineData("tiny_gpt_neox", "use_parallel_residual", "false", 0)]
+    [InlineData("tiny_gpt_neox", "rotary_pct", "1.0", 1)]
+    [InlineData("tiny_phi3", "sliding_window", "2", 2)]
+    public void SwitchingTheFeatureOffLeavesTheReference(string fixture, string field, string value, int from)
+    {
+        var reference = ReferenceLogits.For(fixture);
+        using var dir = new TempDir();
+        foreach (var file in Directory.GetFiles(TestData.Path("fixtures/" + fixture)))
+            File.Copy(file, dir.File(Path.GetFileName(file)));
+        var config = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(dir.File("config.json")))!.AsObject();
+        config[field] = System.Text.Json.Nodes.JsonNode.Parse(value);
+        File.WriteAllText(dir.File("config.json"), config.ToJsonString());
+        using var loaded = ModelLoader.Load(dir.Path);
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var diffs = reference.MaxDiffPerPosition(loaded.Model.Forward(reference.InputTensor()));
+        output.WriteLine($"{fixture} {field}={value}: maxdiff per position {string.Join(" ", diffs.Select(d => d.ToString("0.0e0")))}");
+        var before = diffs.Where((_, i) => i % reference.Positions < from);
+        var after = diffs.Where((_, i) => i % reference.Positions >= from);
+        Assert.All(before, d => Assert.True(d <= Tolerance, $"before position {from}: maxdiff {d:g3}"));
+        Assert.True(after.Max() > 1e-2, $"{field}={value} changed nothing from position {from} on");
     }
 
     [Fact]

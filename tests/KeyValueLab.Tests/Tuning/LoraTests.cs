@@ -26,6 +26,12 @@ public class LoraTests(ITestOutputHelper output)
     [InlineData("tiny_llama_gqa", "q,v,keys:up")]
     [InlineData("tiny_gpt2", "c_attn,values")]
     [InlineData("tiny_gptj", "q,v,keys")]
+    [InlineData("tiny_qwen2", "q,v,keys:up")]
+    [InlineData("tiny_mistral", "q,v,keys:gate")]
+    [InlineData("tiny_gemma", "q,o,values")]
+    [InlineData("tiny_gemma2", "q,v,keys")]
+    [InlineData("tiny_phi3", "qkv_proj,o,keys:up")]
+    [InlineData("tiny_gpt_neox", "query_key_value,o,keys,values")]
     public void MergedLogitsEqualUnmergedAndUnmergeRestores(string fixture, string targets)
     {
         using var loaded = Load(fixture);
