@@ -20,6 +20,8 @@ public sealed partial class Gpt2Tokenizer : ITokenizer
     private readonly Func<string, IReadOnlyList<int>> _encodePiece;
     private readonly Dictionary<string, int> _specials;
     private readonly byte[][] _tokenBytes;   // [id] → the bytes the token stands for (empty for unused ids)
+    private readonly Func<IReadOnlyList<string>> _merges;
+    private readonly bool _ignoreMerges;
 
     /// <inheritdoc/>
     public int VocabSize => _tokenBytes.Length;
@@ -146,14 +148,14 @@ public sealed partial class Gpt2Tokenizer : ITokenizer
     /// Byte-level BPE from a vocabulary (byte-level strings → id) and merges already read, e.g. from GGUF metadata.
     /// </summary>
     internal static Gpt2Tokenizer FromVocabulary(string source, Dictionary<string, int> vocab, IEnumerable<(string Left, string Right)> merges,
-        Dictionary<string, int> specials, int? bosId, int? eosId, int? unknownId, string pattern)
+        Dictionary<string, int> specials, int? bosId, int? eosId, int? unknownId, string pattern, bool ignoreMerges)
     {
         var list = merges.Select((m, i) => new Merge(m.Left, m.Right, $"merges[{i}]")).ToList();
         string? Name(int? id) => id is int x ? specials.FirstOrDefault(p => p.Value == x).Key ?? vocab.FirstOrDefault(p => p.Value == x).Key : null;
         string? bos = Name(bosId), eos = Name(eosId), unk = Name(unknownId);
         foreach (var s in new[] { bos, eos, unk })
             if (s is not null && !specials.ContainsKey(s) && vocab.TryGetValue(s, out int id)) specials[s] = id;
-        return FromBpe(source, source, vocab, list, specials, bos, eos, unk, pattern, nfc: false, ignoreMerges: false);
+        return FromBpe(source, source, vocab, list, specials, bos, eos, unk, pattern, nfc: false, ignoreMerges);
     }
 
     /// <summary>
@@ -181,7 +183,7 @@ public sealed partial class Gpt2Tokenizer : ITokenizer
             throw new InputException(path, "cannot build the tiktoken tokenizer: " + e.Message, e);
         }
         return new Gpt2Tokenizer(path, ranks, specials, bosToken, eosToken, null, pattern, nfc: false,
-            piece => tiktoken.EncodeToIds(piece));
+            piece => tiktoken.EncodeToIds(piece), () => MergesFromRanks(ranks), ignoreMerges: true);
     }
 
     private static Gpt2Tokenizer FromBpe(string vocabSource, string mergesSource, Dictionary<string, int> vocab, List<Merge> merges,
@@ -223,12 +225,46 @@ public sealed partial class Gpt2Tokenizer : ITokenizer
         Func<string, IReadOnlyList<int>> encode = ignoreMerges
             ? piece => vocab.TryGetValue(ByteLevel.ToChars(piece), out int id) ? [id] : bpe.EncodeToIds(piece)
             : piece => bpe.EncodeToIds(piece);
-        return new Gpt2Tokenizer(mergesSource, tokenBytes, specials, bosToken, eosToken, unknown, pattern, nfc, encode);
+        return new Gpt2Tokenizer(mergesSource, tokenBytes, specials, bosToken, eosToken, unknown, pattern, nfc, encode, () => usable, ignoreMerges);
     }
 
-    private Gpt2Tokenizer(string source, byte[][] tokenBytes, Dictionary<string, int> specials,
-        string? bosToken, string? eosToken, string? unknownToken, string pattern, bool nfc, Func<string, IReadOnlyList<int>> encodePiece)
+    /// <summary>
+    /// BPE merges equivalent to tiktoken ranks (as transformers' TikTokenConverter makes them): every split of a
+    /// token into two tokens, ordered by the rank of the token made, then of its left part.
+    /// </summary>
+    internal static IReadOnlyList<string> MergesFromRanks(byte[][] ranks)
     {
+        var spell = ranks.Select(b => ByteLevel.ToChars(b)).ToArray();
+        var rankOf = new Dictionary<string, int>(spell.Length, StringComparer.Ordinal);
+        for (int i = 0; i < spell.Length; i++) rankOf.TryAdd(spell[i], i);
+        var merges = new List<(int Rank, int Left, string Pair)>();
+        for (int r = 0; r < spell.Length; r++)
+            for (int k = 1; k < spell[r].Length; k++)
+                if (rankOf.TryGetValue(spell[r][..k], out int left) && rankOf.ContainsKey(spell[r][k..]))
+                    merges.Add((r, left, spell[r][..k] + " " + spell[r][k..]));
+        merges.Sort((a, b) => a.Rank != b.Rank ? a.Rank.CompareTo(b.Rank) : a.Left.CompareTo(b.Left));
+        return merges.Select(m => m.Pair).ToArray();
+    }
+
+    /// <summary>The merges, "left right" in priority order (derived from the ranks for a tiktoken file).</summary>
+    internal IReadOnlyList<string> Merges => _merges();
+
+    /// <summary>Whether a piece found whole in the vocabulary skips the merges (Llama 3).</summary>
+    internal bool IgnoresMerges => _ignoreMerges;
+
+    /// <summary>The added tokens (content → id), cut out of the text before pre-tokenisation.</summary>
+    internal IReadOnlyDictionary<string, int> AddedTokens => _specials;
+
+    /// <summary>A token as the vocabulary spells it: byte-level characters, or an added token's text.</summary>
+    internal string VocabularyEntry(int id) =>
+        _specials.FirstOrDefault(p => p.Value == id).Key ?? ByteLevel.ToChars(Bytes(id));
+
+    private Gpt2Tokenizer(string source, byte[][] tokenBytes, Dictionary<string, int> specials,
+        string? bosToken, string? eosToken, string? unknownToken, string pattern, bool nfc, Func<string, IReadOnlyList<int>> encodePiece,
+        Func<IReadOnlyList<string>> merges, bool ignoreMerges)
+    {
+        _merges = merges;
+        _ignoreMerges = ignoreMerges;
         int size = Math.Max(tokenBytes.Length, specials.Count == 0 ? 0 : specials.Values.Max() + 1);
         _tokenBytes = new byte[size][];
         Array.Fill(_tokenBytes, Array.Empty<byte>());

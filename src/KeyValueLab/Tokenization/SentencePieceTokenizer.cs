@@ -27,9 +27,13 @@ public sealed class SentencePieceTokenizer : ITokenizer
     /// <summary>The model's unknown-token id (0 in Llama).</summary>
     public int UnknownId { get; }
 
-    private SentencePieceTokenizer(MlSentencePiece sp)
+    /// <summary>Every piece with its score and type, by id, as the model file holds them.</summary>
+    internal IReadOnlyList<SentencePiece> Pieces { get; }
+
+    private SentencePieceTokenizer(MlSentencePiece sp, SentencePiece[] pieces)
     {
         _sp = sp;
+        Pieces = pieces;
         int size = sp.Vocabulary.Values.Max() + 1;
         _pieces = new byte[size][];
         _display = new string[size];
@@ -50,21 +54,30 @@ public sealed class SentencePieceTokenizer : ITokenizer
     /// <exception cref="InputException">The file is missing or is not a SentencePiece BPE model.</exception>
     public static SentencePieceTokenizer FromFile(string path)
     {
-        FileStream stream;
-        try { stream = File.OpenRead(path); }
+        byte[] bytes;
+        try { bytes = File.ReadAllBytes(path); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new InputException(path, "cannot read: " + e.Message, e); }
-        using (stream)
+        if (bytes.Length == 0) throw new InputException(path, "empty file; expected a SentencePiece model (protobuf)");
+        return FromModelBytes(path, bytes);
+    }
+
+    /// <summary>A SentencePiece BPE model from its serialised ModelProto; <paramref name="source"/> names it in errors.</summary>
+    internal static SentencePieceTokenizer FromModelBytes(string source, byte[] bytes)
+    {
+        MlSentencePiece sp;
+        SentencePiece[] pieces;
+        try
         {
-            if (stream.Length == 0) throw new InputException(path, "empty file; expected a SentencePiece model (protobuf)");
-            MlSentencePiece sp;
-            try { sp = LlamaTokenizer.Create(stream, addBeginOfSentence: false, addEndOfSentence: false); }
-            catch (Exception e) when (e is not OutOfMemoryException)
-            {
-                throw new InputException(path, "not a SentencePiece BPE model: " + e.Message, e);
-            }
-            if (sp.Vocabulary.Count == 0) throw new InputException(path, "SentencePiece model has no pieces");
-            return new SentencePieceTokenizer(sp);
+            using var stream = new MemoryStream(bytes, writable: false);
+            sp = LlamaTokenizer.Create(stream, addBeginOfSentence: false, addEndOfSentence: false);
+            pieces = SentencePieceModelProto.ReadPieces(bytes);
         }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            throw new InputException(source, "not a SentencePiece BPE model: " + e.Message, e);
+        }
+        if (sp.Vocabulary.Count == 0) throw new InputException(source, "SentencePiece model has no pieces");
+        return new SentencePieceTokenizer(sp, pieces);
     }
 
     /// <summary>SentencePiece ids of <paramref name="text"/> (dummy prefix included for non-empty text), BOS first if asked.</summary>

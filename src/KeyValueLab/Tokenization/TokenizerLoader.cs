@@ -14,6 +14,7 @@ public static class TokenizerLoader
     {
         if (!string.IsNullOrEmpty(tokenizerPath)) return Load(tokenizerPath);
         if (Directory.Exists(modelPath)) return Load(modelPath);
+        if (modelPath.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase)) return Load(modelPath);
         string beside = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(modelPath)) ?? ".", "tokenizer.bin");
         if (File.Exists(beside)) return Load(beside);
         throw new InputException(modelPath, $"no tokenizer given and no tokenizer.bin beside this llama2.c file; {howToGive}");
@@ -43,6 +44,8 @@ public static class TokenizerLoader
                 return LoadModelFile(path);
             case ".bin":
                 return Llama2cTokenizer.FromFile(path);
+            case ".gguf":
+                return GgufVocabulary.Read(Checkpoints.GgufFile.Open(path)).ToTokenizer(path);
             case ".txt":
                 return LoadVocabAndMerges(Beside(path, "vocab.json"), path);
             case ".json" when name.Equals("vocab.json", StringComparison.OrdinalIgnoreCase):
@@ -52,7 +55,7 @@ public static class TokenizerLoader
                 if (WordLevelTokenizer.IsWordLevelJson(path)) return WordLevelTokenizer.FromTokenizerJson(path, bos, eos);
                 return Gpt2Tokenizer.FromTokenizerJson(path, bos, eos, unk);
             default:
-                throw new InputException(path, "unknown tokenizer file type (expected tokenizer.json, vocab.json, merges.txt, tokenizer.model or a llama2.c .bin)");
+                throw new InputException(path, "unknown tokenizer file type (expected tokenizer.json, vocab.json, merges.txt, tokenizer.model, a llama2.c .bin or a .gguf)");
         }
     }
 
