@@ -40,8 +40,8 @@ public sealed class GgufCheckpoint : ICheckpoint
         var arch = GgufArchitecture.ForGguf(archName)
             ?? throw new InputException(path, $"general.architecture \"{archName}\" is not supported (supported: {string.Join(", ", GgufArchitecture.All.Select(a => a.Name))})");
         var config = MakeConfig(file, arch);
-        int heads = (int)config["num_attention_heads"]!.GetValue<long>();
-        int kvHeads = config["num_key_value_heads"]?.GetValue<long>() is long kv ? (int)kv : heads;
+        int heads = (int)GgufMetadata.UInt(file, $"{arch.Name}.attention.head_count");
+        int kvHeads = file.Metadata.ContainsKey($"{arch.Name}.attention.head_count_kv") ? (int)GgufMetadata.UInt(file, $"{arch.Name}.attention.head_count_kv") : heads;
 
         var map = new Dictionary<string, (string, int, bool)>(StringComparer.Ordinal);
         var tensors = new List<TensorInfo>();
@@ -75,17 +75,17 @@ public sealed class GgufCheckpoint : ICheckpoint
                 if (required) throw new InputException(file.SourcePath, $"metadata {metaKey} is missing");
                 continue;
             }
-            config[key] = type == GgufType.Float32 ? JsonValue.Create(Shortest(GgufMetadata.Float(file, metaKey))) : JsonValue.Create(GgufMetadata.UInt(file, metaKey));
+            config[key] = type == GgufType.Float32 ? JsonValue.Create(Shortest(GgufMetadata.Float(file, metaKey))) : JsonValue.Create((int)GgufMetadata.UInt(file, metaKey));
         }
         var embed = file.GgufTensors.FirstOrDefault(t => t.Name == "token_embd.weight")
             ?? throw new InputException(file.SourcePath, "tensor token_embd.weight is missing");
-        config["vocab_size"] = embed.Shape[0];
+        config["vocab_size"] = (int)embed.Shape[0];
         config["tie_word_embeddings"] = file.GgufTensors.All(t => t.Name != "output.weight");
         if (arch == GgufArchitecture.Llama)
         {
             config["hidden_act"] = "silu";
             string keyLength = $"{arch.Name}.attention.key_length";
-            if (file.Metadata.ContainsKey(keyLength)) config["head_dim"] = GgufMetadata.UInt(file, keyLength);
+            if (file.Metadata.ContainsKey(keyLength)) config["head_dim"] = (int)GgufMetadata.UInt(file, keyLength);
             string scaling = $"{arch.Name}.rope.scaling.type";
             if (file.Metadata.ContainsKey(scaling))
             {
@@ -96,7 +96,7 @@ public sealed class GgufCheckpoint : ICheckpoint
         }
         else config["activation_function"] = "gelu_new";
         foreach (var (key, meta) in new[] { ("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id") })
-            if (file.Metadata.ContainsKey(meta)) config[key] = GgufMetadata.UInt(file, meta);
+            if (file.Metadata.ContainsKey(meta)) config[key] = (int)GgufMetadata.UInt(file, meta);
         config["torch_dtype"] = "float32";
         return config;
     }
