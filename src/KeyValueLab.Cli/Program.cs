@@ -21,6 +21,7 @@ public static class Program
         root.Subcommands.Add(TuneEvalCommand.Create(stdout, stderr));
         root.Subcommands.Add(StudyCommand.Create(stdout, stderr));
         root.Subcommands.Add(ReportCommand.Create(stdout, stderr));
+        root.Subcommands.Add(ExportCommand.Create(stdout, stderr));
 
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)
