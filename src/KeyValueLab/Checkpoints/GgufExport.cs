@@ -18,9 +18,42 @@ public static class GgufExport
     public static void Write(CausalLM model, ITokenizer tokenizer, string path, GgmlType type = GgmlType.F32, bool overwrite = false)
     {
         ArgumentNullException.ThrowIfNull(model);
+        var config = model.Config;
+        var metadata = Metadata(config, tokenizer, type);
+        var arch = GgufArchitecture.ForModelType(config.ModelType)!;
+
+        var tensors = new List<GgufTensorToWrite>();
+        try
+        {
+            foreach (var (name, p) in model.named_parameters())
+            {
+                string gguf = arch.ToGguf(name) ?? throw new NotSupportedException($"parameter {name} has no GGUF name for {arch.Name}");
+                var value = p.detach();
+                int heads = name.EndsWith(".self_attn.q_proj.weight", StringComparison.Ordinal) ? config.NumHeads
+                    : name.EndsWith(".self_attn.k_proj.weight", StringComparison.Ordinal) ? config.NumKvHeads : 0;
+                if (arch == GgufArchitecture.Llama && heads > 0)
+                {
+                    var permuted = GgufCheckpoint.Permute(value, heads);
+                    value.Dispose();
+                    value = permuted;
+                }
+                tensors.Add(new GgufTensorToWrite(gguf, value, value.dim() == 1 ? GgmlType.F32 : type));
+            }
+            GgufWriter.Write(path, metadata, tensors, overwrite);
+        }
+        finally
+        {
+            foreach (var t in tensors) t.Value.Dispose();
+        }
+    }
+
+    /// <summary>The metadata <see cref="Write"/> writes: general.*, the architecture's hyperparameters, the vocabulary.</summary>
+    /// <exception cref="NotSupportedException">As <see cref="Write"/>.</exception>
+    public static IReadOnlyList<KeyValuePair<string, GgufValue>> Metadata(ModelConfig config, ITokenizer tokenizer, GgmlType type = GgmlType.F32)
+    {
+        ArgumentNullException.ThrowIfNull(config);
         ArgumentNullException.ThrowIfNull(tokenizer);
         if (type is not (GgmlType.F32 or GgmlType.F16)) throw new NotSupportedException($"GGUF export type {type} (supported: F32, F16)");
-        var config = model.Config;
         var arch = GgufArchitecture.ForModelType(config.ModelType)
             ?? throw new NotSupportedException($"model_type \"{config.ModelType}\" cannot be exported to GGUF (supported: {string.Join(", ", Supported)})");
         if (tokenizer.VocabSize > config.VocabSize)
@@ -70,29 +103,7 @@ public static class GgufExport
         if (vocab.Tokens.Length < config.VocabSize) vocab = PadVocabulary(vocab, config.VocabSize);
         metadata.AddRange(vocab.ToMetadata());
 
-        var tensors = new List<GgufTensorToWrite>();
-        try
-        {
-            foreach (var (name, p) in model.named_parameters())
-            {
-                string gguf = arch.ToGguf(name) ?? throw new NotSupportedException($"parameter {name} has no GGUF name for {arch.Name}");
-                var value = p.detach();
-                int heads = name.EndsWith(".self_attn.q_proj.weight", StringComparison.Ordinal) ? config.NumHeads
-                    : name.EndsWith(".self_attn.k_proj.weight", StringComparison.Ordinal) ? config.NumKvHeads : 0;
-                if (arch == GgufArchitecture.Llama && heads > 0)
-                {
-                    var permuted = GgufCheckpoint.Permute(value, heads);
-                    value.Dispose();
-                    value = permuted;
-                }
-                tensors.Add(new GgufTensorToWrite(gguf, value, value.dim() == 1 ? GgmlType.F32 : type));
-            }
-            GgufWriter.Write(path, metadata, tensors, overwrite);
-        }
-        finally
-        {
-            foreach (var t in tensors) t.Value.Dispose();
-        }
+        return metadata;
     }
 
     // llama.cpp needs one vocabulary entry per embedding row; rows the tokenizer does not use become unused tokens.
