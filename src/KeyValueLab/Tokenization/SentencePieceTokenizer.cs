@@ -5,13 +5,14 @@ using MlSentencePiece = Microsoft.ML.Tokenizers.SentencePieceTokenizer;
 namespace KeyValueLab.Tokenization;
 
 /// <summary>
-/// Llama (1 and 2) SentencePiece BPE from a <c>tokenizer.model</c> protobuf, encoded by Microsoft.ML.Tokenizers'
-/// <see cref="LlamaTokenizer"/> (dummy-prefix space, '▁' for spaces, byte fallback). Streaming decode
+/// Llama (1 and 2) SentencePiece BPE from a <c>tokenizer.model</c> protobuf, read by Microsoft.ML.Tokenizers'
+/// <see cref="LlamaTokenizer"/> and encoded by <see cref="SentencePieceBpe"/> (dummy-prefix space, '▁' for spaces,
+/// byte fallback; SentencePiece's tie-breaking, which the library does not follow). Streaming decode
 /// (<see cref="DecodeToken"/>) follows llama2.c, so it prints what llama2.c prints for the same vocabulary.
 /// </summary>
 public sealed class SentencePieceTokenizer : ITokenizer
 {
-    private readonly MlSentencePiece _sp;
+    private readonly SentencePieceBpe _bpe;
     private readonly byte[][] _pieces;   // [id] → llama2.c piece bytes ('▁' → ' ', BOS/EOS as llama2.c exports them)
     private readonly string[] _display;  // [id] → piece with '▁' → ' '
 
@@ -32,8 +33,8 @@ public sealed class SentencePieceTokenizer : ITokenizer
 
     private SentencePieceTokenizer(MlSentencePiece sp, SentencePiece[] pieces)
     {
-        _sp = sp;
         Pieces = pieces;
+        _bpe = new SentencePieceBpe(pieces, sp.UnknownId, sp.AddDummyPrefix, sp.ByteFallback);
         int size = sp.Vocabulary.Values.Max() + 1;
         _pieces = new byte[size][];
         _display = new string[size];
@@ -84,7 +85,7 @@ public sealed class SentencePieceTokenizer : ITokenizer
     public IReadOnlyList<int> Encode(string text, bool addBos = false)
     {
         ArgumentNullException.ThrowIfNull(text);
-        var ids = _sp.EncodeToIds(text, addBeginningOfSentence: false, addEndOfSentence: false);
+        var ids = _bpe.Encode(text);
         if (!addBos || BosId is not int bos) return ids;
         var withBos = new List<int>(ids.Count + 1) { bos };
         withBos.AddRange(ids);
