@@ -13,9 +13,10 @@ public static class StateDictMatcher
 
     /// <summary>
     /// Suffixes of stored buffers that are not parameters (GPT-2's causal mask <c>attn.bias</c> and
-    /// <c>attn.masked_bias</c>, rotary <c>inv_freq</c>); ignored when no parameter claims them.
+    /// <c>attn.masked_bias</c>, GPT-NeoX's <c>attention.bias</c> and <c>attention.masked_bias</c>, rotary
+    /// <c>inv_freq</c>); ignored when no parameter claims them.
     /// </summary>
-    public static readonly IReadOnlyList<string> IgnoredBufferSuffixes = ["attn.bias", "attn.masked_bias", "rotary_emb.inv_freq"];
+    public static readonly IReadOnlyList<string> IgnoredBufferSuffixes = ["attn.bias", "attn.masked_bias", "attention.bias", "attention.masked_bias", "rotary_emb.inv_freq"];
 
     /// <summary>How many names an error lists per kind of problem before it only counts them.</summary>
     public const int MaxNamesListed = 10;

@@ -43,18 +43,30 @@ public sealed class HookPoint
     }
 }
 
-/// <summary>Turns off gradients of every model parameter (edits differentiate activations only) and restores them.</summary>
+/// <summary>
+/// Turns off gradients of every model parameter (edits differentiate activations only) except
+/// <c>trainable</c>, and restores them. A trainable weight need not be a registered parameter: Phi-3's gate
+/// and up halves are views of the fused gate_up_proj (see <see cref="FusedLinear"/>) and get gradients on their own.
+/// </summary>
 internal sealed class FrozenParameters : IDisposable
 {
     private readonly List<(Parameter P, bool Was)> _saved = [];
 
     public FrozenParameters(nn.Module model, IEnumerable<Parameter>? trainable = null)
     {
-        var keep = new HashSet<IntPtr>((trainable ?? []).Select(p => p.Handle));
+        var train = (trainable ?? []).ToList();
+        var keep = new HashSet<IntPtr>(train.Select(p => p.Handle));
+        var seen = new HashSet<IntPtr>();
         foreach (var (_, p) in model.named_parameters())
         {
             _saved.Add((p, p.requires_grad));
+            seen.Add(p.Handle);
             p.requires_grad_(keep.Contains(p.Handle));
+        }
+        foreach (var p in train.Where(p => seen.Add(p.Handle)))
+        {
+            _saved.Add((p, p.requires_grad));
+            p.requires_grad_(true);
         }
     }
 

@@ -5,7 +5,11 @@ using static TorchSharp.torch;
 
 namespace KeyValueLab.Memory;
 
-/// <summary>Which key matrix of an FFN block: GPT-2 <c>c_fc</c> and GPT-J <c>fc_in</c> are <see cref="Fc"/>; Llama has <see cref="Gate"/> and <see cref="Up"/>.</summary>
+/// <summary>
+/// Which key matrix of an FFN block: GPT-2 <c>c_fc</c>, GPT-J <c>fc_in</c> and GPT-NeoX <c>dense_h_to_4h</c> are
+/// <see cref="Fc"/>; the gated architectures (Llama, Qwen2, Mistral, Gemma, Gemma 2, Phi-3) have <see cref="Gate"/>
+/// and <see cref="Up"/> (for Phi-3 the two halves of the fused <c>gate_up_proj</c>).
+/// </summary>
 public enum KeyKind { Fc, Gate, Up }
 
 /// <summary>
@@ -60,25 +64,29 @@ public sealed class FfnMemory(CausalLM model)
     public Linear ValueModule(int layer) => Model.Ffn(layer).Value;
 
     /// <summary>State-dict name of a key weight, e.g. <c>transformer.h.3.mlp.c_fc.weight</c>.</summary>
-    public string KeysName(int layer, KeyKind? kind = null) => $"{Model.Ffn(layer).Prefix}.{Key(layer, kind).Name}.weight";
+    /// <remarks>For Phi-3's halves this is the fused <c>gate_up_proj.weight</c> they are rows of, so snapshots and hashes cover them.</remarks>
+    public string KeysName(int layer, KeyKind? kind = null) => $"{Model.Ffn(layer).Prefix}.{Model.Ffn(layer).KeyWeightName(Key(layer, kind).Name)}";
 
     /// <summary>State-dict name of a value weight, e.g. <c>model.layers.3.mlp.down_proj.weight</c>.</summary>
     public string ValuesName(int layer) => $"{Model.Ffn(layer).Prefix}.{Model.Ffn(layer).ValueName}.weight";
 
-    /// <summary>State-dict names of the FFN parameters of <paramref name="layers"/>: keys (every kind), values, and optionally their biases.</summary>
+    /// <summary>
+    /// State-dict names of the FFN parameters of <paramref name="layers"/>: keys (every kind), values, and optionally
+    /// their biases; a fused parameter holding several key matrices (Phi-3's <c>gate_up_proj</c>) is listed once.
+    /// </summary>
     public IReadOnlyList<string> ParameterNames(IEnumerable<int> layers, bool keys = true, bool values = true, bool biases = false)
     {
         var names = new List<string>();
         foreach (int layer in layers)
         {
             var ffn = Model.Ffn(layer);
-            var modules = new List<(string Name, Linear Module)>();
-            if (keys) modules.AddRange(ffn.Keys.Select(k => (k.Key, k.Value)));
-            if (values) modules.Add((ffn.ValueName, ffn.Value));
-            foreach (var (name, module) in modules)
+            var entries = new List<(string Weight, string Bias, Linear Module)>();
+            if (keys) entries.AddRange(ffn.Keys.Select(k => ($"{ffn.Prefix}.{ffn.KeyWeightName(k.Key)}", $"{ffn.Prefix}.{k.Key}.bias", k.Value)));
+            if (values) entries.Add(($"{ffn.Prefix}.{ffn.ValueName}.weight", $"{ffn.Prefix}.{ffn.ValueName}.bias", ffn.Value));
+            foreach (var (weight, bias, module) in entries)
             {
-                names.Add($"{ffn.Prefix}.{name}.weight");
-                if (biases && module.bias is not null) names.Add($"{ffn.Prefix}.{name}.bias");
+                if (!names.Contains(weight)) names.Add(weight);
+                if (biases && module.bias is not null) names.Add(bias);
             }
         }
         return names;

@@ -12,10 +12,16 @@ public static class Architectures
             [Gpt2.ModelType] = (Gpt2.ParseConfig, (c, d) => new Gpt2(c, d)),
             [Gptj.ModelType] = (Gptj.ParseConfig, (c, d) => new Gptj(c, d)),
             [Llama.ModelType] = (Llama.ParseConfig, (c, d) => new Llama(c, d)),
+            [Qwen2.ModelType] = (Qwen2.ParseConfig, Qwen2.Build),
+            [Mistral.ModelType] = (Mistral.ParseConfig, Mistral.Build),
+            [Gemma.ModelType] = (Gemma.ParseConfig, Gemma.Build),
+            [GptNeox.ModelType] = (GptNeox.ParseConfig, (c, d) => new GptNeox(c, d)),
+            [Phi3.ModelType] = (Phi3.ParseConfig, (c, d) => new Phi3(c, d)),
+            [Gemma2.ModelType] = (Gemma2.ParseConfig, (c, d) => new Gemma2(c, d)),
         };
 
     /// <summary>The model types this build can run.</summary>
-    public static IReadOnlyList<string> Supported { get; } = [Gpt2.ModelType, Gptj.ModelType, Llama.ModelType];
+    public static IReadOnlyList<string> Supported { get; } = [Gpt2.ModelType, Gptj.ModelType, Llama.ModelType, Qwen2.ModelType, Mistral.ModelType, Gemma.ModelType, GptNeox.ModelType, Phi3.ModelType, Gemma2.ModelType];
 
     /// <summary>
     /// Parses a <c>config.json</c> object; <paramref name="source"/> names the file in errors.

@@ -26,24 +26,34 @@ public sealed class AttentionContext
     /// <summary>True when plain causal attention over the new tokens alone is exact (no cache, no padding).</summary>
     public bool IsCausal { get; }
 
+    /// <summary>
+    /// Masks for sliding-window layers by window size W: query t sees keys t−W+1..t (W keys, itself included;
+    /// transformers' <c>sliding_window_overlay</c>, <c>kv_idx &gt; q_idx − W</c>), on top of <see cref="Mask"/>.
+    /// A window that covers every key in this call is not listed: such layers use <see cref="Mask"/>.
+    /// </summary>
+    private readonly Dictionary<int, Tensor> _windowMasks;
+
     public KvCache? Cache { get; }
 
     /// <summary>Rotary tables <c>[B, 1, T, rotary dims]</c> set by rotary architectures (GPT-J, Llama).</summary>
     public Tensor? Cos { get; internal set; }
     public Tensor? Sin { get; internal set; }
 
-    private AttentionContext(long batch, long length, long past, Tensor positions, Tensor? mask, bool isCausal, KvCache? cache)
+    private AttentionContext(long batch, long length, long past, Tensor positions, Tensor? mask, bool isCausal, KvCache? cache, Dictionary<int, Tensor> windowMasks)
     {
-        (Batch, Length, Past, Positions, Mask, IsCausal, Cache) = (batch, length, past, positions, mask, isCausal, cache);
+        (Batch, Length, Past, Positions, Mask, IsCausal, Cache, _windowMasks) = (batch, length, past, positions, mask, isCausal, cache, windowMasks);
     }
 
     /// <summary>
     /// Checks the shapes of the forward inputs and derives the mask and positions. Without
     /// <paramref name="positionIds"/>, positions come from the attention mask (count of real tokens
     /// before each one, as Hugging Face generation does, so left padding works) or else
-    /// run <c>Past .. Past+T-1</c>.
+    /// run <c>Past .. Past+T-1</c>. <paramref name="slidingWindows"/> lists the window sizes of the model's
+    /// sliding-window layers (Mistral, Gemma 2); <paramref name="explicitMask"/> builds <see cref="Mask"/> even
+    /// where plain causal attention would do (attention computed by hand, as with Gemma 2's soft-capping).
     /// </summary>
-    public static AttentionContext Build(Tensor inputIds, Tensor? attentionMask, Tensor? positionIds, KvCache? cache)
+    public static AttentionContext Build(Tensor inputIds, Tensor? attentionMask, Tensor? positionIds, KvCache? cache,
+        IReadOnlyCollection<int>? slidingWindows = null, bool explicitMask = false)
     {
         if (inputIds.dim() != 2 || inputIds.dtype != ScalarType.Int64)
             throw new ArgumentException($"inputIds must be int64 [batch, tokens], got {inputIds.dtype} [{string.Join(", ", inputIds.shape)}]");
@@ -64,8 +74,12 @@ public sealed class AttentionContext
         else positions = HeldScalars.Arange(past, total, 1, ScalarType.Int64, device).unsqueeze(0).expand(batch, length);
 
         Tensor? mask = null;
-        bool isCausal = attentionMask is null && past == 0;
-        if (!isCausal && !(attentionMask is null && length == 1))
+        var windows = (slidingWindows ?? []).Where(w => w < total).Distinct().ToList();
+        bool isCausal = attentionMask is null && past == 0 && !explicitMask;
+        var windowMasks = new Dictionary<int, Tensor>();
+        // One new token without padding sees every key: no mask unless attention is computed by hand.
+        bool needMask = !isCausal && (explicitMask || !(attentionMask is null && length == 1));
+        if (needMask || windows.Count > 0)
         {
             var queryAt = HeldScalars.Arange(past, total, 1, ScalarType.Int64, device).unsqueeze(1);  // [T, 1]
             var keyAt = HeldScalars.Arange(0, total, 1, ScalarType.Int64, device).unsqueeze(0);      // [1, Tk]
@@ -74,17 +88,50 @@ public sealed class AttentionContext
                 allowed = allowed.logical_and(attentionMask.ne(zero).unsqueeze(1).unsqueeze(1));          // [B, 1, T, Tk]
             // The float minimum rather than -inf: a query that sees nothing (a left-pad position) gets a
             // uniform average instead of NaN, and its output is never used.
-            mask = zeros(allowed.shape, ScalarType.Float32, device).masked_fill(allowed.logical_not(), lowest);
+            if (needMask)
+                mask = zeros(allowed.shape, ScalarType.Float32, device).masked_fill(allowed.logical_not(), lowest);
+            foreach (int w in windows)
+            {
+                var queryAtMinusW = HeldScalars.Arange(past - w, total - w, 1, ScalarType.Int64, device).unsqueeze(1);  // [T, 1]
+                var inWindow = keyAt.gt(queryAtMinusW).unsqueeze(0).unsqueeze(0);                                     // [1, 1, T, Tk]
+                var allowedW = allowed.logical_and(inWindow);
+                windowMasks[w] = zeros(allowedW.shape, ScalarType.Float32, device).masked_fill(allowedW.logical_not(), lowest);
+            }
         }
-        return new AttentionContext(batch, length, past, positions, mask, isCausal, cache);
+        return new AttentionContext(batch, length, past, positions, mask, isCausal, cache, windowMasks);
     }
+
+    /// <summary>The additive mask for a layer with sliding window <paramref name="window"/> (null: full attention), or null for plain causal attention.</summary>
+    public Tensor? MaskFor(int? window) => window is int w && _windowMasks.TryGetValue(w, out var m) ? m : Mask;
 
     /// <summary>
     /// Scaled dot-product attention of <paramref name="q"/> <c>[B, H, T, d]</c> over <paramref name="k"/>,
     /// <paramref name="v"/> <c>[B, H_kv, Tk, d]</c>; key/value heads are repeated for grouped-query attention.
-    /// Returns <c>[B, H, T, d]</c>.
+    /// Returns <c>[B, H, T, d]</c>. <paramref name="window"/> is the layer's sliding window, if any.
     /// </summary>
-    public Tensor Attend(Tensor q, Tensor k, Tensor v)
+    public Tensor Attend(Tensor q, Tensor k, Tensor v, int? window = null)
+    {
+        (k, v) = RepeatKv(q, k, v);
+        var mask = MaskFor(window);
+        return nn.functional.scaled_dot_product_attention(q, k, v, mask?.to(q.dtype), is_casual: mask is null && IsCausal);
+    }
+
+    /// <summary>
+    /// Attention computed by hand, as Gemma 2 does: scores q·kᵀ·<paramref name="scale"/>, soft-capped to
+    /// cap·tanh(scores / cap) when <paramref name="softCap"/> is set, then masked (causal, padding, window) and
+    /// soft-maxed in fp32. Needs a context built with <c>explicitMask</c>. Returns <c>[B, H, T, d]</c>.
+    /// </summary>
+    public Tensor AttendSoftCapped(Tensor q, Tensor k, Tensor v, Scalar scale, Scalar? softCap, int? window = null)
+    {
+        (k, v) = RepeatKv(q, k, v);
+        var mask = MaskFor(window) ?? throw new InvalidOperationException("AttendSoftCapped needs a context built with explicitMask");
+        var scores = q.matmul(k.transpose(-2, -1)).mul(scale);                   // [B, H, T, Tk]
+        if (softCap is not null) scores = scores.div(softCap).tanh().mul(softCap);
+        var weights = nn.functional.softmax(scores.to(ScalarType.Float32).Plus(mask), -1).to(q.dtype);
+        return weights.matmul(v);
+    }
+
+    private static (Tensor K, Tensor V) RepeatKv(Tensor q, Tensor k, Tensor v)
     {
         long heads = q.shape[1], kvHeads = k.shape[1];
         if (heads != kvHeads)
@@ -94,6 +141,6 @@ public sealed class AttentionContext
             k = k.repeat_interleave(heads / kvHeads, dim: 1);  // [B, H, Tk, d]
             v = v.repeat_interleave(heads / kvHeads, dim: 1);
         }
-        return nn.functional.scaled_dot_product_attention(q, k, v, Mask?.to(q.dtype), is_casual: IsCausal);
+        return (k, v);
     }
 }

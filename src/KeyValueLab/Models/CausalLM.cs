@@ -70,11 +70,22 @@ public abstract class CausalLM : nn.Module
 
 /// <summary>
 /// The linear modules of one FFN block, by their Hugging Face names. Keys: GPT-2 <c>c_fc</c>, GPT-J
-/// <c>fc_in</c>, Llama <c>gate_proj</c> and <c>up_proj</c>; value: <c>c_proj</c>, <c>fc_out</c>, <c>down_proj</c>.
+/// <c>fc_in</c>, GPT-NeoX <c>dense_h_to_4h</c>, Llama-family <c>gate_proj</c> and <c>up_proj</c> (Phi-3: the two
+/// halves of <c>gate_up_proj</c>); value: <c>c_proj</c>, <c>fc_out</c>, <c>dense_4h_to_h</c>, <c>down_proj</c>.
 /// <paramref name="Prefix"/> is the state-dict prefix of the block, e.g. <c>transformer.h.3.mlp</c>.
 /// The memory coefficients f(h·Kᵀ) are exactly the input of <paramref name="Value"/>.
 /// </summary>
-public sealed record FfnParts(string Prefix, IReadOnlyDictionary<string, Linear> Keys, string ValueName, Linear Value);
+public sealed record FfnParts(string Prefix, IReadOnlyDictionary<string, Linear> Keys, string ValueName, Linear Value)
+{
+    /// <summary>
+    /// For keys whose weight is rows of a fused parameter: the state-dict name of that parameter (after
+    /// <see cref="Prefix"/>), e.g. Phi-3's <c>gate_proj</c> → <c>gate_up_proj.weight</c>. Other keys are <c>{name}.weight</c>.
+    /// </summary>
+    public IReadOnlyDictionary<string, string> KeyWeights { get; init; } = new Dictionary<string, string>();
+
+    /// <summary>The state-dict name (after <see cref="Prefix"/>) of the parameter holding key <paramref name="name"/>'s weight.</summary>
+    public string KeyWeightName(string name) => KeyWeights.TryGetValue(name, out var fused) ? fused : $"{name}.weight";
+}
 
 /// <summary>Per-layer attention keys and values <c>[B, kv_heads, T, head_dim]</c> kept across decoding steps.</summary>
 public sealed class KvCache(int layers) : IDisposable

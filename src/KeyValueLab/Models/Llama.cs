@@ -10,38 +10,54 @@ namespace KeyValueLab.Models;
 // embeddings rotating HALVES of each head (x_i with x_{i+d/2}; Hugging Face permutes Meta's q/k
 // rows at conversion so this equals Meta's interleaved pairs), SwiGLU MLP down(act(gate(x))·up(x)),
 // grouped-query attention (num_key_value_heads ≤ num_attention_heads), tied or untied lm_head.
+// Qwen2, Mistral and Gemma are this body with other options (LlamaOptions), as transformers'
+// modular_qwen2.py, modular_mistral.py and modular_gemma.py derive them from Llama; Gemma 2 and Phi-3
+// reuse its parts.
 
 /// <summary>Rotary tables and rotation for the Hugging Face Llama (rotate-half) layout.</summary>
 internal static class HalfRotary
 {
-    /// <summary>cos and sin <c>[B, 1, T, d]</c>: angles for features i and i + d/2 are the same.</summary>
-    public static (Tensor Cos, Tensor Sin) Tables(Tensor positions, int headDim, double theta, double positionScale)
+    /// <summary>
+    /// cos and sin <c>[B, 1, T, rot]</c> for a rotary width <paramref name="rotaryDim"/> (the head size, or
+    /// less for partial rotary): angles for features i and i + rot/2 are the same, inv_freq = θ^(−2i/rot).
+    /// </summary>
+    public static (Tensor Cos, Tensor Sin) Tables(Tensor positions, int rotaryDim, double theta, double positionScale)
     {
-        using Scalar dims = (long)headDim, scale = positionScale;  // held (see HeldScalars): runs every forward
-        var invFreq = pow(tensor(theta, ScalarType.Float64, positions.device), HeldScalars.Arange(0, headDim, 2, ScalarType.Float64, positions.device).neg().div(dims));  // [d/2]
+        using Scalar dims = (long)rotaryDim, scale = positionScale;  // held (see HeldScalars): runs every forward
+        var invFreq = pow(tensor(theta, ScalarType.Float64, positions.device), HeldScalars.Arange(0, rotaryDim, 2, ScalarType.Float64, positions.device).neg().div(dims));  // [rot/2]
         var angles = positions.to(ScalarType.Float64).div(scale).unsqueeze(-1) * invFreq;                                      // [B, T, d/2]
         var both = cat([angles, angles], dim: -1);                                                                         // [B, T, d]
         return (both.cos().to(ScalarType.Float32).unsqueeze(1), both.sin().to(ScalarType.Float32).unsqueeze(1));
     }
 
-    /// <summary>x·cos + rotate_half(x)·sin for <paramref name="x"/> <c>[B, H, T, d]</c>, rotate_half(x) = (−x₂, x₁).</summary>
+    /// <summary>
+    /// x·cos + rotate_half(x)·sin for <paramref name="x"/> <c>[B, H, T, d]</c>, rotate_half(x) = (−x₂, x₁), on the
+    /// first rot = cos.shape[-1] features; the rest pass through (partial rotary: GPT-NeoX, Phi-3).
+    /// </summary>
     public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)
     {
-        long half = x.shape[^1] / 2;
-        var rotated = cat([-x.narrow(-1, half, half), x.narrow(-1, 0, half)], dim: -1);
-        return (x * cos.to(x.dtype)).Plus(rotated * sin.to(x.dtype));
+        long rot = cos.shape[^1], d = x.shape[^1], half = rot / 2;
+        var xr = rot == d ? x : x.narrow(-1, 0, rot);
+        var rotated = cat([-xr.narrow(-1, half, half), xr.narrow(-1, 0, half)], dim: -1);
+        var y = (xr * cos.to(x.dtype)).Plus(rotated * sin.to(x.dtype));
+        return rot == d ? y : cat([y, x.narrow(-1, rot, d - rot)], dim: -1);
     }
 }
 
-/// <summary>Root-mean-square normalisation with a learned scale <c>weight</c> [C], computed in fp32.</summary>
+/// <summary>
+/// Root-mean-square normalisation with a learned scale <c>weight</c> [C], computed in fp32. Gemma's variant
+/// (<c>plusOne</c>) scales by (1 + weight), so its neutral weight is 0.
+/// </summary>
 public sealed class LlamaRmsNorm : nn.Module<Tensor, Tensor>
 {
     [ComponentName(Name = "weight")] private readonly Parameter _weight;
     private readonly Scalar _eps;  // held for the module's life (see HeldScalars)
+    private readonly bool _plusOne;
 
-    public LlamaRmsNorm(long size, double eps, Device? device) : base("norm")
+    public LlamaRmsNorm(long size, double eps, Device? device, bool plusOne = false) : base("norm")
     {
-        _weight = new Parameter(ones(size, ScalarType.Float32, device));
+        _plusOne = plusOne;
+        _weight = new Parameter(plusOne ? zeros(size, ScalarType.Float32, device) : ones(size, ScalarType.Float32, device));
         _eps = eps.ToScalar();
         RegisterComponents();
     }
@@ -53,11 +69,14 @@ public sealed class LlamaRmsNorm : nn.Module<Tensor, Tensor>
         var x32 = x.to(ScalarType.Float32);
         // pow(Two) is TorchSharp's square() (same forward and backward) without its temporary Scalar.
         var normed = x32 * rsqrt(x32.pow(HeldScalars.Two).mean([-1L], keepdim: true).add(_eps, HeldScalars.One));  // [B, T, C]
-        return _weight * normed.to(x.dtype);
+        return _plusOne ? (normed * _weight.add(HeldScalars.One, HeldScalars.One)).to(x.dtype) : _weight * normed.to(x.dtype);
     }
 }
 
-/// <summary>Grouped-query self-attention: <c>q_proj</c> [H·d, C], <c>k_proj</c>/<c>v_proj</c> [H_kv·d, C], <c>o_proj</c> [C, H·d].</summary>
+/// <summary>
+/// Grouped-query self-attention: <c>q_proj</c> [H·d, C], <c>k_proj</c>/<c>v_proj</c> [H_kv·d, C], <c>o_proj</c> [C, H·d];
+/// a sliding window on the layers that have one (Mistral, Qwen2, Gemma 2); Gemma 2's own score scale and soft-capping.
+/// </summary>
 public sealed class LlamaAttention : nn.Module<Tensor, AttentionContext, Tensor>
 {
     [ComponentName(Name = "q_proj")] private readonly Linear _qProj;
@@ -65,15 +84,20 @@ public sealed class LlamaAttention : nn.Module<Tensor, AttentionContext, Tensor>
     [ComponentName(Name = "v_proj")] private readonly Linear _vProj;
     [ComponentName(Name = "o_proj")] private readonly Linear _oProj;
     private readonly int _layer, _heads, _kvHeads, _headDim;
+    private readonly int? _window;
+    private readonly Scalar? _scale, _softCap;  // held for the module's life (see HeldScalars)
 
     public LlamaAttention(int layer, ModelConfig config, LlamaOptions options, Device? device) : base("self_attn")
     {
         (_layer, _heads, _kvHeads, _headDim) = (layer, config.NumHeads, config.NumKvHeads, config.HeadDim);
+        _window = options.WindowOf(layer);
+        if (options.ScoreScale is double scale) _scale = scale.ToScalar();
+        if (options.AttentionSoftCap is double cap) _softCap = cap.ToScalar();
         long c = config.HiddenSize;
-        _qProj = Layers.Linear(c, (long)_heads * _headDim, hasBias: options.AttentionBias, device);
-        _kProj = Layers.Linear(c, (long)_kvHeads * _headDim, hasBias: options.AttentionBias, device);
-        _vProj = Layers.Linear(c, (long)_kvHeads * _headDim, hasBias: options.AttentionBias, device);
-        _oProj = Layers.Linear((long)_heads * _headDim, c, hasBias: options.AttentionBias, device);
+        _qProj = Layers.Linear(c, (long)_heads * _headDim, hasBias: options.QkvBias, device);
+        _kProj = Layers.Linear(c, (long)_kvHeads * _headDim, hasBias: options.QkvBias, device);
+        _vProj = Layers.Linear(c, (long)_kvHeads * _headDim, hasBias: options.QkvBias, device);
+        _oProj = Layers.Linear((long)_heads * _headDim, c, hasBias: options.OutputBias, device);
         RegisterComponents();
     }
 
@@ -86,7 +110,8 @@ public sealed class LlamaAttention : nn.Module<Tensor, AttentionContext, Tensor>
         q = HalfRotary.Apply(q, ctx.Cos!, ctx.Sin!);
         k = HalfRotary.Apply(k, ctx.Cos!, ctx.Sin!);
         if (ctx.Cache is not null) (k, v) = ctx.Cache.Append(_layer, k, v);      // [B, H_kv, Past+T, d]
-        var y = ctx.Attend(q, k, v).transpose(1, 2).reshape(b, t, (long)_heads * _headDim);  // [B, T, H·d]
+        var attended = _scale is null ? ctx.Attend(q, k, v, _window) : ctx.AttendSoftCapped(q, k, v, _scale, _softCap, _window);  // [B, H, T, d]
+        var y = attended.transpose(1, 2).reshape(b, t, (long)_heads * _headDim);  // [B, T, H·d]
         return _oProj.call(y);
     }
 }
@@ -125,9 +150,9 @@ public sealed class LlamaDecoderLayer : nn.Module<Tensor, AttentionContext, Tens
 
     public LlamaDecoderLayer(int layer, ModelConfig config, LlamaOptions options, Device? device) : base("layer")
     {
-        _inputLayernorm = new LlamaRmsNorm(config.HiddenSize, options.RmsNormEps, device);
+        _inputLayernorm = new LlamaRmsNorm(config.HiddenSize, options.RmsNormEps, device, options.NormPlusOne);
         _selfAttn = new LlamaAttention(layer, config, options, device);
-        _postAttentionLayernorm = new LlamaRmsNorm(config.HiddenSize, options.RmsNormEps, device);
+        _postAttentionLayernorm = new LlamaRmsNorm(config.HiddenSize, options.RmsNormEps, device, options.NormPlusOne);
         _mlp = new LlamaMlp(config, options, device);
         RegisterComponents();
     }
@@ -148,14 +173,22 @@ public sealed class LlamaModel : nn.Module<Tensor, AttentionContext, Tensor>
     [ComponentName(Name = "embed_tokens")] private readonly TokenEmbedding _embedTokens;
     [ComponentName(Name = "layers")] private readonly ModuleList<LlamaDecoderLayer> _layers;
     [ComponentName(Name = "norm")] private readonly LlamaRmsNorm _norm;
+    private readonly Scalar? _embedScale;  // Gemma: √hidden, held (see HeldScalars)
 
     public LlamaModel(ModelConfig config, LlamaOptions options, Device? device) : base("model")
     {
         _embedTokens = new TokenEmbedding(config.VocabSize, config.HiddenSize, device);
         _layers = nn.ModuleList(Enumerable.Range(0, config.NumLayers).Select(i => new LlamaDecoderLayer(i, config, options, device)).ToArray());
-        _norm = new LlamaRmsNorm(config.HiddenSize, options.RmsNormEps, device);
+        _norm = new LlamaRmsNorm(config.HiddenSize, options.RmsNormEps, device, options.NormPlusOne);
+        if (options.ScaleEmbeddings) _embedScale = EmbeddingScale(config.HiddenSize);
         RegisterComponents();
     }
+
+    /// <summary>
+    /// Gemma's embedding normaliser √hidden, rounded to float32 as transformers does
+    /// (<c>torch.tensor(hidden_size**0.5, dtype=hidden_states.dtype)</c>: 5.656854 for 32, not bf16's 5.65625).
+    /// </summary>
+    internal static Scalar EmbeddingScale(int hidden) => ((float)Math.Sqrt(hidden)).ToScalar();
 
     public TokenEmbedding EmbedTokens => _embedTokens;
     public ModuleList<LlamaDecoderLayer> Layers => _layers;
@@ -163,14 +196,42 @@ public sealed class LlamaModel : nn.Module<Tensor, AttentionContext, Tensor>
     public override Tensor forward(Tensor inputIds, AttentionContext ctx)
     {
         var x = _embedTokens.call(inputIds);  // [B, T, C]
+        if (_embedScale is not null) x = x.mul(_embedScale);
         foreach (var layer in _layers) x = layer.call(x, ctx);
         return _norm.call(x);
     }
 }
 
-/// <summary>Llama settings beyond <see cref="ModelConfig"/>, read from <c>config.json</c>.</summary>
-public sealed record LlamaOptions(double RmsNormEps, double RopeTheta, double RopePositionScale, Func<Tensor, Tensor> Activation, bool AttentionBias, bool MlpBias)
+/// <summary>
+/// Llama-family settings beyond <see cref="ModelConfig"/>, read from <c>config.json</c>: Llama's own, and
+/// what Qwen2 (q/k/v biases, windows), Mistral (windows), Gemma (norm, embedding scale) and Gemma 2
+/// (score scale, soft-capping) change.
+/// </summary>
+/// <remarks><c>QkvBias</c> and <c>OutputBias</c> are Llama's <c>attention_bias</c> split: Qwen2 has the first, not the second.</remarks>
+public sealed record LlamaOptions(double RmsNormEps, double RopeTheta, double RopePositionScale, Func<Tensor, Tensor> Activation, bool QkvBias, bool OutputBias, bool MlpBias)
 {
+    /// <summary>Sliding window per layer (null: full causal attention); empty: none anywhere.</summary>
+    public IReadOnlyList<int?> LayerWindows { get; init; } = [];
+
+    /// <summary>RMSNorm scales by (1 + weight) (Gemma).</summary>
+    public bool NormPlusOne { get; init; }
+
+    /// <summary>Embeddings are multiplied by √hidden (Gemma).</summary>
+    public bool ScaleEmbeddings { get; init; }
+
+    /// <summary>Attention scores scaled by this instead of 1/√head_dim (Gemma 2); when set, attention is computed by hand.</summary>
+    public double? ScoreScale { get; init; }
+
+    /// <summary>Scores soft-capped to cap·tanh(s/cap) before the mask (Gemma 2).</summary>
+    public double? AttentionSoftCap { get; init; }
+
+    /// <summary>The sliding window of <paramref name="layer"/>, or null.</summary>
+    public int? WindowOf(int layer) => layer < LayerWindows.Count ? LayerWindows[layer] : null;
+
+    /// <summary>The distinct window sizes, for <see cref="AttentionContext.Build"/>.</summary>
+    public IReadOnlyCollection<int> Windows => [.. LayerWindows.OfType<int>().Distinct()];
+
+
     internal static LlamaOptions Read(ConfigReader c)
     {
         double scale = 1.0;
@@ -181,12 +242,16 @@ public sealed record LlamaOptions(double RmsNormEps, double RopeTheta, double Ro
             if (type == "linear") scale = s.Double("factor", 1.0);
             else c.Require(type == "default", $"rope_scaling type \"{type}\" is not supported (supported: default, linear)");
         }
+        bool attentionBias = c.Bool("attention_bias", false);
         return new(c.Double("rms_norm_eps", 1e-6), c.Double("rope_theta", 10000.0), scale,
-            Activations.Parse(c, "hidden_act", "silu"), c.Bool("attention_bias", false), c.Bool("mlp_bias", false));
+            Activations.Parse(c, "hidden_act", "silu"), attentionBias, attentionBias, c.Bool("mlp_bias", false));
     }
 }
 
-/// <summary>Llama language model (<c>LlamaForCausalLM</c>): <c>model.*</c> and, only when untied, <c>lm_head.weight</c>.</summary>
+/// <summary>
+/// Llama language model (<c>LlamaForCausalLM</c>): <c>model.*</c> and, only when untied, <c>lm_head.weight</c>.
+/// With other <see cref="LlamaOptions"/> it is also Qwen2, Mistral and Gemma (<c>Config.ModelType</c> says which).
+/// </summary>
 public sealed class Llama : CausalLM
 {
     public const string ModelType = "llama";
@@ -195,10 +260,13 @@ public sealed class Llama : CausalLM
     [ComponentName(Name = "lm_head")] private readonly Linear? _lmHead;
     private readonly LlamaOptions _options;
 
-    public Llama(ModelConfig config, Device? device = null) : base(nameof(Llama))
+    public Llama(ModelConfig config, Device? device = null) : this(config, LlamaOptions.Read(new ConfigReader(config.Raw, "config.json")), device) { }
+
+    /// <summary>A Llama-family model with the options of its architecture (Qwen2, Mistral, Gemma).</summary>
+    public Llama(ModelConfig config, LlamaOptions options, Device? device = null) : base(nameof(Llama))
     {
         Config = config;
-        _options = LlamaOptions.Read(new ConfigReader(config.Raw, "config.json"));
+        _options = options;
         _model = new LlamaModel(config, _options, device);
         if (!config.TieWordEmbeddings) _lmHead = Layers.Linear(config.HiddenSize, config.VocabSize, hasBias: false, device);
         RegisterComponents();
@@ -211,16 +279,25 @@ public sealed class Llama : CausalLM
     public static ModelConfig ParseConfig(JsonObject raw, string source)
     {
         var c = new ConfigReader(raw, source);
+        _ = LlamaOptions.Read(c);
+        return ParseFamily(c, ModelType, tiedByDefault: false, maxPositionsByDefault: 2048);
+    }
+
+    /// <summary>
+    /// The fields every Llama-family config shares (hidden_size, heads, head_dim, …), with the defaults of
+    /// that architecture's configuration class where they differ.
+    /// </summary>
+    internal static ModelConfig ParseFamily(ConfigReader c, string modelType, bool tiedByDefault, int maxPositionsByDefault, int? headDimByDefault = null)
+    {
         int hidden = c.Positive("hidden_size"), heads = c.Positive("num_attention_heads");
         int kvHeads = c.OptPositive("num_key_value_heads", heads);
         c.Require(heads % kvHeads == 0, $"num_attention_heads {heads} is not a multiple of num_key_value_heads {kvHeads}");
-        int headDim = c.OptPositive("head_dim", hidden / heads);
-        c.Require(c.Has("head_dim") || hidden % heads == 0, $"hidden_size {hidden} is not a multiple of num_attention_heads {heads}");
+        int headDim = c.OptPositive("head_dim", headDimByDefault ?? hidden / heads);
+        c.Require(c.Has("head_dim") || headDimByDefault is not null || hidden % heads == 0, $"hidden_size {hidden} is not a multiple of num_attention_heads {heads}");
         c.Require(headDim % 2 == 0, $"head size {headDim} must be even for rotary embeddings");
-        _ = LlamaOptions.Read(c);
         return new ModelConfig
         {
-            ModelType = ModelType,
+            ModelType = modelType,
             VocabSize = c.Positive("vocab_size"),
             HiddenSize = hidden,
             NumLayers = c.Positive("num_hidden_layers"),
@@ -228,18 +305,18 @@ public sealed class Llama : CausalLM
             NumKvHeads = kvHeads,
             HeadDim = headDim,
             IntermediateSize = c.Positive("intermediate_size"),
-            MaxPositions = c.OptPositive("max_position_embeddings", 2048),
-            TieWordEmbeddings = c.Bool("tie_word_embeddings", false),
+            MaxPositions = c.OptPositive("max_position_embeddings", maxPositionsByDefault),
+            TieWordEmbeddings = c.Bool("tie_word_embeddings", tiedByDefault),
             BosTokenId = c.TokenId("bos_token_id"),
             EosTokenId = c.TokenId("eos_token_id"),
-            Raw = raw,
+            Raw = c.Raw,
         };
     }
 
     public override Tensor Hidden(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
         using var scope = NewDisposeScope();
-        var ctx = AttentionContext.Build(inputIds, attentionMask, positionIds, cache);
+        var ctx = AttentionContext.Build(inputIds, attentionMask, positionIds, cache, _options.Windows, explicitMask: _options.ScoreScale is not null);
         (ctx.Cos, ctx.Sin) = HalfRotary.Tables(ctx.Positions, Config.HeadDim, _options.RopeTheta, _options.RopePositionScale);
         return _model.call(inputIds, ctx).MoveToOuterDisposeScope();  // [B, T, C]
     }

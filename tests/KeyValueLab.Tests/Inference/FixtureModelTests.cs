@@ -7,7 +7,7 @@ namespace KeyValueLab.Tests.Inference;
 /// <summary>Batching and caching on the real architectures (random-weight Hugging Face fixtures).</summary>
 public class FixtureModelTests
 {
-    public static TheoryData<string> Fixtures => new() { "tiny_gpt2", "tiny_gptj", "tiny_llama_gqa" };
+    public static TheoryData<string> Fixtures => KeyValueLab.Tests.Models.ArchitectureFixtures.All;
 
     private static IReadOnlyList<int>[] Prompts(int vocab) =>
     [

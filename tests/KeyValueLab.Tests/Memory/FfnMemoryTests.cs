@@ -16,7 +16,7 @@ public class FfnMemoryTests
 
     private static Tensor Input() => tensor(Ids, [1, Ids.Length]);
 
-    public static TheoryData<string> Fixtures => new() { "tiny_gpt2", "tiny_gptj", "tiny_llama_gqa" };
+    public static TheoryData<string> Fixtures => ArchitectureFixtures.All;
 
     [Theory]
     [MemberData(nameof(Fixtures))]
@@ -44,9 +44,17 @@ public class FfnMemoryTests
             // FFN(h) = f(h·Kᵀ + b)·Vᵀ + b' with exactly these matrices (Llama: f(h·K_gateᵀ) ⊙ h·K_upᵀ).
             var h = randn(1, 3, d);
             var mlp = (nn.Module<Tensor, Tensor>)model.named_modules().Single(x => x.name == ffn.Prefix).module;
-            Tensor coefficients = model.Config.ModelType == Llama.ModelType
-                ? nn.functional.silu(h.matmul(memory.Keys(layer, KeyKind.Gate).t())) * h.matmul(memory.Keys(layer, KeyKind.Up).t())
-                : nn.functional.gelu(h.matmul(memory.Keys(layer).t()) + memory.KeyBias(layer)!, GELU.Approximate.tanh);
+            // The activation each architecture's paper and config use: SiLU (Llama, Qwen2, Mistral, Phi-3), tanh-GELU
+            // (GPT-2, GPT-J, Gemma, Gemma 2), exact GELU (GPT-NeoX).
+            Func<Tensor, Tensor> act = model.Config.ModelType switch
+            {
+                "llama" or "qwen2" or "mistral" or "phi3" => x => nn.functional.silu(x),
+                "gpt_neox" => x => nn.functional.gelu(x),
+                _ => x => nn.functional.gelu(x, GELU.Approximate.tanh),
+            };
+            Tensor coefficients = memory.KeyKinds.Count == 2
+                ? act(h.matmul(memory.Keys(layer, KeyKind.Gate).t())) * h.matmul(memory.Keys(layer, KeyKind.Up).t())
+                : act(h.matmul(memory.Keys(layer).t()) + memory.KeyBias(layer)!);
             var expected = coefficients.matmul(values.t());
             if (memory.ValueBias(layer) is { } bias) expected += bias;
             TensorAssert.CloseFp32(expected, mlp.call(h), $"{fixture} layer {layer} FFN");
@@ -72,6 +80,13 @@ public class FfnMemoryTests
     [InlineData("tiny_llama_gqa", KeyKind.Gate)]
     [InlineData("tiny_llama_gqa", KeyKind.Up)]
     [InlineData("stories260K_hf", KeyKind.Up)]
+    [InlineData("tiny_qwen2", KeyKind.Gate)]
+    [InlineData("tiny_mistral", KeyKind.Up)]
+    [InlineData("tiny_gemma", KeyKind.Gate)]
+    [InlineData("tiny_gemma2", KeyKind.Up)]
+    [InlineData("tiny_phi3", KeyKind.Gate)]
+    [InlineData("tiny_phi3", KeyKind.Up)]
+    [InlineData("tiny_gpt_neox", KeyKind.Fc)]
     public void EditingOneKeyRowChangesExactlyThatCoefficient(string fixture, KeyKind kind)
     {
         using var loaded = Load(fixture);
@@ -113,6 +128,34 @@ public class FfnMemoryTests
         Assert.Equal(
             ["model.layers.1.mlp.gate_proj.weight", "model.layers.1.mlp.up_proj.weight", "model.layers.1.mlp.down_proj.weight"],
             new FfnMemory(llama.Model).ParameterNames([1]));
+    }
+
+    /// <summary>
+    /// Phi-3 stores gate and up as one gate_up_proj [2m, d] = [gate | up]: each key matrix is exactly its half
+    /// of the stored tensor, is named by the fused parameter, and an in-place edit of one half changes only its rows.
+    /// </summary>
+    [Theory]
+    [InlineData(KeyKind.Gate, 0)]
+    [InlineData(KeyKind.Up, 1)]
+    public void Phi3KeysAreTheHalvesOfTheFusedGateUpProj(KeyKind kind, int half)
+    {
+        using var loaded = Load("tiny_phi3");
+        var memory = new FfnMemory(loaded.Model);
+        using var ckpt = HfCheckpoint.Open(TestData.Path("fixtures/tiny_phi3"));
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        const string fusedName = "model.layers.1.mlp.gate_up_proj.weight";
+        Assert.Equal(fusedName, memory.KeysName(1, kind));
+        Assert.Equal([fusedName, "model.layers.1.mlp.down_proj.weight"], memory.ParameterNames([1]));
+        long m = memory.Memories;
+        Assert.True(ckpt.ReadFloat32(fusedName).narrow(0, half * m, m).eq(memory.Keys(1, kind)).all().item<bool>());
+
+        var fused = loaded.Model.named_parameters().Single(p => p.name == fusedName).parameter;
+        var before = fused.detach().clone();
+        memory.Keys(1, kind).add_(1.0f);
+        var rowChanged = fused.detach().ne(before).any(1);  // [2m]
+        Assert.True(rowChanged.narrow(0, half * m, m).all().item<bool>(), "every row of the edited half changes");
+        Assert.False(rowChanged.narrow(0, (1 - half) * m, m).any().item<bool>(), "the other half keeps its bits");
     }
 
     [Theory]

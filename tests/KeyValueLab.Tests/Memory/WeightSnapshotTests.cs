@@ -1,5 +1,6 @@
 using KeyValueLab.Memory;
 using KeyValueLab.Models;
+using KeyValueLab.Tests.Models;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -8,8 +9,7 @@ namespace KeyValueLab.Tests.Memory;
 public class WeightSnapshotTests
 {
     [Theory]
-    [InlineData("tiny_gpt2")]
-    [InlineData("tiny_llama_gqa")]
+    [MemberData(nameof(ArchitectureFixtures.All), MemberType = typeof(ArchitectureFixtures))]
     public void RestoreIsBitExactAndSnapshotsNeverAlias(string fixture)
     {
         using var loaded = ModelLoader.Load(TestData.Path("fixtures/" + fixture));

@@ -8,7 +8,7 @@ namespace KeyValueLab.Tests.Models;
 /// <summary>Incremental decoding with the KV cache and padded batches give the same logits as plain forward passes.</summary>
 public class CacheAndPaddingTests(ITestOutputHelper output)
 {
-    public static TheoryData<string> Models => new() { "tiny_gpt2", "tiny_gptj", "tiny_llama_gqa", "stories260K_hf" };
+    public static TheoryData<string> Models => new([.. ArchitectureFixtures.All, "stories260K_hf"]);
 
     private static readonly long[] RowA = [5, 17, 99, 3, 42, 42, 7, 11];
     private static readonly long[] RowB = [8, 300, 2, 64, 19];

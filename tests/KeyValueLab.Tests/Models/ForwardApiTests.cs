@@ -9,7 +9,7 @@ public class ForwardApiTests
 {
     private static readonly long[] Ids = [5, 17, 99, 3, 42, 42, 7, 11];
 
-    public static TheoryData<string> Fixtures => new() { "tiny_gpt2", "tiny_gptj", "tiny_llama_gqa" };
+    public static TheoryData<string> Fixtures => ArchitectureFixtures.All;
 
     [Theory]
     [MemberData(nameof(Fixtures))]
@@ -64,9 +64,7 @@ public class ForwardApiTests
 public class BlockHookTests
 {
     [Theory]
-    [InlineData("tiny_gpt2")]
-    [InlineData("tiny_gptj")]
-    [InlineData("tiny_llama_gqa")]
+    [MemberData(nameof(ArchitectureFixtures.All), MemberType = typeof(ArchitectureFixtures))]
     public void HooksOnBlocksSeeAndChangeTheResidualStream(string fixture)
     {
         using var loaded = ModelLoader.Load(TestData.Path("fixtures/" + fixture));

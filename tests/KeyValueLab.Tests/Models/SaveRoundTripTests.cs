@@ -13,6 +13,8 @@ public class SaveRoundTripTests
     {
         "fixtures/tiny_gpt2", "fixtures/tiny_gpt2_bf16_sharded", "fixtures/tiny_gptj", "fixtures/tiny_gptj_f16",
         "fixtures/tiny_llama_gqa", "fixtures/stories260K_hf", "llama2c_stories260K/stories260K.bin",
+        "fixtures/tiny_qwen2", "fixtures/tiny_mistral", "fixtures/tiny_mistral_bf16", "fixtures/tiny_gemma", "fixtures/tiny_gemma2",
+        "fixtures/tiny_phi3", "fixtures/tiny_gpt_neox",
     };
 
     [Theory]
