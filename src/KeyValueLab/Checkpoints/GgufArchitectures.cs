@@ -45,6 +45,20 @@ internal sealed record GgufArchitecture(
         ],
         new HashSet<string>());
 
+    /// <summary>Qwen2: Llama's names plus q/k/v biases; llama.cpp rotates halves (NEOX rope) here, so no permutation.</summary>
+    public static readonly GgufArchitecture Qwen2 = Llama with
+    {
+        Name = "qwen2",
+        ModelType = "qwen2",
+        PerLayer = [.. Llama.PerLayer, ("self_attn.q_proj.bias", "attn_q.bias"), ("self_attn.k_proj.bias", "attn_k.bias"), ("self_attn.v_proj.bias", "attn_v.bias")],
+    };
+
+    /// <summary>True for the architectures built on <see cref="Models.Llama"/>'s body (RMSNorm, rotary, SwiGLU).</summary>
+    public bool IsLlamaFamily => this == Llama || this == Qwen2;
+
+    /// <summary>True when llama.cpp's converter interleaves q/k rows for this architecture (its NORM rope type).</summary>
+    public bool PermutesQk => this == Llama;
+
     public static readonly GgufArchitecture Gpt2 = new(
         "gpt2", "gpt2",
         [
@@ -69,7 +83,7 @@ internal sealed record GgufArchitecture(
         ],
         new HashSet<string>(StringComparer.Ordinal) { "attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight" });
 
-    public static IReadOnlyList<GgufArchitecture> All { get; } = [Llama, Gpt2];
+    public static IReadOnlyList<GgufArchitecture> All { get; } = [Llama, Qwen2, Gpt2];
 
     public static GgufArchitecture? ForGguf(string name) => All.FirstOrDefault(a => a.Name == name);
 

@@ -48,8 +48,8 @@ public sealed class GgufCheckpoint : ICheckpoint
         foreach (var t in file.GgufTensors)
         {
             string hf = arch.ToHf(t.Name) ?? throw new InputException(path, $"tensor {t.Name} is not part of a {arch.Name} model known here");
-            int permute = arch == GgufArchitecture.Llama && hf.EndsWith(".self_attn.q_proj.weight", StringComparison.Ordinal) ? heads
-                : arch == GgufArchitecture.Llama && hf.EndsWith(".self_attn.k_proj.weight", StringComparison.Ordinal) ? kvHeads : 0;
+            int permute = arch.PermutesQk && hf.EndsWith(".self_attn.q_proj.weight", StringComparison.Ordinal) ? heads
+                : arch.PermutesQk && hf.EndsWith(".self_attn.k_proj.weight", StringComparison.Ordinal) ? kvHeads : 0;
             bool transpose = arch.IsHfTransposed(hf);
             if (transpose && t.Shape.Length != 2) throw new InputException(path, $"tensor {t.Name}: expected 2 dimensions");
             if (permute > 0 && (t.Shape.Length != 2 || t.Shape[0] % (2 * permute) != 0))
@@ -65,7 +65,7 @@ public sealed class GgufCheckpoint : ICheckpoint
         var config = new JsonObject
         {
             ["model_type"] = arch.ModelType,
-            ["architectures"] = new JsonArray(arch.ModelType == "gpt2" ? "GPT2LMHeadModel" : "LlamaForCausalLM"),
+            ["architectures"] = new JsonArray(arch.ModelType switch { "gpt2" => "GPT2LMHeadModel", "qwen2" => "Qwen2ForCausalLM", _ => "LlamaForCausalLM" }),
         };
         foreach (var (key, suffix, type, required) in arch.Fields)
         {
@@ -81,9 +81,10 @@ public sealed class GgufCheckpoint : ICheckpoint
             ?? throw new InputException(file.SourcePath, "tensor token_embd.weight is missing");
         config["vocab_size"] = (int)embed.Shape[0];
         config["tie_word_embeddings"] = file.GgufTensors.All(t => t.Name != "output.weight");
-        if (arch == GgufArchitecture.Llama)
+        if (arch.IsLlamaFamily)
         {
             config["hidden_act"] = "silu";
+            if (arch == GgufArchitecture.Qwen2) config["use_sliding_window"] = false;
             string keyLength = $"{arch.Name}.attention.key_length";
             if (file.Metadata.ContainsKey(keyLength)) config["head_dim"] = (int)GgufMetadata.UInt(file, keyLength);
             string scaling = $"{arch.Name}.rope.scaling.type";

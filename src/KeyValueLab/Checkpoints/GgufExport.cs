@@ -31,7 +31,7 @@ public static class GgufExport
                 var value = p.detach();
                 int heads = name.EndsWith(".self_attn.q_proj.weight", StringComparison.Ordinal) ? config.NumHeads
                     : name.EndsWith(".self_attn.k_proj.weight", StringComparison.Ordinal) ? config.NumKvHeads : 0;
-                if (arch == GgufArchitecture.Llama && heads > 0)
+                if (arch.PermutesQk && heads > 0)
                 {
                     var permuted = GgufCheckpoint.Permute(value, heads);
                     value.Dispose();
@@ -74,11 +74,13 @@ public static class GgufExport
         U("block_count", config.NumLayers);
         U("feed_forward_length", config.IntermediateSize);
         U("attention.head_count", config.NumHeads);
-        if (arch == GgufArchitecture.Llama)
+        if (arch.IsLlamaFamily)
         {
-            var options = LlamaOptions.Read(raw);
+            var options = arch == GgufArchitecture.Qwen2 ? Qwen2.Options(raw, config.NumLayers) : LlamaOptions.Read(raw);
             if (options.RopePositionScale != 1.0) throw new NotSupportedException("rope_scaling is not exported to GGUF here");
-            if (options.AttentionBias || options.MlpBias) throw new NotSupportedException("attention_bias / mlp_bias Llama models are not exported to GGUF here");
+            if (options.QkvBias != (arch == GgufArchitecture.Qwen2) || options.OutputBias || options.MlpBias)
+                throw new NotSupportedException("attention_bias / mlp_bias Llama models are not exported to GGUF here");
+            if (options.Windows.Count > 0) throw new NotSupportedException("sliding-window attention is not exported to GGUF here");
             if (raw.OptString("hidden_act") is { } act && act != "silu") throw new NotSupportedException($"hidden_act \"{act}\": llama.cpp's llama uses silu");
             U("attention.head_count_kv", config.NumKvHeads);
             U("rope.dimension_count", config.HeadDim);

@@ -30,13 +30,14 @@ public class GgufRoundTripTests : IDisposable
         return u.Select(BitConverter.SingleToUInt32Bits).SequenceEqual(v.Select(BitConverter.SingleToUInt32Bits));
     }
 
-    public static TheoryData<string> Models => new() { "stories260K", "tiny_llama_gqa", "tiny_gpt2" };
+    public static TheoryData<string> Models => new() { "stories260K", "tiny_llama_gqa", "tiny_qwen2", "tiny_gpt2" };
 
     internal static (LoadedModel Model, ITokenizer Tokenizer) Fixture(string name) => name switch
     {
         "stories260K" => (ModelLoader.Load(TestData.Path("llama2c_stories260K/stories260K.bin")), TokenizerFixtures.Tok512),
         // No tokenizer ships with tiny_llama_gqa (vocab 1000): tok512's 512 tokens, the other rows written as unused.
         "tiny_llama_gqa" => (ModelLoader.Load(TestData.Path("fixtures/tiny_llama_gqa")), TokenizerFixtures.Tok512),
+        "tiny_qwen2" => (ModelLoader.Load(TestData.Path("fixtures/tiny_qwen2")), TokenizerFixtures.Tok512),
         "tiny_gpt2" => (ModelLoader.Load(TestData.Path("fixtures/tiny_gpt2")), TokenizerFixtures.Gpt2Files),
         _ => throw new ArgumentException(name),
     };

@@ -53,7 +53,7 @@ public class LlamaCppTests : IDisposable
 
     private static string Show(string s) => System.Text.Json.JsonSerializer.Serialize(s);
 
-    public static TheoryData<string> LlamaFixtures => new() { "stories260K", "tiny_llama_gqa" };
+    public static TheoryData<string> LlamaFixtures => new() { "stories260K", "tiny_llama_gqa", "tiny_qwen2" };
 
     [Theory]
     [MemberData(nameof(LlamaFixtures))]
@@ -96,18 +96,21 @@ public class LlamaCppTests : IDisposable
         string gguf = _tmp.File(name + ".gguf");
         if (!File.Exists(gguf)) GgufExport.Write(model.Model, tok, gguf);
         var reference = ReferenceLogits.For(name == "stories260K" ? "stories260K_hf" : name);
-        var ids = reference.InputIds.Select(x => (int)x).ToArray();
-
-        float[][] cpp = LlamaCpp.Logits(gguf, ids);
+        // Batch fixtures hold several sequences: each is decoded by llama.cpp on its own.
+        int vocab = model.Config.VocabSize, positions = reference.Positions;
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
-        var ours = model.Model.Forward(reference.InputTensor()).reshape(ids.Length, -1).data<float>().ToArray();
-        int vocab = model.Config.VocabSize;
+        var ours = model.Model.Forward(reference.InputTensor()).reshape(reference.Batch * positions, -1).data<float>().ToArray();
         double worst = 0;
-        for (int t = 0; t < ids.Length; t++)
+        for (int row = 0; row < reference.Batch; row++)
         {
-            Assert.Equal(vocab, cpp[t].Length);
-            for (int v = 0; v < vocab; v++) worst = Math.Max(worst, Math.Abs(cpp[t][v] - ours[t * vocab + v]));
+            var ids = reference.InputIds.Skip(row * positions).Take(positions).Select(x => (int)x).ToArray();
+            float[][] cpp = LlamaCpp.Logits(gguf, ids);
+            for (int t = 0; t < positions; t++)
+            {
+                Assert.Equal(vocab, cpp[t].Length);
+                for (int v = 0; v < vocab; v++) worst = Math.Max(worst, Math.Abs(cpp[t][v] - ours[(row * positions + t) * vocab + v]));
+            }
         }
         return worst;
     }
