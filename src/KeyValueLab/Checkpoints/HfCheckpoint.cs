@@ -27,7 +27,8 @@ public static class Checkpoint
             if (Path.GetFileName(path) is "config.json" or "model.safetensors" or "model.safetensors.index.json")
                 return HfCheckpoint.Open(Path.GetDirectoryName(Path.GetFullPath(path))!);
             if (path.EndsWith(".bin", StringComparison.OrdinalIgnoreCase)) return Llama2cCheckpoint.Open(path);
-            throw new InputException(path, "not a checkpoint: expected a Hugging Face folder or a llama2.c .bin file");
+            if (path.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase)) return GgufCheckpoint.Open(path);
+            throw new InputException(path, "not a checkpoint: expected a Hugging Face folder, a llama2.c .bin file or a .gguf file");
         }
         throw new InputException(path, "no such file or folder");
     }

@@ -6,18 +6,22 @@ using Microsoft.ML.Tokenizers;
 namespace KeyValueLab.Tokenization;
 
 /// <summary>
-/// GPT-2 byte-level BPE (the GPT-2 / GPT-J vocabulary and others built the same way): GPT-2's pre-tokenisation regex,
-/// bytes mapped to printable characters, then the ranked merges. Encoding is done by Microsoft.ML.Tokenizers'
-/// <see cref="BpeTokenizer"/>, which gives Hugging Face's ids exactly; added tokens such as <c>&lt;|endoftext|&gt;</c>
-/// are recognised in the text, as Hugging Face does.
+/// Byte-level BPE as GPT-2 introduced it and Llama 3, Qwen2 and GPT-J use: added tokens cut out of the text, a
+/// regex pre-tokenizer (GPT-2's, or the file's <c>Split</c> pattern), bytes mapped to printable characters, then the
+/// ranked merges. Merges are applied by Microsoft.ML.Tokenizers' <see cref="BpeTokenizer"/>, which gives Hugging
+/// Face's ids exactly, or, for Meta's tiktoken-format <c>tokenizer.model</c>, by its <see cref="TiktokenTokenizer"/>.
 /// </summary>
 public sealed partial class Gpt2Tokenizer : ITokenizer
 {
     /// <summary>The default special token of GPT-2 (id 50256), its BOS, EOS and unknown token.</summary>
     public const string EndOfText = "<|endoftext|>";
 
-    private readonly BpeTokenizer _bpe;
+    private readonly SplitPreTokenizer _split;
+    private readonly Func<string, IReadOnlyList<int>> _encodePiece;
+    private readonly Dictionary<string, int> _specials;
     private readonly byte[][] _tokenBytes;   // [id] → the bytes the token stands for (empty for unused ids)
+    private readonly Func<IReadOnlyList<string>> _merges;
+    private readonly bool _ignoreMerges;
 
     /// <inheritdoc/>
     public int VocabSize => _tokenBytes.Length;
@@ -31,32 +35,48 @@ public sealed partial class Gpt2Tokenizer : ITokenizer
     /// <summary>Id emitted for bytes the vocabulary cannot spell, or null (such bytes are then dropped, as Hugging Face does).</summary>
     public int? UnknownId { get; }
 
-    // openai/gpt-2 encoder.py; HF ByteLevel pre-tokenizer with use_regex=true uses the same pattern.
-    [GeneratedRegex(@"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+")]
-    private static partial Regex PreTokenPattern();
+    /// <summary>The pre-tokenizer regex in use.</summary>
+    public string PreTokenizerPattern => _split.Pattern;
+
+    // The whole piece as one pre-token: splitting is done by SplitPreTokenizer before the merges run.
+    [GeneratedRegex(@"[\s\S]+")]
+    private static partial Regex WholePiece();
 
     /// <summary>
     /// Loads <c>vocab.json</c> + <c>merges.txt</c>. Special tokens default to Hugging Face's GPT2Tokenizer
-    /// (all three <see cref="EndOfText"/>); a token not in the vocabulary is ignored.
+    /// (all three <see cref="EndOfText"/>); a token not in the vocabulary is ignored. <paramref name="pattern"/> is the
+    /// pre-tokenizer regex (Qwen2Tokenizer: <see cref="Qwen2Pattern"/> with <paramref name="nfc"/>);
+    /// <paramref name="addedTokens"/> (content → id, e.g. from <c>added_tokens_decoder</c>) are cut out of the text.
     /// </summary>
     /// <exception cref="InputException">A file is missing, malformed, or the two files do not belong together.</exception>
     public static Gpt2Tokenizer FromFiles(string vocabPath, string mergesPath,
-        string? bosToken = EndOfText, string? eosToken = EndOfText, string? unknownToken = EndOfText)
+        string? bosToken = EndOfText, string? eosToken = EndOfText, string? unknownToken = EndOfText,
+        string pattern = Gpt2Pattern, bool nfc = false, IReadOnlyDictionary<string, int>? addedTokens = null)
     {
         var vocab = ReadVocabJson(vocabPath);
         var merges = ReadMergesTxt(mergesPath);
-        var specials = new Dictionary<string, int>();
+        var specials = new Dictionary<string, int>(addedTokens ?? new Dictionary<string, int>(), StringComparer.Ordinal);
         foreach (var s in new[] { bosToken, eosToken, unknownToken })
-            if (s is not null && vocab.TryGetValue(s, out int id)) specials[s] = id;
-        return new Gpt2Tokenizer(vocabPath, mergesPath, vocab, merges, specials, bosToken, eosToken, unknownToken);
+            if (s is not null && !specials.ContainsKey(s) && vocab.TryGetValue(s, out int id)) specials[s] = id;
+        return FromBpe(vocabPath, mergesPath, vocab, merges, specials, bosToken, eosToken, unknownToken, pattern, nfc, ignoreMerges: false);
     }
 
+    /// <summary>GPT-2's pre-tokenizer regex (also Hugging Face's ByteLevel pre-tokenizer with use_regex=true).</summary>
+    public const string Gpt2Pattern = SplitPreTokenizer.Gpt2Pattern;
+
+    /// <summary>Llama 3's pre-tokenizer regex (Meta's llama/tokenizer.py).</summary>
+    public const string Llama3Pattern = SplitPreTokenizer.Llama3Pattern;
+
+    /// <summary>Qwen2's pre-tokenizer regex (Hugging Face Qwen2Tokenizer).</summary>
+    public const string Qwen2Pattern = SplitPreTokenizer.Qwen2Pattern;
+
     /// <summary>
-    /// Loads a Hugging Face <c>tokenizer.json</c> whose model is BPE with the byte-level pre-tokenizer
-    /// (<c>model.type</c> "BPE", or absent as in older files). Special tokens are named as in
-    /// <see cref="FromFiles"/>; <c>model.unk_token</c> wins over <paramref name="unknownToken"/>.
+    /// Loads a Hugging Face <c>tokenizer.json</c> whose model is byte-level BPE (<c>model.type</c> "BPE", or absent as
+    /// in older files): pre-tokenizer ByteLevel (GPT-2's regex) or a Sequence of a regex <c>Split</c> (Isolated)
+    /// and ByteLevel without its regex (Llama 3, Qwen2); normalizer none or NFC; <c>ignore_merges</c> honoured.
+    /// Special tokens are named as in <see cref="FromFiles"/>; <c>model.unk_token</c> wins over <paramref name="unknownToken"/>.
     /// </summary>
-    /// <exception cref="InputException">The file is missing, not JSON, or describes another kind of tokenizer.</exception>
+    /// <exception cref="InputException">The file is missing, not JSON, or uses a component not supported here (named).</exception>
     public static Gpt2Tokenizer FromTokenizerJson(string path,
         string? bosToken = EndOfText, string? eosToken = EndOfText, string? unknownToken = EndOfText)
     {
@@ -70,16 +90,18 @@ public sealed partial class Gpt2Tokenizer : ITokenizer
         if (type is null && !(model.TryGetProperty("vocab", out _) && model.TryGetProperty("merges", out _)))
             throw new InputException(path, "model has no \"type\" and is not a BPE model (no vocab and merges)");
         if (type is not null && type != "BPE")
-            throw new InputException(path, $"model type \"{type}\" is not supported here (supported: BPE with the ByteLevel pre-tokenizer)");
+            throw new InputException(path, $"model type \"{type}\" is not supported here (supported: byte-level BPE)");
 
-        CheckByteLevel(path, root);
+        bool nfc = ReadNormalizer(path, root);
+        string pattern = ReadPreTokenizer(path, root);
         foreach (var (name, bad) in new[] { ("continuing_subword_prefix", ""), ("end_of_word_suffix", "") })
             if (model.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.String && v.GetString() != bad)
                 throw new InputException(path, $"model.{name} is set; only GPT-2 style byte-level BPE is supported");
         if (model.TryGetProperty("byte_fallback", out var bf) && bf.ValueKind == JsonValueKind.True)
             throw new InputException(path, "model.byte_fallback is set (SentencePiece-style BPE); use tokenizer.model instead");
-        if (model.TryGetProperty("ignore_merges", out var im) && im.ValueKind == JsonValueKind.True)
-            throw new InputException(path, "model.ignore_merges is set (Llama 3 style); not supported");
+        if (model.TryGetProperty("dropout", out var dr) && dr.ValueKind == JsonValueKind.Number && dr.GetDouble() != 0)
+            throw new InputException(path, "model.dropout is set (BPE dropout); not supported");
+        bool ignoreMerges = model.TryGetProperty("ignore_merges", out var im) && im.ValueKind == JsonValueKind.True;
         if (model.TryGetProperty("unk_token", out var unk) && unk.ValueKind == JsonValueKind.String) unknownToken = unk.GetString();
 
         if (!model.TryGetProperty("vocab", out var vocabJson)) throw new InputException(path, "model.vocab is missing");
@@ -99,7 +121,7 @@ public sealed partial class Gpt2Tokenizer : ITokenizer
             else throw new InputException(path, $"{where}: expected \"a b\" or [\"a\", \"b\"]");
         }
 
-        var specials = new Dictionary<string, int>();
+        var specials = new Dictionary<string, int>(StringComparer.Ordinal);
         if (root.TryGetProperty("added_tokens", out var added) && added.ValueKind == JsonValueKind.Array)
         {
             i = 0;
@@ -111,16 +133,61 @@ public sealed partial class Gpt2Tokenizer : ITokenizer
                     || !idJson.TryGetInt32(out int id) || id < 0 || id > MaxId
                     || !a.TryGetProperty("content", out var c) || c.ValueKind != JsonValueKind.String || c.GetString()!.Length == 0)
                     throw new InputException(path, $"{where}: expected {{\"id\": non-negative int, \"content\": non-empty string, ...}}");
+                foreach (var flag in new[] { "lstrip", "rstrip", "single_word" })
+                    if (a.TryGetProperty(flag, out var f) && f.ValueKind == JsonValueKind.True)
+                        throw new InputException(path, $"{where}: added token with {flag}=true is not supported");
                 specials[c.GetString()!] = id;
             }
         }
         foreach (var s in new[] { bosToken, eosToken, unknownToken })
             if (s is not null && !specials.ContainsKey(s) && vocab.TryGetValue(s, out int id)) specials[s] = id;
-        return new Gpt2Tokenizer(path, path, vocab, merges, specials, bosToken, eosToken, unknownToken);
+        return FromBpe(path, path, vocab, merges, specials, bosToken, eosToken, unknownToken, pattern, nfc, ignoreMerges);
     }
 
-    private Gpt2Tokenizer(string vocabSource, string mergesSource, Dictionary<string, int> vocab, List<Merge> merges,
-        Dictionary<string, int> specials, string? bosToken, string? eosToken, string? unknownToken)
+    /// <summary>
+    /// Byte-level BPE from a vocabulary (byte-level strings → id) and merges already read, e.g. from GGUF metadata.
+    /// </summary>
+    internal static Gpt2Tokenizer FromVocabulary(string source, Dictionary<string, int> vocab, IEnumerable<(string Left, string Right)> merges,
+        Dictionary<string, int> specials, int? bosId, int? eosId, int? unknownId, string pattern, bool ignoreMerges)
+    {
+        var list = merges.Select((m, i) => new Merge(m.Left, m.Right, $"merges[{i}]")).ToList();
+        string? Name(int? id) => id is int x ? specials.FirstOrDefault(p => p.Value == x).Key ?? vocab.FirstOrDefault(p => p.Value == x).Key : null;
+        string? bos = Name(bosId), eos = Name(eosId), unk = Name(unknownId);
+        foreach (var s in new[] { bos, eos, unk })
+            if (s is not null && !specials.ContainsKey(s) && vocab.TryGetValue(s, out int id)) specials[s] = id;
+        return FromBpe(source, source, vocab, list, specials, bos, eos, unk, pattern, nfc: false, ignoreMerges);
+    }
+
+    /// <summary>
+    /// Loads Meta's tiktoken-format <c>tokenizer.model</c> (Llama 3): one "base64(token bytes) rank" per line, rank =
+    /// id. <paramref name="specialTokens"/> (content → id, Llama 3: the 256 of <c>added_tokens_decoder</c>) follow.
+    /// </summary>
+    /// <exception cref="InputException">The file is malformed, or a special token's id collides with a rank.</exception>
+    public static Gpt2Tokenizer FromTiktoken(string path, IReadOnlyDictionary<string, int> specialTokens,
+        string? bosToken, string? eosToken, string pattern = Llama3Pattern)
+    {
+        ArgumentNullException.ThrowIfNull(specialTokens);
+        var ranks = TiktokenFile.Read(path);
+        var specials = new Dictionary<string, int>(specialTokens, StringComparer.Ordinal);
+        foreach (var (token, id) in specials)
+            if (id < ranks.Length)
+                throw new InputException(path, $"special token \"{token}\" has id {id}, which is already the rank of a token here (0..{ranks.Length - 1})");
+        TiktokenTokenizer tiktoken;
+        try
+        {
+            using var stream = File.OpenRead(path);
+            tiktoken = TiktokenTokenizer.Create(stream, new RegexPreTokenizer(WholePiece(), null), normalizer: null, specialTokens: null);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException or ArgumentException or InvalidOperationException)
+        {
+            throw new InputException(path, "cannot build the tiktoken tokenizer: " + e.Message, e);
+        }
+        return new Gpt2Tokenizer(path, ranks, specials, bosToken, eosToken, null, pattern, nfc: false,
+            piece => tiktoken.EncodeToIds(piece), () => MergesFromRanks(ranks), ignoreMerges: true);
+    }
+
+    private static Gpt2Tokenizer FromBpe(string vocabSource, string mergesSource, Dictionary<string, int> vocab, List<Merge> merges,
+        Dictionary<string, int> specials, string? bosToken, string? eosToken, string? unknownToken, string pattern, bool nfc, bool ignoreMerges)
     {
         // A merge of tokens the vocabulary lacks, or one whose result it lacks, means the merges belong to another
         // vocabulary (or the vocabulary was edited by hand). Hugging Face's tokenizers refuses both
@@ -135,41 +202,97 @@ public sealed partial class Gpt2Tokenizer : ITokenizer
             usable.Add(m.Left + " " + m.Right);
         }
 
-        int size = Math.Max(vocab.Count == 0 ? 0 : vocab.Values.Max() + 1, specials.Count == 0 ? 0 : specials.Values.Max() + 1);
+        int size = vocab.Count == 0 ? 0 : vocab.Values.Max() + 1;
+        var tokenBytes = new byte[size][];
+        Array.Fill(tokenBytes, Array.Empty<byte>());
+        foreach (var (token, id) in vocab) tokenBytes[id] = ByteLevel.ToBytes(token);
+
+        string? unknown = unknownToken is not null && (specials.ContainsKey(unknownToken) || vocab.ContainsKey(unknownToken)) ? unknownToken : null;
+        var options = new BpeOptions(vocab)
+        {
+            Merges = usable,
+            ByteLevel = true,
+            PreTokenizer = new RegexPreTokenizer(WholePiece(), null),
+            UnknownToken = unknown,
+        };
+        BpeTokenizer bpe;
+        try { bpe = BpeTokenizer.Create(options); }
+        catch (Exception e) when (e is ArgumentException or InvalidOperationException or KeyNotFoundException)
+        {
+            throw new InputException(mergesSource, "cannot build the BPE tokenizer: " + e.Message, e);
+        }
+        // ignore_merges (Llama 3): a piece that is itself in the vocabulary is that token, whatever the merges would make.
+        Func<string, IReadOnlyList<int>> encode = ignoreMerges
+            ? piece => vocab.TryGetValue(ByteLevel.ToChars(piece), out int id) ? [id] : bpe.EncodeToIds(piece)
+            : piece => bpe.EncodeToIds(piece);
+        return new Gpt2Tokenizer(mergesSource, tokenBytes, specials, bosToken, eosToken, unknown, pattern, nfc, encode, () => usable, ignoreMerges);
+    }
+
+    /// <summary>
+    /// BPE merges equivalent to tiktoken ranks (as transformers' TikTokenConverter makes them): every split of a
+    /// token into two tokens, ordered by the rank of the token made, then of its left part.
+    /// </summary>
+    internal static IReadOnlyList<string> MergesFromRanks(byte[][] ranks)
+    {
+        var spell = ranks.Select(b => ByteLevel.ToChars(b)).ToArray();
+        var rankOf = new Dictionary<string, int>(spell.Length, StringComparer.Ordinal);
+        for (int i = 0; i < spell.Length; i++) rankOf.TryAdd(spell[i], i);
+        var merges = new List<(int Rank, int Left, string Pair)>();
+        for (int r = 0; r < spell.Length; r++)
+            for (int k = 1; k < spell[r].Length; k++)
+                if (rankOf.TryGetValue(spell[r][..k], out int left) && rankOf.ContainsKey(spell[r][k..]))
+                    merges.Add((r, left, spell[r][..k] + " " + spell[r][k..]));
+        merges.Sort((a, b) => a.Rank != b.Rank ? a.Rank.CompareTo(b.Rank) : a.Left.CompareTo(b.Left));
+        return merges.Select(m => m.Pair).ToArray();
+    }
+
+    /// <summary>The merges, "left right" in priority order (derived from the ranks for a tiktoken file).</summary>
+    internal IReadOnlyList<string> Merges => _merges();
+
+    /// <summary>Whether a piece found whole in the vocabulary skips the merges (Llama 3).</summary>
+    internal bool IgnoresMerges => _ignoreMerges;
+
+    /// <summary>The added tokens (content → id), cut out of the text before pre-tokenisation.</summary>
+    internal IReadOnlyDictionary<string, int> AddedTokens => _specials;
+
+    /// <summary>A token as the vocabulary spells it: byte-level characters, or an added token's text.</summary>
+    internal string VocabularyEntry(int id) =>
+        _specials.FirstOrDefault(p => p.Value == id).Key ?? ByteLevel.ToChars(Bytes(id));
+
+    private Gpt2Tokenizer(string source, byte[][] tokenBytes, Dictionary<string, int> specials,
+        string? bosToken, string? eosToken, string? unknownToken, string pattern, bool nfc, Func<string, IReadOnlyList<int>> encodePiece,
+        Func<IReadOnlyList<string>> merges, bool ignoreMerges)
+    {
+        _merges = merges;
+        _ignoreMerges = ignoreMerges;
+        int size = Math.Max(tokenBytes.Length, specials.Count == 0 ? 0 : specials.Values.Max() + 1);
         _tokenBytes = new byte[size][];
         Array.Fill(_tokenBytes, Array.Empty<byte>());
-        foreach (var (token, id) in vocab) _tokenBytes[id] = ByteLevel.ToBytes(token);
+        Array.Copy(tokenBytes, _tokenBytes, tokenBytes.Length);
         foreach (var (token, id) in specials) _tokenBytes[id] = Encoding.UTF8.GetBytes(token);
+        _specials = specials;
 
         int? Find(string? s) => s is not null && specials.TryGetValue(s, out int id) ? id : null;
         BosId = Find(bosToken);
         EosId = Find(eosToken);
         UnknownId = Find(unknownToken);
-
-        var options = new BpeOptions(vocab)
-        {
-            Merges = usable,
-            ByteLevel = true,
-            PreTokenizer = new RegexPreTokenizer(PreTokenPattern(), specials.Count > 0 ? specials : null),
-            SpecialTokens = specials.Count > 0 ? specials : null,
-            UnknownToken = UnknownId is null ? null : unknownToken,
-        };
-        try { _bpe = BpeTokenizer.Create(options); }
-        catch (Exception e) when (e is ArgumentException or InvalidOperationException or KeyNotFoundException)
-        {
-            throw new InputException(mergesSource, "cannot build the BPE tokenizer: " + e.Message, e);
-        }
+        try { _split = new SplitPreTokenizer(pattern, specials.Keys, nfc); }
+        catch (ArgumentException e) { throw new InputException(source, "pre-tokenizer regex is not supported by .NET's Regex: " + e.Message, e); }
+        _encodePiece = encodePiece;
     }
 
     /// <inheritdoc/>
     public IReadOnlyList<int> Encode(string text, bool addBos = false)
     {
         ArgumentNullException.ThrowIfNull(text);
-        var ids = _bpe.EncodeToIds(text);
-        if (!addBos || BosId is not int bos) return ids;
-        var withBos = new List<int>(ids.Count + 1) { bos };
-        withBos.AddRange(ids);
-        return withBos;
+        var ids = new List<int>();
+        if (addBos && BosId is int bos) ids.Add(bos);
+        foreach (var (piece, special) in _split.Split(text))
+        {
+            if (special) ids.Add(_specials[piece]);
+            else ids.AddRange(_encodePiece(piece));
+        }
+        return ids;
     }
 
     /// <inheritdoc/>
@@ -256,16 +379,58 @@ public sealed partial class Gpt2Tokenizer : ITokenizer
         return new Merge(text[..space], text[(space + 1)..], where);
     }
 
-    private static void CheckByteLevel(string path, JsonElement root)
+    /// <summary>True for an NFC normalizer, false for none; anything else is refused, named.</summary>
+    private static bool ReadNormalizer(string path, JsonElement root)
     {
-        if (root.TryGetProperty("normalizer", out var norm) && norm.ValueKind != JsonValueKind.Null)
-            throw new InputException(path, $"normalizer {TypeOf(norm)} is not supported (GPT-2 style tokenizers have none)");
-        if (!root.TryGetProperty("pre_tokenizer", out var pre) || pre.ValueKind != JsonValueKind.Object || TypeOf(pre) != "ByteLevel")
-            throw new InputException(path, $"pre_tokenizer {(pre.ValueKind == JsonValueKind.Object ? TypeOf(pre) : "none")} is not supported (supported: ByteLevel)");
+        if (!root.TryGetProperty("normalizer", out var norm) || norm.ValueKind == JsonValueKind.Null) return false;
+        if (TypeOf(norm) == "NFC") return true;
+        throw new InputException(path, $"normalizer {TypeOf(norm)} is not supported (supported: none, NFC)");
+    }
+
+    /// <summary>
+    /// The regex of the pre-tokenizer: ByteLevel with use_regex (GPT-2's), or Sequence [Split (Regex, Isolated,
+    /// not inverted), ByteLevel without regex]. Anything else is refused with the component named.
+    /// </summary>
+    private static string ReadPreTokenizer(string path, JsonElement root)
+    {
+        if (!root.TryGetProperty("pre_tokenizer", out var pre) || pre.ValueKind != JsonValueKind.Object)
+            throw new InputException(path, "pre_tokenizer none is not supported (supported: ByteLevel, or Sequence of Split and ByteLevel)");
+        switch (TypeOf(pre))
+        {
+            case "ByteLevel":
+                CheckByteLevel(path, pre, useRegex: true);
+                return Gpt2Pattern;
+            case "Sequence":
+                if (!pre.TryGetProperty("pretokenizers", out var steps) || steps.ValueKind != JsonValueKind.Array)
+                    throw new InputException(path, "pre_tokenizer Sequence has no \"pretokenizers\" array");
+                var types = steps.EnumerateArray().Select(TypeOf).ToArray();
+                if (types.Length != 2 || types[0] != "Split" || types[1] != "ByteLevel")
+                    throw new InputException(path, $"pre_tokenizer Sequence [{string.Join(", ", types)}] is not supported (supported: [Split, ByteLevel])");
+                CheckByteLevel(path, steps[1], useRegex: false);
+                var split = steps[0];
+                if (!split.TryGetProperty("pattern", out var p) || p.ValueKind != JsonValueKind.Object
+                    || !p.TryGetProperty("Regex", out var regex) || regex.ValueKind != JsonValueKind.String)
+                    throw new InputException(path, "pre_tokenizer Split: only a {\"Regex\": ...} pattern is supported");
+                string behavior = split.TryGetProperty("behavior", out var b) && b.ValueKind == JsonValueKind.String ? b.GetString()! : "";
+                if (behavior != "Isolated")
+                    throw new InputException(path, $"pre_tokenizer Split behavior \"{behavior}\" is not supported (supported: Isolated)");
+                if (split.TryGetProperty("invert", out var inv) && inv.ValueKind == JsonValueKind.True)
+                    throw new InputException(path, "pre_tokenizer Split with invert=true is not supported");
+                return regex.GetString()!;
+            default:
+                throw new InputException(path, $"pre_tokenizer {TypeOf(pre)} is not supported (supported: ByteLevel, or Sequence of Split and ByteLevel)");
+        }
+    }
+
+    private static void CheckByteLevel(string path, JsonElement pre, bool useRegex)
+    {
         if (pre.TryGetProperty("add_prefix_space", out var aps) && aps.ValueKind == JsonValueKind.True)
             throw new InputException(path, "pre_tokenizer ByteLevel with add_prefix_space=true is not supported");
-        if (pre.TryGetProperty("use_regex", out var ur) && ur.ValueKind == JsonValueKind.False)
-            throw new InputException(path, "pre_tokenizer ByteLevel with use_regex=false is not supported");
+        bool regex = !pre.TryGetProperty("use_regex", out var ur) || ur.ValueKind != JsonValueKind.False;
+        if (regex != useRegex)
+            throw new InputException(path, useRegex
+                ? "pre_tokenizer ByteLevel with use_regex=false is not supported on its own (no split at all)"
+                : "pre_tokenizer ByteLevel after Split must have use_regex=false");
     }
 
     private static string TypeOf(JsonElement e) =>
@@ -289,6 +454,23 @@ public sealed partial class Gpt2Tokenizer : ITokenizer
                 map[b] = printable ? (char)b : (char)next++;
             }
             return map;
+        }
+
+        /// <summary>The vocabulary spelling of raw text: its UTF-8 bytes, each as its printable character.</summary>
+        public static string ToChars(string text)
+        {
+            var bytes = Encoding.UTF8.GetBytes(text);
+            var chars = new char[bytes.Length];
+            for (int i = 0; i < bytes.Length; i++) chars[i] = ByteToChar[bytes[i]];
+            return new string(chars);
+        }
+
+        /// <summary>The vocabulary spelling of raw bytes.</summary>
+        public static string ToChars(ReadOnlySpan<byte> bytes)
+        {
+            var chars = new char[bytes.Length];
+            for (int i = 0; i < bytes.Length; i++) chars[i] = ByteToChar[bytes[i]];
+            return new string(chars);
         }
 
         /// <summary>The bytes a vocabulary entry stands for; characters outside the map (added tokens) as UTF-8.</summary>

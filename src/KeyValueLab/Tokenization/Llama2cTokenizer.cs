@@ -32,6 +32,9 @@ public sealed class Llama2cTokenizer : ITokenizer
     /// <summary>The header's max_token_length (bytes of the longest piece).</summary>
     public int MaxTokenLength { get; }
 
+    /// <summary>The bytes of a token's piece as the file holds them.</summary>
+    internal byte[] PieceBytes(int id) => _pieces[CheckId(id)];
+
     /// <summary>Merge score of a token (higher merges first).</summary>
     public float Score(int id) => _scores[CheckId(id)];
 

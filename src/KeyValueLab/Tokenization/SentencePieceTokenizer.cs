@@ -5,13 +5,14 @@ using MlSentencePiece = Microsoft.ML.Tokenizers.SentencePieceTokenizer;
 namespace KeyValueLab.Tokenization;
 
 /// <summary>
-/// Llama (1 and 2) SentencePiece BPE from a <c>tokenizer.model</c> protobuf, encoded by Microsoft.ML.Tokenizers'
-/// <see cref="LlamaTokenizer"/> (dummy-prefix space, '▁' for spaces, byte fallback). Streaming decode
+/// Llama (1 and 2) SentencePiece BPE from a <c>tokenizer.model</c> protobuf, read by Microsoft.ML.Tokenizers'
+/// <see cref="LlamaTokenizer"/> and encoded by <see cref="SentencePieceBpe"/> (dummy-prefix space, '▁' for spaces,
+/// byte fallback; SentencePiece's tie-breaking, which the library does not follow). Streaming decode
 /// (<see cref="DecodeToken"/>) follows llama2.c, so it prints what llama2.c prints for the same vocabulary.
 /// </summary>
 public sealed class SentencePieceTokenizer : ITokenizer
 {
-    private readonly MlSentencePiece _sp;
+    private readonly SentencePieceBpe _bpe;
     private readonly byte[][] _pieces;   // [id] → llama2.c piece bytes ('▁' → ' ', BOS/EOS as llama2.c exports them)
     private readonly string[] _display;  // [id] → piece with '▁' → ' '
 
@@ -27,9 +28,13 @@ public sealed class SentencePieceTokenizer : ITokenizer
     /// <summary>The model's unknown-token id (0 in Llama).</summary>
     public int UnknownId { get; }
 
-    private SentencePieceTokenizer(MlSentencePiece sp)
+    /// <summary>Every piece with its score and type, by id, as the model file holds them.</summary>
+    internal IReadOnlyList<SentencePiece> Pieces { get; }
+
+    private SentencePieceTokenizer(MlSentencePiece sp, SentencePiece[] pieces)
     {
-        _sp = sp;
+        Pieces = pieces;
+        _bpe = new SentencePieceBpe(pieces, sp.UnknownId, sp.AddDummyPrefix, sp.ByteFallback);
         int size = sp.Vocabulary.Values.Max() + 1;
         _pieces = new byte[size][];
         _display = new string[size];
@@ -50,28 +55,37 @@ public sealed class SentencePieceTokenizer : ITokenizer
     /// <exception cref="InputException">The file is missing or is not a SentencePiece BPE model.</exception>
     public static SentencePieceTokenizer FromFile(string path)
     {
-        FileStream stream;
-        try { stream = File.OpenRead(path); }
+        byte[] bytes;
+        try { bytes = File.ReadAllBytes(path); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new InputException(path, "cannot read: " + e.Message, e); }
-        using (stream)
+        if (bytes.Length == 0) throw new InputException(path, "empty file; expected a SentencePiece model (protobuf)");
+        return FromModelBytes(path, bytes);
+    }
+
+    /// <summary>A SentencePiece BPE model from its serialised ModelProto; <paramref name="source"/> names it in errors.</summary>
+    internal static SentencePieceTokenizer FromModelBytes(string source, byte[] bytes)
+    {
+        MlSentencePiece sp;
+        SentencePiece[] pieces;
+        try
         {
-            if (stream.Length == 0) throw new InputException(path, "empty file; expected a SentencePiece model (protobuf)");
-            MlSentencePiece sp;
-            try { sp = LlamaTokenizer.Create(stream, addBeginOfSentence: false, addEndOfSentence: false); }
-            catch (Exception e) when (e is not OutOfMemoryException)
-            {
-                throw new InputException(path, "not a SentencePiece BPE model: " + e.Message, e);
-            }
-            if (sp.Vocabulary.Count == 0) throw new InputException(path, "SentencePiece model has no pieces");
-            return new SentencePieceTokenizer(sp);
+            using var stream = new MemoryStream(bytes, writable: false);
+            sp = LlamaTokenizer.Create(stream, addBeginOfSentence: false, addEndOfSentence: false);
+            pieces = SentencePieceModelProto.ReadPieces(bytes);
         }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            throw new InputException(source, "not a SentencePiece BPE model: " + e.Message, e);
+        }
+        if (sp.Vocabulary.Count == 0) throw new InputException(source, "SentencePiece model has no pieces");
+        return new SentencePieceTokenizer(sp, pieces);
     }
 
     /// <summary>SentencePiece ids of <paramref name="text"/> (dummy prefix included for non-empty text), BOS first if asked.</summary>
     public IReadOnlyList<int> Encode(string text, bool addBos = false)
     {
         ArgumentNullException.ThrowIfNull(text);
-        var ids = _sp.EncodeToIds(text, addBeginningOfSentence: false, addEndOfSentence: false);
+        var ids = _bpe.Encode(text);
         if (!addBos || BosId is not int bos) return ids;
         var withBos = new List<int>(ids.Count + 1) { bos };
         withBos.AddRange(ids);

@@ -37,18 +37,35 @@ internal static class TokenizerFixtures
     /// <summary>llama.cpp test-tokenizer-0 cases for GPT-2: (text, expected ids), in file order.</summary>
     public static IReadOnlyList<(string Text, int[] Ids)> Gpt2VocabCases => Gpt2Cases.Value;
 
-    private static readonly Lazy<IReadOnlyList<(string, int[])>> Gpt2Cases = new(() =>
+    /// <summary>llama.cpp test-tokenizer-0 cases for Llama 3 (llama-bpe): (text, expected ids), in file order.</summary>
+    public static IReadOnlyList<(string Text, int[] Ids)> Llama3VocabCases => Llama3Cases.Value;
+
+    private static readonly Lazy<IReadOnlyList<(string, int[])>> Gpt2Cases = new(() => VocabCases("ggml-vocab-gpt-2.gguf"));
+    private static readonly Lazy<IReadOnlyList<(string, int[])>> Llama3Cases = new(() => VocabCases("ggml-vocab-llama-bpe.gguf"));
+
+    /// <summary>Meta's Llama 3 tokenizer.model (tiktoken format) with its tokenizer_config.json.</summary>
+    public static Gpt2Tokenizer Llama3Tiktoken => Llama3Model.Value;
+
+    private static readonly Lazy<Gpt2Tokenizer> Llama3Model = new(() =>
+        (Gpt2Tokenizer)TokenizerLoader.Load(TestData.Path("llama3_tokenizer/tokenizer.model")));
+
+    /// <summary>Qwen2 vocab.json + merges.txt + tokenizer_config.json.</summary>
+    public static Gpt2Tokenizer Qwen2 => Qwen2Files.Value;
+
+    private static readonly Lazy<Gpt2Tokenizer> Qwen2Files = new(() => (Gpt2Tokenizer)TokenizerLoader.Load(TestData.Path("qwen2_tokenizer")));
+
+    private static IReadOnlyList<(string, int[])> VocabCases(string name)
     {
         const string separator = "\n__ggml_vocab_test__\n";
-        string inp = File.ReadAllText(TestData.Path("llamacpp_vocab_fixtures/ggml-vocab-gpt-2.gguf.inp"));
-        string[] outLines = File.ReadAllText(TestData.Path("llamacpp_vocab_fixtures/ggml-vocab-gpt-2.gguf.out")).Split('\n');
+        string inp = File.ReadAllText(TestData.Path($"llamacpp_vocab_fixtures/{name}.inp"));
+        string[] outLines = File.ReadAllText(TestData.Path($"llamacpp_vocab_fixtures/{name}.out")).Split('\n');
         // Every input, the last one included, is followed by the separator; the .out file has one line per input.
         Assert.EndsWith(separator, inp);
         string[] texts = inp[..^separator.Length].Split(separator);
         Assert.Equal(texts.Length + 1, outLines.Length);
         Assert.Equal("", outLines[^1]);
         return texts.Select((t, i) => (t, outLines[i].Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(int.Parse).ToArray())).ToList();
-    });
+    }
 
     /// <summary>Cases of a llama2.c-style encode fixture: text, bos flag, ids.</summary>
     public static IReadOnlyList<(string Text, bool Bos, int[] Ids)> EncodeCases(string relativePath)
