@@ -1,3 +1,4 @@
+using KeyValueLab.Models;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -89,7 +90,7 @@ public static class Nf4Codes
 /// <see cref="QuantizedAbsmax"/> = <c>state.absmax</c> (uint8), <see cref="Offset"/> = <c>state.offset</c>,
 /// <see cref="NestedAbsmax"/> = <c>state.state2.absmax</c>, nested code = <see cref="Nf4Codes.DynamicSigned"/>.
 /// </summary>
-public sealed class Nf4Tensor : IDisposable
+public sealed class Nf4Tensor : IFrozenWeight
 {
     public const int BlockSize = 64;
     public const int NestedBlockSize = 256;
@@ -231,6 +232,17 @@ public sealed class Nf4Tensor : IDisposable
     /// tensor's: several times faster than the equivalent tensor ops (which would first widen every byte to an int64 index),
     /// and without managed arrays, which on every forward and backward pass of every quantised linear would make large-object
     /// garbage and so frequent full GCs.</remarks>
+    /// <summary>Dequantised whole: NF4 blocks run across rows, so the matrix is decoded at once.</summary>
+    long IFrozenWeight.BlockRows => Shape[0];
+
+    /// <summary>Rows of the dequantised weight (all of them in one piece, as <see cref="IFrozenWeight.BlockRows"/> asks).</summary>
+    Tensor IFrozenWeight.Widen(long start, long count)
+    {
+        if (start == 0 && count == Shape[0]) return Dequantize();
+        using var all = Dequantize();
+        return all.narrow(0, start, count).clone();
+    }
+
     public unsafe Tensor Dequantize()
     {
         long n = Count;
