@@ -13,6 +13,8 @@ internal static class TuneCommand
     public static Command Create(TextWriter stdout, TextWriter stderr)
     {
         var model = ModelOptions.Model();
+        var dtype = ModelOptions.DType();
+        var device = ModelOptions.Device();
         var tokenizer = ModelOptions.Tokenizer();
         var tasks = TuningOptions.Tasks();
         var output = new Option<string>("--out", "-o") { Description = "Folder for the adapter, metrics.json and checkpoints/.", Required = true };
@@ -43,7 +45,7 @@ internal static class TuneCommand
 
         var command = new Command("tune", "LoRA-tune a model (optionally on a 4-bit NF4 base) on classification tasks and evaluate by exact match.")
         {
-            model, tokenizer, tasks, output, targets, targetRegex, rank, alpha, dropout, rsLora, fourBit, epochs, batch, accumulation, lr, warmup,
+            model, dtype, device, tokenizer, tasks, output, targets, targetRegex, rank, alpha, dropout, rsLora, fourBit, epochs, batch, accumulation, lr, warmup,
             clip, maxLength, answerOnly, seed, maxSteps, maxTrain, maxEval, noShuffle, resume, evalBatch, likelihood, noEval,
         };
         command.SetAction(parse => CommandRunner.Run(stderr, () =>
@@ -55,7 +57,7 @@ internal static class TuneCommand
             if (parse.GetValue(maxLength) < 2) throw new UsageException("--max-length must be >= 2");
             string modelPath = parse.GetValue(model)!, outDir = parse.GetValue(output)!;
 
-            using var loaded = ModelLoader.Load(modelPath);
+            using var loaded = ModelLoader.Load(modelPath, ModelOptions.Loading(parse, dtype, device, fourBit));
             var tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer));
             var selection = new TaskSelection { MaxTrain = parse.GetValue(maxTrain), MaxEval = parse.GetValue(maxEval), Shuffle = !parse.GetValue(noShuffle), Seed = parse.GetValue(seed) };
             var data = taskSpecs.Select(t => TaskLoader.Load(t.Name, t.Path, selection)).ToList();
@@ -72,7 +74,7 @@ internal static class TuneCommand
                 BaseModel = Path.GetFullPath(modelPath),
             };
 
-            using var nf4 = parse.GetValue(fourBit) ? Nf4Base.Quantize(loaded.Model) : null;
+            var nf4 = loaded.FourBit;  // quantised as it was read
             long fp32Bytes = nf4?.Fp32Bytes ?? LinearBytes(loaded.Model);
             if (nf4 is not null) stderr.WriteLine($"4-bit base: {nf4.Modules.Count} linears, {nf4.Fp32Bytes:N0} bytes fp32 -> {nf4.Nf4Bytes:N0} bytes NF4 ({(double)nf4.Nf4Bytes / nf4.Fp32Bytes:F4}x)");
             LoraModel lora;

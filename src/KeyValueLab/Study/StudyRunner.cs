@@ -210,7 +210,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
         var started = DateTime.UtcNow;
         var clock = Stopwatch.StartNew();
         ProcessMemory.ResetPeak();
-        using var loaded = ModelLoader.Load(plan.Inputs.ModelPath);
+        using var loaded = ModelLoader.Load(plan.Inputs.ModelPath, new LoadOptions { FourBit = tuning.FourBit });  // NF4 as it is read
         var tokenizer = LoadTokenizer();
         var data = plan.Inputs.TaskPaths.Select(t => TaskLoader.Load(t.Key, t.Value, StudyPlan.Selection(tuning, group.Seed))).ToList();
         var modules = LoraConfig.ResolveTargets(group.Targets!, plan.Config.ModelType);
@@ -220,7 +220,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
             BaseModel = plan.Inputs.ModelLabel,
         };
         long fp32Bytes = LinearBytes(loaded.Model);
-        using var nf4 = tuning.FourBit ? Nf4Base.Quantize(loaded.Model) : null;
+        var nf4 = loaded.FourBit;
         using var lora = LoraModel.Attach(loaded.Model, config, group.Seed);
         log?.Invoke($"{group.GroupId}: {lora.TrainableSummary()}");
         string folder = Path.Combine(RunFolder, "tune", Safe(group.GroupId));
@@ -278,7 +278,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
     /// <summary>Bytes of the linears a 4-bit base quantises (all but lm_head), in fp32.</summary>
     public static long LinearBytes(CausalLM model) =>
         model.named_modules().Where(m => m.module is TorchSharp.Modules.Linear && m.name != "lm_head")
-            .Sum(m => ((TorchSharp.Modules.Linear)m.module).weight!.NumberOfElements * 4);
+            .Sum(m => FrozenLinear.WeightShape((TorchSharp.Modules.Linear)m.module).Aggregate(4L, (a, b) => a * b));  // frozen ones too
 
     private static string Safe(string id) => string.Concat(id.Select(ch => char.IsLetterOrDigit(ch) || ch is '-' or '_' or '.' or '+' ? ch : '_'));
     private static string Now() => Stamp(DateTime.UtcNow);
