@@ -145,18 +145,35 @@ public sealed class Nf4Tensor : IFrozenWeight
         using var noGrad = no_grad();
         long n = weight.NumberOfElements;
         if (n == 0) throw new ArgumentException("cannot quantise an empty tensor", nameof(weight));
-        var flat = weight.detach().to(ScalarType.Float32).cpu().flatten();
-        // An odd count is padded with one 0.0 (inside the last block, so no new block): its index fills the last low nibble.
-        if (n % 2 == 1) flat = cat([flat, zeros(1, ScalarType.Float32)]);
-        var (indices, absmax) = QuantizeBlocks(flat, BlockSize, Nf4Midpoints, blockReciprocals);
-        var pairs = indices.view(-1, 2);
-        var packed = (pairs.select(1, 0) * 16 + pairs.select(1, 1)).to(ScalarType.Byte);   // [ceil(n/2)]
+        var flat = weight.detach().reshape(-1);  // a view when contiguous (e.g. a memory-mapped BF16 weight): widened chunk by chunk below
+        long blocks = (n + BlockSize - 1) / BlockSize;
+        var inverse = blockReciprocals?.to(ScalarType.Float32).cpu().flatten();
+        if (inverse is not null && inverse.shape[0] != blocks) throw new ArgumentException($"{inverse.shape[0]} reciprocals for {blocks} blocks", nameof(blockReciprocals));
+        var packed = empty((n + 1) / 2, ScalarType.Byte);
+        var absmax = empty(blocks, ScalarType.Float32);
+        // Chunks of whole blocks: each block's arithmetic is independent, so the bytes are those of one pass over the whole
+        // tensor, while the temporaries (int64 indices: 8 bytes a value) stay a few MB instead of several times the weight.
+        for (long start = 0; start < n; start += QuantizeChunk)
+        {
+            using var chunkScope = NewDisposeScope();
+            long count = Math.Min(QuantizeChunk, n - start), firstBlock = start / BlockSize, chunkBlocks = (count + BlockSize - 1) / BlockSize;
+            var part = flat.narrow(0, start, count).to(ScalarType.Float32).cpu();
+            // An odd count (only the last chunk can have one) is padded with one 0.0 inside the last block: its index fills the last low nibble.
+            if (count % 2 == 1) part = cat([part, zeros(1, ScalarType.Float32)]);
+            var (indices, partAbsmax) = QuantizeBlocks(part, BlockSize, Nf4Midpoints, inverse?.narrow(0, firstBlock, chunkBlocks));
+            var pairs = indices.view(-1, 2);
+            packed.narrow(0, start / 2, pairs.shape[0]).copy_(pairs.select(1, 0) * 16 + pairs.select(1, 1));   // [ceil(count/2)]
+            absmax.narrow(0, firstBlock, chunkBlocks).copy_(partAbsmax);
+        }
 
         float offset = absmax.mean().item<float>();
         var (qAbsmax, nested) = QuantizeBlocks(absmax - tensor(offset), NestedBlockSize, DynamicMidpoints, null, tiesToEven: true);
-        return new Nf4Tensor(weight.shape.ToArray(), packed.contiguous().MoveToOuterDisposeScope(),
+        return new Nf4Tensor(weight.shape.ToArray(), packed.MoveToOuterDisposeScope(),
             qAbsmax.to(ScalarType.Byte).MoveToOuterDisposeScope(), nested.MoveToOuterDisposeScope(), offset);
     }
+
+    /// <summary>Values quantised at a time: 2²⁰, a multiple of the block size (and even, so bytes never straddle chunks).</summary>
+    private const long QuantizeChunk = 1 << 20;
 
     /// <summary>
     /// An NF4 tensor from bitsandbytes' stored state (<c>Params4bit</c> data and <c>QuantState</c> with
@@ -227,11 +244,6 @@ public sealed class Nf4Tensor : IFrozenWeight
         return (values * scales).Plus(offset).MoveToOuterDisposeScope();
     }
 
-    /// <summary>The float32 weights <c>code[index] × absmax[block]</c>, in the original shape.</summary>
-    /// <remarks>Decoded by a plain loop over the bytes (both cores), straight from the packed tensor's memory into the new
-    /// tensor's: several times faster than the equivalent tensor ops (which would first widen every byte to an int64 index),
-    /// and without managed arrays, which on every forward and backward pass of every quantised linear would make large-object
-    /// garbage and so frequent full GCs.</remarks>
     /// <summary>Dequantised whole: NF4 blocks run across rows, so the matrix is decoded at once.</summary>
     long IFrozenWeight.BlockRows => Shape[0];
 
@@ -243,6 +255,11 @@ public sealed class Nf4Tensor : IFrozenWeight
         return all.narrow(0, start, count).clone();
     }
 
+    /// <summary>The float32 weights <c>code[index] × absmax[block]</c>, in the original shape.</summary>
+    /// <remarks>Decoded by a plain loop over the bytes (both cores), straight from the packed tensor's memory into the new
+    /// tensor's: several times faster than the equivalent tensor ops (which would first widen every byte to an int64 index),
+    /// and without managed arrays, which on every forward and backward pass of every quantised linear would make large-object
+    /// garbage and so frequent full GCs.</remarks>
     public unsafe Tensor Dequantize()
     {
         long n = Count;

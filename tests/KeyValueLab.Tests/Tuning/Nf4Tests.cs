@@ -49,6 +49,26 @@ public class Nf4Tests(ITestOutputHelper output)
         Assert.InRange(absmax[1], 2.97f, 3.03f);
     }
 
+    [Fact]
+    public void QuantisingInChunksGivesTheBytesOfOnePassPerChunk()
+    {
+        // 1.5 M + 37 values: two chunks of 2^20 values, the second short and odd. Each piece of at most one chunk is quantised
+        // in a single pass; the 4-bit codes of the whole must be those pieces' codes side by side (blocks are independent).
+        using var scope = NewDisposeScope();
+        long n = (1 << 20) + (1 << 19) + 37;
+        var w = randn(n, generator: new Generator(21)) * 0.02;
+        using var whole = Nf4Tensor.Quantize(w);
+        using var first = Nf4Tensor.Quantize(w.narrow(0, 0, 1 << 20));
+        using var second = Nf4Tensor.Quantize(w.narrow(0, 1 << 20, n - (1 << 20)));
+        var bytes = whole.Packed.data<byte>().ToArray();
+        Assert.Equal(first.Packed.data<byte>().ToArray(), bytes[..(1 << 19)]);
+        Assert.Equal(second.Packed.data<byte>().ToArray(), bytes[(1 << 19)..]);
+        // The scales: each block's dequantised absmax is within one dynamic-map step of the piece's own.
+        var a = whole.Absmax();
+        var b = cat([first.Absmax(), second.Absmax()]);
+        Assert.True((a - b).abs().max().item<float>() < 0.02f * b.abs().max().item<float>());
+    }
+
     [Theory]
     [InlineData(7, 37)]      // 259 weights: odd count, short last block, one decode task
     [InlineData(300, 257)]   // 1,205 blocks: several parallel decode tasks
