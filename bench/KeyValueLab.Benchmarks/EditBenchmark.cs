@@ -68,12 +68,12 @@ internal static class EditBenchmark
     }
 
     /// <summary>One id per UTF-16 unit (random weights need no real vocabulary).</summary>
-    private sealed class ByteTokenizer : ITokenizer
+    internal sealed class ByteTokenizer(int vocab = 50257) : ITokenizer
     {
-        public int VocabSize => 50257;
+        public int VocabSize => vocab;
         public int? BosId => null;
-        public int? EosId => 50256;
-        public IReadOnlyList<int> Encode(string text, bool addBos = false) => [.. text.Select(ch => (int)ch % 50000)];
+        public int? EosId => vocab - 1;
+        public IReadOnlyList<int> Encode(string text, bool addBos = false) => [.. text.Select(ch => (int)ch % (vocab - 1))];
         public string Decode(IEnumerable<int> ids) => new([.. ids.Select(i => (char)i)]);
         public string DecodeToken(int previousId, int id) => ((char)id).ToString();
         public byte[] DecodeTokenBytes(int previousId, int id) => System.Text.Encoding.UTF8.GetBytes(DecodeToken(previousId, id));

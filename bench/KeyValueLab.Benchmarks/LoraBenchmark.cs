@@ -116,7 +116,7 @@ internal static class LoraBenchmark
             $"{ResultPrefix} tokens_per_s={tokensPerSecond:R} peak_rss={peak} setup_rss={setupRss} linear_bytes={nf4?.Nf4Bytes ?? linearFp32} steps={steps} batch={batch} tokens={tokens}"));
     }
 
-    private static void Step(CausalLM model, AdamWOptimizer optimizer, Tensor ids, LoraModel lora)
+    internal static void Step(CausalLM model, AdamWOptimizer optimizer, Tensor ids, LoraModel lora)
     {
         using var scope = NewDisposeScope();
         optimizer.ZeroGrad();

@@ -17,6 +17,8 @@ namespace KeyValueLab.Benchmarks;
 ///                             and greedy tokens/s on stories260K when DIR (with stories260K.bin, tok512.bin) is given
 ///   edit [--steps N --layer L] time per FT edit on keys vs values of a GPT-2-medium-shaped model (one request,
 ///                             fixed steps), each ÷ the time its floating-point work takes at the measured matmul rate
+///   memory [--row R --layers N] the paper's models at real widths from a checkpoint written with synthetic weights: peak RSS
+///                             and time against the goals of issue 12 (see MemoryBenchmark)
 ///   bdn                       the same forward and matmul under BenchmarkDotNet (slower, with statistics)
 ///   lora [--base both|fp32|nf4 --steps N --batch B --tokens T --targets q,v --config FILE]
 ///                             LoRA training tokens/s and peak memory on a GPT-2-medium-shaped random model; "both"
@@ -47,6 +49,7 @@ public static class Program
                 Option(args, "--targets") ?? "c_attn,keys", config is null ? null : File.ReadAllText(config));
             return 0;
         }
+        if (mode == "memory") return MemoryBenchmark.Run(args[1..]);
         if (mode == "edit")
         {
             EditBenchmark.Run(Int(args, "--steps", 10), Int(args, "--layer", 12), Int(args, "--repeats", 3));
@@ -54,7 +57,7 @@ public static class Program
         }
         if (mode != "runtime")
         {
-            Console.Error.WriteLine("usage: KeyValueLab.Benchmarks [runtime [--stories DIR] | edit [--steps N] [--layer L] | lora [--base both|fp32|nf4] | bdn]");
+            Console.Error.WriteLine("usage: KeyValueLab.Benchmarks [runtime [--stories DIR] | edit [--steps N] [--layer L] | lora [--base both|fp32|nf4] | memory [--row R] [--layers N] | bdn]");
             return 2;
         }
         string? stories = Option(args, "--stories");

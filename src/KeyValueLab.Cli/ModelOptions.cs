@@ -1,5 +1,7 @@
 using System.CommandLine;
+using KeyValueLab.Models;
 using KeyValueLab.Tokenization;
+using TorchSharp;
 
 namespace KeyValueLab.Cli;
 
@@ -17,6 +19,45 @@ internal static class ModelOptions
         Description = "Tokenizer file or folder (tokenizer.json, vocab.json+merges.txt, tokenizer.model, llama2.c tokenizer.bin). " +
                       "Default: the model folder itself, or tokenizer.bin beside a llama2.c .bin file.",
     };
+
+    public static Option<string> DType() => new Option<string>("--dtype")
+    {
+        Description = "How linear weights are kept in memory: stored (as the checkpoint stores them; BF16/F16 stay BF16/F16 and are " +
+                      "widened per call), f32, bf16 or f16. Compute is always fp32.",
+        DefaultValueFactory = _ => "stored",
+    }.AcceptOnlyFromAmong("stored", "f32", "bf16", "f16");
+
+    public static Option<string> Device() => new("--device")
+    {
+        Description = "Where the model's tensors live: cpu (this build's libtorch is CPU-only; a CUDA build adds cuda and cuda:N).",
+        DefaultValueFactory = _ => "cpu",
+    };
+
+    public static Option<bool> FourBit() => new("--4bit")
+    {
+        Description = "Quantise the base linears to NF4 with double quantisation (bitsandbytes layout) as they are read; compute in fp32.",
+    };
+
+    /// <summary>The load options chosen by <c>--dtype</c>, <c>--device</c> and (where the command has it) <c>--4bit</c>.</summary>
+    public static LoadOptions Loading(ParseResult parse, Option<string> dtype, Option<string> device, Option<bool>? fourBit = null)
+    {
+        var kept = parse.GetValue(dtype) switch
+        {
+            "f32" => WeightDType.F32, "bf16" => WeightDType.BF16, "f16" => WeightDType.F16, _ => WeightDType.Stored,
+        };
+        string name = parse.GetValue(device) ?? "cpu";
+        torch.Device where;
+        try { where = torch.device(name); }
+        catch (Exception e) when (e is ArgumentException or FormatException or System.Runtime.InteropServices.ExternalException)
+        {
+            throw new UsageException($"--device {name}: not a device (cpu, cuda, cuda:N)");
+        }
+        if (where.type == DeviceType.CUDA && !torch.cuda.is_available())
+            throw new UsageException($"--device {name}: this build's libtorch has no CUDA (see docs/performance.md for a CUDA build)");
+        if (where.type is not (DeviceType.CPU or DeviceType.CUDA))
+            throw new UsageException($"--device {name}: only cpu and cuda are supported");
+        return new LoadOptions { DType = kept, Device = where, FourBit = fourBit is not null && parse.GetValue(fourBit) };
+    }
 
     /// <summary>The explicit tokenizer, else the model folder's, else tokenizer.bin next to a llama2.c file.</summary>
     public static ITokenizer LoadTokenizer(string modelPath, string? tokenizerPath) =>

@@ -205,7 +205,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
             ModelPath = plan.Inputs.ModelPath, TokenizerPath = plan.Inputs.TokenizerPath, TokenizerHint = TokenizerHint,
             Tasks = [.. plan.Inputs.TaskPaths], Selection = StudyPlan.Selection(tuning, group.Seed), Targets = group.Targets!,
             Lora = new LoraConfig { R = tuning.R, Alpha = tuning.Alpha, Dropout = tuning.Dropout, BaseModel = plan.Inputs.ModelLabel },
-            FourBit = tuning.FourBit,
+            Loading = new LoadOptions { FourBit = tuning.FourBit },  // NF4 as it is read
             Training = new TrainOptions
             {
                 LearningRate = tuning.Lr, WarmupRatio = tuning.WarmupRatio, MaxGradNorm = tuning.MaxGradNorm, Epochs = tuning.Epochs,

@@ -14,6 +14,8 @@ internal static class EditCommand
     public static Command Create(TextWriter stdout, TextWriter stderr)
     {
         var model = ModelOptions.Model();
+        var dtype = ModelOptions.DType();
+        var device = ModelOptions.Device();
         var tokenizer = ModelOptions.Tokenizer();
         var prompt = new Option<string>("--prompt", "-i") { Description = "Rewrite prompt with {} for the subject, e.g. \"{} is located in\".", Required = true };
         var subject = new Option<string>("--subject") { Description = "The subject, e.g. \"Angola\".", Required = true };
@@ -26,7 +28,7 @@ internal static class EditCommand
         var editor = new EditorOptions();
         var command = new Command("edit", "Insert one fact (FT on keys or values, ROME, Key-ROME, MEMIT) and show predictions before and after.")
         {
-            model, tokenizer, prompt, subject, targetNew, targetTrue, paraphrase, neighbour, top, save,
+            model, dtype, device, tokenizer, prompt, subject, targetNew, targetTrue, paraphrase, neighbour, top, save,
         };
         editor.AddTo(command);
         command.SetAction(parse => CommandRunner.Run(stderr, () =>
@@ -34,7 +36,7 @@ internal static class EditCommand
             string template = parse.GetValue(prompt)!, subj = parse.GetValue(subject)!;
             if (!template.Contains("{}", StringComparison.Ordinal)) throw new UsageException("--prompt needs {} where the subject goes");
             string modelPath = parse.GetValue(model)!;
-            using var loaded = ModelLoader.Load(modelPath);
+            using var loaded = ModelLoader.Load(modelPath, ModelOptions.Loading(parse, dtype, device));
             var tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer));
             var edit = editor.Create(parse, loaded.Model);
             var request = new EditRequest("cli", template, subj, parse.GetValue(targetNew)!, parse.GetValue(targetTrue));

@@ -16,6 +16,8 @@ internal static class EditEvalCommand
     public static Command Create(TextWriter stdout, TextWriter stderr)
     {
         var model = ModelOptions.Model();
+        var dtype = ModelOptions.DType();
+        var device = ModelOptions.Device();
         var tokenizer = ModelOptions.Tokenizer();
         var dataset = new Option<string>("--dataset", "-d") { Description = "CounterFact (ROME or EasyEdit format) or zsRE (MEND format) JSON file.", Required = true };
         var start = new Option<int>("--start") { Description = "First record of the slice (0-based).", DefaultValueFactory = _ => 0 };
@@ -30,7 +32,7 @@ internal static class EditEvalCommand
         var editor = new EditorOptions();
         var command = new Command("edit-eval", "Evaluate an editor on a dataset slice (ROME/MEMIT metrics, per case, resumable).")
         {
-            model, tokenizer, dataset, start, count, mode, output, gePrompts, geTokens, seed, zsreTarget,
+            model, dtype, device, tokenizer, dataset, start, count, mode, output, gePrompts, geTokens, seed, zsreTarget,
         };
         editor.AddTo(command);
         command.SetAction(parse => CommandRunner.Run(stderr, () =>
@@ -44,7 +46,7 @@ internal static class EditEvalCommand
             var cases = all.Skip(first).Take(n == 0 ? int.MaxValue : n).ToList();
 
             string modelPath = parse.GetValue(model)!;
-            using var loaded = ModelLoader.Load(modelPath);
+            using var loaded = ModelLoader.Load(modelPath, ModelOptions.Loading(parse, dtype, device));
             var tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer));
             var edit = editor.Create(parse, loaded.Model);
             var evaluation = new EvaluationOptions { GenerationPrompts = parse.GetValue(gePrompts), GenerationTokens = parse.GetValue(geTokens), Seed = parse.GetValue(seed) };

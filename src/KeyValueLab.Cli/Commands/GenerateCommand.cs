@@ -15,6 +15,8 @@ internal static class GenerateCommand
     public static Command Create(TextWriter stdout, TextWriter stderr)
     {
         var model = ModelOptions.Model();
+        var dtype = ModelOptions.DType();
+        var device = ModelOptions.Device();
         var tokenizer = ModelOptions.Tokenizer();
         var prompt = new Option<string>("--prompt", "-i") { Description = "Text to start from (default: empty, i.e. BOS only).", DefaultValueFactory = _ => "" };
         var steps = new Option<int>("--steps", "-n") { Description = "Positions to run, prompt included; 0 = the model's context length.", DefaultValueFactory = _ => 256 };
@@ -26,7 +28,7 @@ internal static class GenerateCommand
 
         var command = new Command("generate", "Generate text from a model (HF folder or llama2.c .bin), llama2.c-style.")
         {
-            model, tokenizer, prompt, steps, temperature, topK, topP, seed, noStop,
+            model, dtype, device, tokenizer, prompt, steps, temperature, topK, topP, seed, noStop,
         };
         command.SetAction(parse => CommandRunner.Run(stderr, () =>
         {
@@ -38,7 +40,7 @@ internal static class GenerateCommand
             if (n < 0) throw new UsageException("--steps must be >= 0");
 
             string modelPath = parse.GetValue(model)!;
-            using var loaded = ModelLoader.Load(modelPath);
+            using var loaded = ModelLoader.Load(modelPath, ModelOptions.Loading(parse, dtype, device));
             ITokenizer tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer));
             var options = new GenerationOptions
             {

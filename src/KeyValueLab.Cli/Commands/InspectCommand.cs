@@ -15,6 +15,8 @@ internal static class InspectCommand
     public static Command Create(TextWriter stdout, TextWriter stderr)
     {
         var model = ModelOptions.Model();
+        var dtype = ModelOptions.DType();
+        var device = ModelOptions.Device();
         var tokenizer = ModelOptions.Tokenizer();
         var prompt = new Option<string>("--prompt", "-i") { Description = "Prompt to run; memories are read at its last token.", Required = true };
         var layer = new Option<int>("--layer", "-l") { Description = "FFN layer (0-based; negative counts from the end).", DefaultValueFactory = _ => -1 };
@@ -24,12 +26,12 @@ internal static class InspectCommand
 
         var command = new Command("inspect", "Show the most active FFN memories at a prompt's last token and the tokens their values promote.")
         {
-            model, tokenizer, prompt, layer, top, tokens, json,
+            model, dtype, device, tokenizer, prompt, layer, top, tokens, json,
         };
         command.SetAction(parse => CommandRunner.Run(stderr, () =>
         {
             string modelPath = parse.GetValue(model)!;
-            using var loaded = ModelLoader.Load(modelPath);
+            using var loaded = ModelLoader.Load(modelPath, ModelOptions.Loading(parse, dtype, device));
             var tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer));
             int layers = loaded.Config.NumLayers, l = parse.GetValue(layer);
             if (l < 0) l += layers;

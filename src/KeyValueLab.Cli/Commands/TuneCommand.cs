@@ -15,6 +15,8 @@ internal static class TuneCommand
         LoraConfig lora = new();
         TaskSelection selection = new();
         var model = ModelOptions.Model();
+        var dtype = ModelOptions.DType();
+        var device = ModelOptions.Device();
         var tokenizer = ModelOptions.Tokenizer();
         var tasks = TuningOptions.Tasks();
         var output = new Option<string>("--out", "-o") { Description = "Folder for the adapter, metrics.json and checkpoints/.", Required = true };
@@ -45,7 +47,7 @@ internal static class TuneCommand
 
         var command = new Command("tune", "LoRA-tune a model (optionally on a 4-bit NF4 base) on classification tasks and evaluate by exact match.")
         {
-            model, tokenizer, tasks, output, targets, targetRegex, rank, alpha, dropout, rsLora, fourBit, epochs, batch, accumulation, lr, warmup,
+            model, dtype, device, tokenizer, tasks, output, targets, targetRegex, rank, alpha, dropout, rsLora, fourBit, epochs, batch, accumulation, lr, warmup,
             clip, maxLength, answerOnly, seed, maxSteps, maxTrain, maxEval, noShuffle, resume, evalBatch, likelihood, noEval,
         };
         command.SetAction(parse => CommandRunner.Run(stderr, () =>
@@ -60,7 +62,7 @@ internal static class TuneCommand
             {
                 ModelPath = modelPath, TokenizerPath = parse.GetValue(tokenizer), Tasks = [.. taskSpecs.Select(t => KeyValuePair.Create(t.Name, t.Path))],
                 Selection = new TaskSelection { MaxTrain = parse.GetValue(maxTrain), MaxEval = parse.GetValue(maxEval), Shuffle = !parse.GetValue(noShuffle), Seed = parse.GetValue(seed) },
-                Targets = parse.GetValue(targets)!, FourBit = parse.GetValue(fourBit), AdapterFolder = outDir,
+                Targets = parse.GetValue(targets)!, Loading = ModelOptions.Loading(parse, dtype, device, fourBit), AdapterFolder = outDir,
                 Lora = new LoraConfig
                 {
                     R = parse.GetValue(rank), Alpha = parse.GetValue(alpha), Dropout = parse.GetValue(dropout), UseRsLora = parse.GetValue(rsLora),

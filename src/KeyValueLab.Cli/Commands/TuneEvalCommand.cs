@@ -10,6 +10,8 @@ internal static class TuneEvalCommand
     public static Command Create(TextWriter stdout, TextWriter stderr)
     {
         var model = ModelOptions.Model();
+        var dtype = ModelOptions.DType();
+        var device = ModelOptions.Device();
         var tokenizer = ModelOptions.Tokenizer();
         var tasks = TuningOptions.Tasks();
         var adapter = new Option<string?>("--adapter", "-a") { Description = "Adapter folder (adapter_config.json + adapter_model.safetensors); omit to evaluate the base model." };
@@ -22,18 +24,18 @@ internal static class TuneEvalCommand
 
         var command = new Command("tune-eval", "Evaluate a model with a LoRA adapter on classification tasks (exact match of greedy generations).")
         {
-            model, tokenizer, tasks, adapter, merge, fourBit, maxEval, evalBatch, likelihood, json,
+            model, dtype, device, tokenizer, tasks, adapter, merge, fourBit, maxEval, evalBatch, likelihood, json,
         };
         command.SetAction(parse => CommandRunner.Run(stderr, () =>
         {
             var taskSpecs = TuningOptions.ParseTasks(parse.GetValue(tasks));
             string modelPath = parse.GetValue(model)!;
-            using var loaded = ModelLoader.Load(modelPath);
+            using var loaded = ModelLoader.Load(modelPath, ModelOptions.Loading(parse, dtype, device, fourBit));
             var tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer));
             var selection = new TaskSelection { MaxEval = parse.GetValue(maxEval) };
             var data = taskSpecs.Select(t => TaskLoader.Load(t.Name, t.Path, selection)).ToList();
 
-            using var nf4 = parse.GetValue(fourBit) ? Nf4Base.Quantize(loaded.Model) : null;
+            var nf4 = loaded.FourBit;  // quantised as it was read
             using var lora = parse.GetValue(adapter) is string dir ? LoraModel.Load(loaded.Model, dir) : null;
             if (lora is not null)
             {

@@ -14,7 +14,7 @@ internal static class TuningOptions
         AllowMultipleArgumentsPerToken = true,
     };
 
-    public static Option<bool> FourBit() => new("--4bit") { Description = "Freeze the base linears in NF4 with double quantisation (bitsandbytes layout); compute in fp32." };
+    public static Option<bool> FourBit() => ModelOptions.FourBit();
     public static Option<int> MaxEval() => new("--max-eval") { Description = "Evaluation examples per task (the first N).", DefaultValueFactory = _ => new TaskSelection().MaxEval };
     public static Option<int> EvalBatch() => new("--eval-batch") { Description = "Prompts per batch for greedy generation.", DefaultValueFactory = _ => TuneEngine.DefaultEvalBatch };
     public static Option<bool> LabelLikelihood() => new("--label-likelihood") { Description = "Also report the constrained metric: accuracy of the most likely label." };

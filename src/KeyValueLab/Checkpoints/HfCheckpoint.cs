@@ -40,8 +40,9 @@ public static class Checkpoint
 /// </summary>
 /// <remarks>
 /// Opening reads config.json and every shard's header (small), and checks that the index and the
-/// shards agree. Tensor data is read only by <see cref="ReadFloat32"/>, one tensor at a time, so a
-/// model can be filled shard by shard without holding two copies of the weights.
+/// shards agree. Tensor data is read only by <see cref="ReadStored"/> (a view of a memory map of that one tensor) or
+/// <see cref="ReadFloat32"/>, one tensor at a time, so a model can be filled shard by shard without holding two copies
+/// of the weights.
 /// </remarks>
 public sealed class HfCheckpoint : ICheckpoint
 {

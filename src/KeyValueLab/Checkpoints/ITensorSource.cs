@@ -20,4 +20,10 @@ public interface ITensorSource : IDisposable
 
     /// <summary>Reads one tensor, widened to a new fp32 CPU tensor that the caller owns.</summary>
     torch.Tensor ReadFloat32(string name);
+
+    /// <summary>
+    /// Reads one tensor in its stored dtype (F32, F16 or BF16) as a CPU tensor the caller owns; safetensors files return a
+    /// view of a memory map. Sources that hold only fp32 return <see cref="ReadFloat32"/>.
+    /// </summary>
+    torch.Tensor ReadStored(string name) => ReadFloat32(name);
 }

@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using System.Text.Json;
 using TorchSharp;
 
@@ -11,8 +12,10 @@ namespace KeyValueLab.Checkpoints;
 /// <remarks>
 /// <see cref="Open"/> reads and checks only the header; every problem becomes an
 /// <see cref="InputException"/> naming the file and, where there is one, the tensor. No file handle is
-/// kept: <see cref="ReadFloat32"/> opens the file, reads exactly one tensor's byte span straight into
-/// a tensor of the stored dtype, and widens it to fp32.
+/// kept: <see cref="ReadStored"/> memory-maps exactly one tensor's byte span (copy-on-write, so the file is
+/// never changed) and returns a tensor of the stored dtype that views it, so a tensor's bytes are never held
+/// twice while it is read: its pages come from the page cache on first touch and the mapping goes when the
+/// last view of it is disposed. <see cref="ReadFloat32"/> widens that view to fp32 (F32 tensors are the view).
 /// </remarks>
 public sealed class SafetensorsFile : ITensorSource
 {
@@ -226,14 +229,50 @@ public sealed class SafetensorsFile : ITensorSource
     /// <summary>Name, dtype and shape of one tensor.</summary>
     public TensorInfo Info(string name) => Find(name).Info;
 
-    /// <summary>Reads one tensor in its stored dtype (F32, F16 or BF16) as a new CPU tensor the caller owns.</summary>
+    /// <summary>
+    /// One tensor in its stored dtype (F32, F16 or BF16) as a CPU tensor the caller owns: a view of a private
+    /// memory map of its bytes, or (for a tensor whose offset is not a multiple of its element size, which the
+    /// format allows) a copy read into new memory.
+    /// </summary>
     public torch.Tensor ReadStored(string name)
     {
         var entry = Find(name);
         if (!SafetensorsDType.IsSupported(entry.Info.DType))
             throw new InputException(SourcePath, $"unsupported dtype {entry.Info.DType} for tensor {name} (supported: F32, F16, BF16)");
         if (!BitConverter.IsLittleEndian) throw new PlatformNotSupportedException("safetensors reading needs a little-endian machine");
+        int size = SafetensorsDType.ElementSize(entry.Info.DType);
+        return entry.ByteCount > 0 && entry.FileOffset % size == 0 ? Map(entry, size) : ReadCopy(entry);
+    }
 
+    private torch.Tensor Map(Entry entry, int size)
+    {
+        var dtype = SafetensorsDType.ToScalarType(entry.Info.DType);
+        CheckLength();
+        torch.Tensor whole;
+        try
+        {
+            // libtorch's from_file maps [0, size·count) privately (MAP_PRIVATE); only the pages touched become resident.
+            whole = torch.from_file(SourcePath, shared: false, size: (entry.FileOffset + entry.ByteCount) / size, dtype: dtype);
+        }
+        catch (Exception e) when (e is ExternalException or IOException)
+        {
+            throw new InputException(SourcePath, $"cannot map tensor {entry.Info.Name}: {e.Message.Split('\n')[0]}", e);
+        }
+        using (whole) return whole.narrow(0, entry.FileOffset / size, entry.ByteCount / size).view(entry.Info.Shape);
+    }
+
+    private void CheckLength()
+    {
+        long length;
+        try { length = new FileInfo(SourcePath).Length; }
+        catch (IOException e) { throw new InputException(SourcePath, $"cannot read: {e.Message}", e); }
+        if (length != FileLength)
+            throw new InputException(SourcePath, $"file changed size since it was opened (was {FileLength} bytes)");
+    }
+
+    private torch.Tensor ReadCopy(Entry entry)
+    {
+        string name = entry.Info.Name;
         var result = torch.empty(entry.Info.Shape, dtype: SafetensorsDType.ToScalarType(entry.Info.DType));
         try
         {

@@ -17,10 +17,10 @@ public sealed class HookPoint
 
     public string Name { get; }
 
-    /// <summary>The output of <paramref name="module"/>; the hook also sees its input.</summary>
+    /// <summary>The output of <paramref name="module"/>; the hook also sees its input (the real one when the weight is frozen).</summary>
     public static HookPoint Linear(string name, Linear module) => new(name, f =>
     {
-        var remover = module.register_forward_hook((_, input, output) => f(input, output));
+        var remover = module.register_forward_hook((_, input, output) => f(FrozenLinear.Input(module, input), output));
         return remover.remove;
     });
 

@@ -20,7 +20,9 @@ public enum KeyKind { Fc, Gate, Up }
 /// <remarks>
 /// Every linear weight is stored <c>[out, in]</c> (GPT-2's Conv1D weights are transposed at load), so
 /// <see cref="Keys"/> and <see cref="Values"/> ARE the live parameters, in exactly these orientations:
-/// editing them in place (under <c>torch.no_grad()</c>) edits the model. Use
+/// editing them in place (under <c>torch.no_grad()</c>) edits the model. A weight kept in its stored dtype
+/// (<see cref="FrozenLinear"/>) is made an fp32 master the first time it is asked for, so what an editor changes is
+/// always fp32; the other matrices stay as stored. Use
 /// <see cref="WeightSnapshot"/> for copies. The memory coefficients f(h·Kᵀ) are the input of the value
 /// module; <see cref="Coefficients(int, Tensor, Tensor?, Tensor?)"/> and <see cref="Record"/> read them
 /// with a forward pre-hook on that module.
@@ -46,13 +48,13 @@ public sealed class FfnMemory(CausalLM model)
     public IReadOnlyList<KeyKind> KeyKinds => Model.Ffn(0).Keys.Count == 1 ? [KeyKind.Fc] : [KeyKind.Gate, KeyKind.Up];
 
     /// <summary>Keys of <paramref name="layer"/> <c>[memories, d_model]</c>: the live weight. Llama needs <paramref name="kind"/> Gate or Up.</summary>
-    public Parameter Keys(int layer, KeyKind? kind = null) => KeyModule(layer, kind).weight;
+    public Parameter Keys(int layer, KeyKind? kind = null) => FrozenLinear.MakeMaster(KeyModule(layer, kind));
 
     /// <summary>The key bias <c>[memories]</c>, or null (Llama).</summary>
     public Parameter? KeyBias(int layer, KeyKind? kind = null) => KeyModule(layer, kind).bias;
 
     /// <summary>Values of <paramref name="layer"/> <c>[d_model, memories]</c>: the live weight; column i is memory i's value vector.</summary>
-    public Parameter Values(int layer) => ValueModule(layer).weight;
+    public Parameter Values(int layer) => FrozenLinear.MakeMaster(ValueModule(layer));
 
     /// <summary>The value bias <c>[d_model]</c>, or null (Llama).</summary>
     public Parameter? ValueBias(int layer) => ValueModule(layer).bias;
@@ -149,7 +151,7 @@ public sealed class CoefficientRecorder : IDisposable
             var module = memory.ValueModule(layer);
             _hooks.Add(module.register_forward_pre_hook((_, input) =>
             {
-                var copy = input.detach().clone().DetachFromDisposeScope();
+                var copy = FrozenLinear.Input(module, input).detach().clone().DetachFromDisposeScope();
                 if (_recorded.Remove(layer, out var old)) old.Dispose();
                 _recorded[layer] = copy;
                 return input;

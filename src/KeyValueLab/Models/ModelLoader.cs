@@ -1,6 +1,7 @@
 using System.Text.Json.Nodes;
 using KeyValueLab.Checkpoints;
 using TorchSharp;
+using TorchSharp.Modules;
 using static TorchSharp.torch;
 
 namespace KeyValueLab.Models;
@@ -12,7 +13,8 @@ public sealed record StoredTensor(string Name, string DType, long[] Shape, bool 
 /// A model together with the layout of the checkpoint it came from, so <see cref="ModelLoader.Save"/>
 /// writes back the same tensor names, dtypes and orientation. Disposing it disposes the model.
 /// </summary>
-public sealed class LoadedModel(CausalLM model, IReadOnlyDictionary<string, StoredTensor> layout, string? sourcePath, long? maxShardBytes) : IDisposable
+public sealed class LoadedModel(CausalLM model, IReadOnlyDictionary<string, StoredTensor> layout, string? sourcePath, long? maxShardBytes,
+    Tuning.Nf4Base? fourBit = null) : IDisposable
 {
     public CausalLM Model { get; } = model;
     public ModelConfig Config => Model.Config;
@@ -29,7 +31,15 @@ public sealed class LoadedModel(CausalLM model, IReadOnlyDictionary<string, Stor
     /// <summary>Saves as a Hugging Face folder; see <see cref="ModelLoader.Save"/>.</summary>
     public IReadOnlyList<string> Save(string folder, bool overwrite = false) => ModelLoader.Save(this, folder, overwrite);
 
-    public void Dispose() => Model.Dispose();
+    /// <summary>The NF4 base when the model was loaded with <see cref="LoadOptions.FourBit"/>, else null.</summary>
+    public Tuning.Nf4Base? FourBit { get; } = fourBit;
+
+    public void Dispose()
+    {
+        FourBit?.Dispose();
+        FrozenLinear.DisposeAll(Model);
+        Model.Dispose();
+    }
 }
 
 /// <summary>
@@ -44,23 +54,36 @@ public static class ModelLoader
 
     /// <summary>
     /// Loads a Hugging Face folder (<c>config.json</c> + safetensors, single or sharded) or a llama2.c
-    /// <c>.bin</c> file onto the CPU in fp32, filling the parameters one stored tensor at a time.
+    /// <c>.bin</c> file, filling the parameters one stored tensor at a time. By default (<see cref="LoadOptions.Default"/>)
+    /// linear weights stored as BF16/F16 stay BF16/F16 in memory (<see cref="FrozenLinear"/>, widened per call) and
+    /// everything else is fp32; see <see cref="LoadOptions"/> for fp32, NF4 and the device.
     /// </summary>
+    /// <remarks>
+    /// The model is built on the <c>meta</c> device (no storage) and each parameter is materialised only when its tensor
+    /// is read, so the fp32 model never exists when weights are kept as stored or quantised. Before anything is read, the
+    /// resident size estimated from the headers (<see cref="EstimateBytes"/>) is compared with the memory available, and a
+    /// model that does not fit is refused with one line.
+    /// </remarks>
     /// <exception cref="InputException">Unreadable files, unsupported <c>model_type</c>, a config missing a
-    /// field, or tensors that do not fit the model (all missing/unexpected/mis-shaped names listed).</exception>
-    public static LoadedModel Load(string path)
+    /// field, tensors that do not fit the model (all missing/unexpected/mis-shaped names listed), or a model too large
+    /// for the memory available.</exception>
+    public static LoadedModel Load(string path, LoadOptions? options = null)
     {
+        options ??= LoadOptions.Default;
         using var checkpoint = Checkpoint.Open(path);
         string configSource = checkpoint is HfCheckpoint hf ? Path.Combine(hf.SourcePath, HfCheckpoint.ConfigFile) : checkpoint.SourcePath;
         var config = Architectures.ParseConfig(checkpoint.Config, configSource);
         long? maxShard = checkpoint is HfCheckpoint { Shards.Count: > 1 } sharded
             ? sharded.Shards.Max(s => s.Tensors.Sum(t => ByteCount(t)))
             : null;
-        var model = Architectures.Build(config);
+        var model = Architectures.Build(config, META);
         try
         {
-            var layout = Fill(model, checkpoint);
-            return new LoadedModel(model, layout, path, maxShard);
+            var plan = Plan(model, checkpoint, options);
+            if (options.CheckMemory) CheckFits(path, config, plan, options);
+            var (layout, quantised) = Materialise(model, checkpoint, plan, options);
+            var fourBit = options.FourBit ? Tuning.Nf4Base.Adopt(model, quantised) : null;
+            return new LoadedModel(model, layout, path, maxShard, fourBit);
         }
         catch
         {
@@ -69,29 +92,207 @@ public static class ModelLoader
         }
     }
 
-    /// <summary>Copies every parameter of <paramref name="model"/> from <paramref name="source"/>; returns the layout found.</summary>
-    public static IReadOnlyDictionary<string, StoredTensor> Fill(CausalLM model, ITensorSource source)
+    /// <summary>How one parameter is kept: an fp32 parameter, a linear weight kept in a narrow dtype, or NF4.</summary>
+    internal enum Keeping { Fp32, Narrow, Nf4 }
+
+    /// <summary>One parameter to fill: where it is stored, and how it is kept.</summary>
+    internal sealed record PlannedParameter(string Name, TensorInfo Stored, bool Transposed, Keeping Keeping, ScalarType Narrow);
+
+    /// <summary>Matches the model's parameters with the checkpoint and decides how each is kept, in file order.</summary>
+    private static List<PlannedParameter> Plan(CausalLM model, ITensorSource source, LoadOptions options)
     {
         var parameters = model.named_parameters().ToDictionary(p => p.name, p => p.parameter, StringComparer.Ordinal);
         var transposed = parameters.Keys.Where(model.IsStoredTransposed).ToHashSet(StringComparer.Ordinal);
-        // A tied model has no lm_head parameter; some checkpoints still store the (identical) head.
         var visible = model.Config.TieWordEmbeddings ? new HiddenTensors(source, "lm_head.weight") : source;
         var match = StateDictMatcher.Match(
             parameters.ToDictionary(p => p.Key, p => p.Value.shape, StringComparer.Ordinal), visible, transposed: transposed);
-
+        var linears = model.named_modules().Where(m => m.module is Linear).Select(m => m.name).ToHashSet(StringComparer.Ordinal);
         var infos = source.Tensors.ToDictionary(t => t.Name, StringComparer.Ordinal);
         var fileOrder = source.Tensors.Select((t, i) => (t.Name, i)).ToDictionary(x => x.Name, x => x.i, StringComparer.Ordinal);
-        var layout = new Dictionary<string, StoredTensor>(StringComparer.Ordinal);
-        using var noGrad = no_grad();
-        // In file order, so shards and files are read front to back, one tensor in memory at a time.
+        var plan = new List<PlannedParameter>();
         foreach (var (name, stored) in match.OrderBy(m => fileOrder[m.Value]))
         {
-            using var scope = NewDisposeScope();
-            bool t = transposed.Contains(name);
-            var value = source.ReadFloat32(stored);
-            parameters[name].copy_(t ? value.t() : value);
             var info = infos[stored];
-            layout[name] = new StoredTensor(stored, info.DType, info.Shape, t);
+            string module = name.EndsWith(".weight", StringComparison.Ordinal) ? name[..^".weight".Length] : "";
+            var keeping = Keeping.Fp32;
+            var narrow = ScalarType.Float32;
+            // lm_head stays an fp32 parameter: architectures unembed with OutputEmbedding directly (Unembedding.Project, sliced),
+            // not through the linear's call, so its weight must be a real matrix.
+            if (linears.Contains(module) && module != "lm_head")
+            {
+                if (options.FourBit) keeping = Keeping.Nf4;
+                else
+                {
+                    narrow = options.DType switch
+                    {
+                        WeightDType.BF16 => ScalarType.BFloat16,
+                        WeightDType.F16 => ScalarType.Float16,
+                        WeightDType.Stored when info.DType is SafetensorsDType.BF16 or SafetensorsDType.F16 => SafetensorsDType.ToScalarType(info.DType),
+                        _ => ScalarType.Float32,
+                    };
+                    if (narrow != ScalarType.Float32) keeping = Keeping.Narrow;
+                }
+            }
+            plan.Add(new PlannedParameter(name, info, transposed.Contains(name), keeping, narrow));
+        }
+        return plan;
+    }
+
+    /// <summary>Bytes an NF4 tensor of <paramref name="n"/> values takes (see <see cref="Tuning.Nf4Tensor.Bytes"/>).</summary>
+    private static long Nf4Bytes(long n)
+    {
+        long blocks = (n + Tuning.Nf4Tensor.BlockSize - 1) / Tuning.Nf4Tensor.BlockSize;
+        return (n + 1) / 2 + blocks + 4 * ((blocks + Tuning.Nf4Tensor.NestedBlockSize - 1) / Tuning.Nf4Tensor.NestedBlockSize) + 4;
+    }
+
+    /// <summary>What the runtime itself takes besides the weights (libtorch, .NET, the tokenizer), measured at ~0.4 GB here.</summary>
+    public const long RuntimeBytes = 512L << 20;
+
+    /// <summary>
+    /// The resident size of a loaded model, estimated from the checkpoint's headers and <paramref name="options"/>: the
+    /// bytes every parameter is kept in (fp32, the narrow dtype, or NF4), plus <see cref="RuntimeBytes"/>, plus the scratch
+    /// of the largest weight widened at once (for NF4 at load: its fp32 copy and the quantiser's temporaries, 16 bytes a value).
+    /// Activations are not included: they depend on the work, and are small at the batch sizes used here.
+    /// </summary>
+    public static long EstimateBytes(string path, LoadOptions? options = null)
+    {
+        options ??= LoadOptions.Default;
+        using var checkpoint = Checkpoint.Open(path);
+        string configSource = checkpoint is HfCheckpoint hf ? Path.Combine(hf.SourcePath, HfCheckpoint.ConfigFile) : checkpoint.SourcePath;
+        var config = Architectures.ParseConfig(checkpoint.Config, configSource);
+        using var model = Architectures.Build(config, META);
+        return Estimate(Plan(model, checkpoint, options));
+    }
+
+    private static long Estimate(List<PlannedParameter> plan)
+    {
+        long total = RuntimeBytes, scratch = 0;
+        foreach (var p in plan)
+        {
+            long n = p.Stored.Shape.Aggregate(1L, (a, b) => a * b);
+            total += p.Keeping switch { Keeping.Nf4 => Nf4Bytes(n), Keeping.Narrow => n * 2, _ => n * 4 };
+            long s = p.Keeping switch { Keeping.Nf4 => 16 * n, Keeping.Narrow => StoredWeight.BlockBytes * 2, _ => 0 };
+            scratch = Math.Max(scratch, s);
+        }
+        return total + scratch;
+    }
+
+    private static void CheckFits(string path, ModelConfig config, List<PlannedParameter> plan, LoadOptions options)
+    {
+        long? available = options.MemoryLimit ?? AvailableMemory.Bytes();
+        if (available is not long room) return;
+        long estimate = Estimate(plan);
+        if (estimate <= room) return;
+        string kept = options.FourBit ? "4-bit NF4 linears" : options.DType switch
+        {
+            WeightDType.Stored => "linears as stored", WeightDType.F32 => "fp32 linears", WeightDType.BF16 => "bf16 linears", _ => "f16 linears",
+        };
+        string hint = options.FourBit ? "free memory or use a smaller model"
+            : options.DType is WeightDType.Stored or WeightDType.BF16 or WeightDType.F16 && plan.Any(p => p.Keeping == Keeping.Narrow)
+                ? "try --4bit"
+                : "try --dtype bf16 or --4bit";
+        throw new InputException(path,
+            $"{config.ModelType} model with {config.NumLayers} layers needs about {Gb(estimate)} GB resident ({kept}) but {Gb(room)} GB is available; {hint}");
+    }
+
+    private static string Gb(long bytes) => (bytes / 1e9).ToString("F1", System.Globalization.CultureInfo.InvariantCulture);
+
+    /// <summary>Reads every planned parameter into <paramref name="model"/> (built on <c>meta</c>); returns the layout and the NF4 modules.</summary>
+    private static (IReadOnlyDictionary<string, StoredTensor> Layout, List<string> Quantised) Materialise(
+        CausalLM model, ITensorSource source, List<PlannedParameter> plan, LoadOptions options)
+    {
+        var device = options.Device ?? CPU;
+        var owners = ParameterOwners(model);
+        var layout = new Dictionary<string, StoredTensor>(StringComparer.Ordinal);
+        var quantised = new List<string>();
+        using var noGrad = no_grad();
+        // In file order, so shards and files are read front to back, one tensor in memory at a time.
+        foreach (var p in plan)
+        {
+            using var scope = NewDisposeScope();
+            var (module, local) = owners[p.Name];
+            var stored = source.ReadStored(p.Stored.Name);   // a view of a memory map for safetensors
+            var value = p.Transposed ? stored.t() : stored;   // [out, in]
+            switch (p.Keeping)
+            {
+                case Keeping.Nf4:
+                    Tuning.Nf4Base.QuantizeInto((Linear)module, value, device);
+                    quantised.Add(p.Name[..^".weight".Length]);
+                    break;
+                case Keeping.Narrow:
+                    var narrow = value.dtype == p.Narrow && value.is_contiguous() && device.type == DeviceType.CPU
+                        ? value
+                        : value.to(p.Narrow).to(device).contiguous();
+                    FrozenLinear.Freeze((Linear)module, new StoredWeight(narrow), device);
+                    break;
+                default:
+                    var parameter = new Parameter(empty(value.shape, ScalarType.Float32, device), requires_grad: false);
+                    parameter.DetachFromDisposeScope();
+                    parameter.copy_(value);
+                    SetParameter(module, local, parameter);
+                    break;
+            }
+            layout[p.Name] = new StoredTensor(p.Stored.Name, p.Stored.DType, p.Stored.Shape, p.Transposed);
+        }
+        var left = model.named_parameters().Where(x => x.parameter.device_type == DeviceType.META && device.type != DeviceType.META).Select(x => x.name).ToList();
+        if (left.Count > 0) throw new InvalidOperationException($"parameters left unfilled: {string.Join(", ", left)}");
+        var frozen = FrozenLinear.FrozenIn(model).Select(f => f.Linear.weight.Handle).ToHashSet();
+        foreach (var (_, param) in model.named_parameters())
+            if (!frozen.Contains(param.Handle)) param.requires_grad = true;  // as a freshly built model's
+        return (layout, quantised);
+    }
+
+    /// <summary>For every parameter name, the module that holds it and its name there.</summary>
+    private static Dictionary<string, (nn.Module Module, string Local)> ParameterOwners(nn.Module model)
+    {
+        var owners = new Dictionary<string, (nn.Module, string)>(StringComparer.Ordinal);
+        foreach (var (prefix, module) in model.named_modules())
+            foreach (var (local, _) in module.named_parameters(recurse: false))
+                owners[prefix.Length == 0 ? local : $"{prefix}.{local}"] = (module, local);
+        return owners;
+    }
+
+    private static readonly System.Reflection.MethodInfo RegisterParameter = typeof(nn.Module).GetMethod(
+        "ConditionallyRegisterParameter", System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance,
+        [typeof(string), typeof(Parameter)]) ?? throw new MissingMethodException("nn.Module.ConditionallyRegisterParameter");
+
+    /// <summary>
+    /// Puts <paramref name="value"/> in place of the module's parameter <paramref name="local"/>, as TorchSharp's own
+    /// <c>Module.to</c> does: through a public settable property of that name, else by re-registering it and updating the
+    /// field that held the old one. The old (meta) parameter is disposed.
+    /// </summary>
+    private static void SetParameter(nn.Module module, string local, Parameter value)
+    {
+        const System.Reflection.BindingFlags Instance = System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.NonPublic;
+        var old = module.named_parameters(recurse: false).Single(p => p.name == local).parameter;
+        var oldHandle = old.Handle;
+        var property = module.GetType().GetProperty(local, System.Reflection.BindingFlags.Instance | System.Reflection.BindingFlags.Public);
+        if (property is { CanWrite: true } && property.PropertyType.IsAssignableFrom(typeof(Parameter)))
+        {
+            property.SetValue(module, value);
+            return;
+        }
+        RegisterParameter.Invoke(module, [local, value]);
+        for (var type = module.GetType(); type is not null && type != typeof(nn.Module); type = type.BaseType)
+            foreach (var field in type.GetFields(Instance | System.Reflection.BindingFlags.DeclaredOnly))
+                if (typeof(Tensor).IsAssignableFrom(field.FieldType) && field.GetValue(module) is Tensor held && held.Handle == oldHandle)
+                    field.SetValue(module, value);
+        old.Dispose();
+    }
+
+    /// <summary>Copies every parameter of <paramref name="model"/> (fp32, already allocated) from <paramref name="source"/>; returns the layout found.</summary>
+    public static IReadOnlyDictionary<string, StoredTensor> Fill(CausalLM model, ITensorSource source)
+    {
+        var parameters = model.named_parameters().ToDictionary(p => p.name, p => p.parameter, StringComparer.Ordinal);
+        var plan = Plan(model, source, LoadOptions.Default with { DType = WeightDType.F32 });
+        var layout = new Dictionary<string, StoredTensor>(StringComparer.Ordinal);
+        using var noGrad = no_grad();
+        foreach (var p in plan)
+        {
+            using var scope = NewDisposeScope();
+            var value = source.ReadStored(p.Stored.Name);
+            parameters[p.Name].copy_(p.Transposed ? value.t() : value);
+            layout[p.Name] = new StoredTensor(p.Stored.Name, p.Stored.DType, p.Stored.Shape, p.Transposed);
         }
         return layout;
     }
@@ -155,8 +356,21 @@ public static class ModelLoader
     {
         var model = loaded.Model;
         var tensors = new List<TensorToSave>();
+        var frozen = FrozenLinear.FrozenIn(model).ToDictionary(f => f.Name + ".weight", f => f.Linear, StringComparer.Ordinal);
         foreach (var (name, p) in model.named_parameters())
         {
+            if (frozen.TryGetValue(name, out var linear))
+            {
+                // Widened one matrix at a time while it is written (bf16/f16 → fp32 → the same dtype is exact).
+                var s0 = loaded.Layout[name];
+                tensors.Add(TensorToSave.Lazy(s0.Name, s0.Shape, s0.DType, () =>
+                {
+                    var w = FrozenLinear.Weight(linear);
+                    if (!s0.Transposed) return w;
+                    using (w) return w.t().contiguous();
+                }));
+                continue;
+            }
             var s = Stored(model, loaded.Layout, name, p);
             var value = p.detach();
             tensors.Add(new TensorToSave(s.Name, s.Transposed ? value.t() : value, s.DType));  // views: no copy until written
@@ -193,6 +407,7 @@ public static class ModelLoader
         public string SourcePath => inner.SourcePath;
         public IReadOnlyList<TensorInfo> Tensors { get; } = inner.Tensors.Where(t => !hidden.Contains(t.Name)).ToList();
         public Tensor ReadFloat32(string name) => inner.ReadFloat32(name);
+        public Tensor ReadStored(string name) => inner.ReadStored(name);
         public void Dispose() { }
     }
 }

@@ -13,16 +13,22 @@ public static class ParameterHash
     /// Lower-case hex SHA-256 over every parameter in ordinal name order: name, dtype, shape, then the raw
     /// bytes of its values (contiguous, on the CPU). Equal hashes mean bit-identical parameters.
     /// </summary>
+    /// <remarks>
+    /// A frozen weight (<see cref="FrozenLinear"/>: kept as stored, or NF4) is hashed as the fp32 matrix it computes with, so
+    /// the hash does not change when an editor makes it an fp32 master, and equals that of the same weights widened up front.
+    /// </remarks>
     public static string Sha256(nn.Module model, IEnumerable<string>? names = null)
     {
+        var frozen = FrozenLinear.FrozenIn(model).ToDictionary(f => f.Name + ".weight", f => f.Linear, StringComparer.Ordinal);
         var parameters = model.named_parameters().ToDictionary(p => p.name, p => p.parameter, StringComparer.Ordinal);
         var chosen = (names ?? parameters.Keys).Distinct().Order(StringComparer.Ordinal);
         using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         foreach (string name in chosen)
         {
-            var p = parameters.TryGetValue(name, out var found) ? found : throw new ArgumentException($"the model has no parameter {name}", nameof(names));
-            sha.AppendData(Encoding.UTF8.GetBytes($"{name}\0{p.dtype}\0{string.Join(",", p.shape)}\0"));
+            Tensor p = parameters.TryGetValue(name, out var found) ? found : throw new ArgumentException($"the model has no parameter {name}", nameof(names));
             using var scope = NewDisposeScope();
+            if (frozen.TryGetValue(name, out var linear)) p = FrozenLinear.Weight(linear);
+            sha.AppendData(Encoding.UTF8.GetBytes($"{name}\0{p.dtype}\0{string.Join(",", p.shape)}\0"));
             var flat = p.detach().cpu().contiguous().view(-1);
             long count = flat.numel(), perChunk = Math.Max(1, ChunkBytes / flat.ElementSize);
             for (long start = 0; start < count; start += perChunk)

@@ -117,7 +117,7 @@ public sealed class LoraModel : IDisposable
             var hook = layer.Base.register_forward_hook((_, x, y) =>
             {
                 if (Merged) return y;
-                if (x.shape[^1] == 0 && Nf4Base.InputOf(layer.Base) is Tensor real) x = real;  // NF4 base: the real input
+                x = FrozenLinear.Input(layer.Base, x);  // a frozen (NF4 or stored-dtype) base hands hooks a zero-width view
                 var input = Training && p > 0 ? Dropout(x, p) : x;
                 return y.Plus(nn.functional.linear(nn.functional.linear(input, a), b).mul(_scale));  // [.., out]
             });
@@ -131,14 +131,14 @@ public sealed class LoraModel : IDisposable
     /// <summary>Number of trainable (adapter) parameters.</summary>
     public long TrainableCount => Layers.Sum(l => l.A.NumberOfElements + l.B.NumberOfElements);
 
-    /// <summary>Parameters of the base model (4-bit weights counted as the weights they stand for) plus the adapters.</summary>
+    /// <summary>Parameters of the base model (frozen 4-bit or stored-dtype weights counted as the weights they stand for) plus the adapters.</summary>
     public long AllCount
     {
         get
         {
             long count = Model.parameters().Sum(p => p.NumberOfElements);
             foreach (var (_, module) in Model.named_modules())
-                if (module is Linear linear && Nf4Base.Of(linear) is Nf4Tensor q) count += q.Count - linear.weight!.NumberOfElements;
+                if (module is Linear linear && FrozenLinear.Of(linear) is { } frozen) count += frozen.Shape[0] * frozen.Shape[1] - linear.weight.NumberOfElements;
             return count + TrainableCount;
         }
     }
@@ -170,7 +170,7 @@ public sealed class LoraModel : IDisposable
         {
             using var scope = NewDisposeScope();
             var delta = layer.B.matmul(layer.A) * (sign * Config.Scale);  // [out, in]
-            if (Nf4Base.Of(layer.Base) is null) layer.Base.weight!.add_(delta);
+            if (Nf4Base.Of(layer.Base) is null) FrozenLinear.MakeMaster(layer.Base).add_(delta);
             else Nf4Base.SetWeight(layer.Base, Nf4Base.Weight(layer.Base) + delta);
         }
     }

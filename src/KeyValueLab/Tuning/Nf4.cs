@@ -1,3 +1,4 @@
+using KeyValueLab.Models;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -89,7 +90,7 @@ public static class Nf4Codes
 /// <see cref="QuantizedAbsmax"/> = <c>state.absmax</c> (uint8), <see cref="Offset"/> = <c>state.offset</c>,
 /// <see cref="NestedAbsmax"/> = <c>state.state2.absmax</c>, nested code = <see cref="Nf4Codes.DynamicSigned"/>.
 /// </summary>
-public sealed class Nf4Tensor : IDisposable
+public sealed class Nf4Tensor : IFrozenWeight
 {
     public const int BlockSize = 64;
     public const int NestedBlockSize = 256;
@@ -144,18 +145,77 @@ public sealed class Nf4Tensor : IDisposable
         using var noGrad = no_grad();
         long n = weight.NumberOfElements;
         if (n == 0) throw new ArgumentException("cannot quantise an empty tensor", nameof(weight));
-        var flat = weight.detach().to(ScalarType.Float32).cpu().flatten();
-        // An odd count is padded with one 0.0 (inside the last block, so no new block): its index fills the last low nibble.
-        if (n % 2 == 1) flat = cat([flat, zeros(1, ScalarType.Float32)]);
-        var (indices, absmax) = QuantizeBlocks(flat, BlockSize, Nf4Midpoints, blockReciprocals);
-        var pairs = indices.view(-1, 2);
-        var packed = (pairs.select(1, 0) * 16 + pairs.select(1, 1)).to(ScalarType.Byte);   // [ceil(n/2)]
+        var flat = weight.detach().reshape(-1);  // a view when contiguous (e.g. a memory-mapped BF16 weight): widened chunk by chunk below
+        long blocks = (n + BlockSize - 1) / BlockSize;
+        var inverse = blockReciprocals?.to(ScalarType.Float32).cpu().flatten();
+        if (inverse is not null && inverse.shape[0] != blocks) throw new ArgumentException($"{inverse.shape[0]} reciprocals for {blocks} blocks", nameof(blockReciprocals));
+        var packed = empty((n + 1) / 2, ScalarType.Byte);
+        var absmax = empty(blocks, ScalarType.Float32);
+        // Chunks of whole blocks: each block's arithmetic is independent, so the bytes are those of one pass over the whole
+        // tensor, while the temporaries (int64 indices: 8 bytes a value) stay a few MB instead of several times the weight.
+        for (long start = 0; start < n; start += QuantizeChunk)
+        {
+            using var chunkScope = NewDisposeScope();
+            long count = Math.Min(QuantizeChunk, n - start), firstBlock = start / BlockSize, chunkBlocks = (count + BlockSize - 1) / BlockSize;
+            var part = flat.narrow(0, start, count).to(ScalarType.Float32).cpu();
+            // An odd count (only the last chunk can have one) is padded with one 0.0 inside the last block: its index fills the last low nibble.
+            if (count % 2 == 1) part = cat([part, zeros(1, ScalarType.Float32)]);
+            QuantizeNf4Blocks(part.contiguous(), inverse?.narrow(0, firstBlock, chunkBlocks).contiguous(),
+                packed.narrow(0, start / 2, (part.shape[0] + 1) / 2), absmax.narrow(0, firstBlock, chunkBlocks));
+        }
 
         float offset = absmax.mean().item<float>();
-        var (qAbsmax, nested) = QuantizeBlocks(absmax - tensor(offset), NestedBlockSize, DynamicMidpoints, null, tiesToEven: true);
-        return new Nf4Tensor(weight.shape.ToArray(), packed.contiguous().MoveToOuterDisposeScope(),
+        var (qAbsmax, nested) = QuantizeBlocks(absmax - tensor(offset), NestedBlockSize, DynamicMidpoints, tiesToEven: true);
+        return new Nf4Tensor(weight.shape.ToArray(), packed.MoveToOuterDisposeScope(),
             qAbsmax.to(ScalarType.Byte).MoveToOuterDisposeScope(), nested.MoveToOuterDisposeScope(), offset);
     }
+
+    /// <summary>
+    /// The NF4 stage of <see cref="QuantizeBlocks"/> as a plain loop (both cores) writing packed bytes and block absmax
+    /// straight into <paramref name="packed"/> and <paramref name="absmax"/>: the same float32 operations as the kernel
+    /// (absmax, its IEEE reciprocal, x · (1/absmax), the count of thresholds strictly below; index 0 in a block whose
+    /// absmax is 0), an order of magnitude faster than the tensor ops, which widen every index to int64.
+    /// </summary>
+    private static unsafe void QuantizeNf4Blocks(Tensor values, Tensor? reciprocals, Tensor packed, Tensor absmax)
+    {
+        long n = values.shape[0], blocks = absmax.shape[0];
+        nint valuesAt = Address(values), packedAt = Address(packed), absmaxAt = Address(absmax), inverseAt = reciprocals is null ? 0 : Address(reciprocals);
+        const int blocksPerTask = 256;
+        Parallel.For(0, (int)((blocks + blocksPerTask - 1) / blocksPerTask), task =>
+        {
+            float* x = (float*)valuesAt, scales = (float*)absmaxAt, given = (float*)inverseAt;
+            byte* output = (byte*)packedAt;
+            fixed (float* thresholds = Nf4Midpoints)
+            {
+                long firstBlock = (long)task * blocksPerTask, lastBlock = Math.Min(blocks, firstBlock + blocksPerTask);
+                for (long block = firstBlock; block < lastBlock; block++)
+                {
+                    long start = block * BlockSize, end = Math.Min(n, start + BlockSize);
+                    float max = 0f;
+                    for (long i = start; i < end; i++) max = MathF.Max(max, MathF.Abs(x[i]));
+                    scales[block] = max;
+                    float inverse = given is null ? 1f / max : given[block];
+                    for (long i = start; i < end; i += 2)
+                    {
+                        int hi = max == 0f ? 0 : Code(x[i] * inverse, thresholds);
+                        int lo = i + 1 < end && max != 0f ? Code(x[i + 1] * inverse, thresholds) : 0;
+                        output[i >> 1] = (byte)(hi << 4 | lo);
+                    }
+                }
+            }
+        });
+        GC.KeepAlive(values); GC.KeepAlive(packed); GC.KeepAlive(absmax); GC.KeepAlive(reciprocals);
+
+        static int Code(float v, float* thresholds)
+        {
+            int k = 0;
+            while (k < 15 && thresholds[k] < v) k++;
+            return k;
+        }
+    }
+
+    /// <summary>Values quantised at a time: 2²⁰, a multiple of the block size (and even, so bytes never straddle chunks).</summary>
+    private const long QuantizeChunk = 1 << 20;
 
     /// <summary>
     /// An NF4 tensor from bitsandbytes' stored state (<c>Params4bit</c> data and <c>QuantState</c> with
@@ -183,22 +243,20 @@ public sealed class Nf4Tensor : IDisposable
     }
 
     /// <summary>
-    /// Blockwise absmax quantisation of flat <paramref name="x"/> as bitsandbytes' kernel: per block of <paramref name="blockSize"/>
+    /// Blockwise absmax quantisation of flat <paramref name="x"/> as bitsandbytes' kernel (the nested 8-bit stage; NF4 uses <see cref="QuantizeNf4Blocks"/>): per block of <paramref name="blockSize"/>
     /// (the last may be short) the absmax, and per value the number of <paramref name="thresholds"/> strictly below
     /// x · (1/absmax), so a value on a threshold takes the lower code — except with <paramref name="tiesToEven"/> (the 8-bit
     /// map, whose binary search ends on an even index and keeps it on a tie). A block with absmax 0 gets index 0 throughout.
     /// Returns the indices <c>[n]</c> (int64) and absmax <c>[blocks]</c>.
     /// </summary>
-    private static (Tensor Indices, Tensor Absmax) QuantizeBlocks(Tensor x, int blockSize, float[] thresholds, Tensor? reciprocals, bool tiesToEven = false)
+    private static (Tensor Indices, Tensor Absmax) QuantizeBlocks(Tensor x, int blockSize, float[] thresholds, bool tiesToEven = false)
     {
         long n = x.shape[0], blocks = (n + blockSize - 1) / blockSize, padded = blocks * blockSize;
         var full = padded == n ? x : cat([x, zeros(padded - n, ScalarType.Float32)]);
         var rows = full.view(blocks, blockSize);                                         // [blocks, B]
         var absmax = rows.abs().amax([1L]);                                              // [blocks]
         var zero = absmax.eq(tensor(0f));
-        var inverse = reciprocals?.to(ScalarType.Float32).cpu().flatten() ?? absmax.reciprocal();
-        if (inverse.shape[0] != blocks) throw new ArgumentException($"{inverse.shape[0]} reciprocals for {blocks} blocks", nameof(reciprocals));
-        inverse = where(zero, zeros_like(inverse), inverse);
+        var inverse = where(zero, zeros_like(absmax), absmax.reciprocal());
         var scaled = (rows * inverse.unsqueeze(1)).flatten().contiguous();             // x · (1/absmax), as the kernel
         var bounds = tensor(thresholds);
         var indices = searchsorted(bounds, scaled);                                      // thresholds strictly below
@@ -224,6 +282,17 @@ public sealed class Nf4Tensor : IDisposable
         // The offset as a 0-dim tensor and the sum with a held alpha: no temporary Scalar (see HeldScalars).
         var offset = tensor(Offset);
         return (values * scales).Plus(offset).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Dequantised whole: NF4 blocks run across rows, so the matrix is decoded at once.</summary>
+    long IFrozenWeight.BlockRows => Shape[0];
+
+    /// <summary>Rows of the dequantised weight (all of them in one piece, as <see cref="IFrozenWeight.BlockRows"/> asks).</summary>
+    Tensor IFrozenWeight.Widen(long start, long count)
+    {
+        if (start == 0 && count == Shape[0]) return Dequantize();
+        using var all = Dequantize();
+        return all.narrow(0, start, count).clone();
     }
 
     /// <summary>The float32 weights <c>code[index] × absmax[block]</c>, in the original shape.</summary>

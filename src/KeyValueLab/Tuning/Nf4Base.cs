@@ -1,4 +1,3 @@
-using System.Runtime.CompilerServices;
 using KeyValueLab.Models;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -8,102 +7,109 @@ namespace KeyValueLab.Tuning;
 
 /// <summary>
 /// Freezes a model's linear layers in NF4 (QLoRA's "4-bit base"): each weight is replaced by an <see cref="Nf4Tensor"/>
-/// and a zero-width placeholder <c>[out, 0]</c>. A forward pre-hook keeps the real input and hands the linear a zero-width
-/// view of it (so nn.Linear computes only its bias); a forward hook adds x·dequant(W)ᵀ through <see cref="Nf4LinearFunction"/>,
-/// a custom autograd function that dequantises again in the backward pass instead of keeping the fp32 weight, as
-/// bitsandbytes' <c>MatMul4Bit</c> does. Only the 4-bit bytes stay resident; the architectures keep their nn.Linear fields.
+/// through <see cref="FrozenLinear"/> (a zero-width placeholder parameter and forward hooks that add x·dequant(W)ᵀ with a
+/// custom autograd function that dequantises again in the backward pass, as bitsandbytes' <c>MatMul4Bit</c> does). Only the
+/// 4-bit bytes stay resident; the architectures keep their nn.Linear fields.
 /// </summary>
 /// <remarks>
 /// As with <c>load_in_4bit</c> in Hugging Face transformers, <c>lm_head</c> stays in full precision.
 /// Other forward hooks on a quantised linear (LoRA) read the real input with <see cref="InputOf"/>.
+/// <see cref="ModelLoader.Load(string, LoadOptions?)"/> with <see cref="LoadOptions.FourBit"/> quantises each linear as it
+/// is read (<see cref="Adopt"/>), so the fp32 model never exists; the bytes are those of <see cref="Quantize"/>.
 /// </remarks>
 public sealed class Nf4Base : IDisposable
 {
-    private static readonly ConditionalWeakTable<Linear, Nf4Tensor> Quantized = new();
-    private static readonly ConditionalWeakTable<Linear, Tensor> Inputs = new();
     private readonly List<(string Name, Linear Module)> _layers = [];
-    private readonly List<Action> _unhook = [];
+    private readonly bool _restoreOnDispose;
 
-    private Nf4Base() { }
+    private Nf4Base(bool restoreOnDispose) => _restoreOnDispose = restoreOnDispose;
 
     /// <summary>Linears quantised, by state-dict module name.</summary>
     public IReadOnlyList<string> Modules => [.. _layers.Select(l => l.Name)];
 
-    /// <summary>Bytes the quantised weights took in fp32.</summary>
-    public long Fp32Bytes { get; private set; }
+    /// <summary>Bytes the quantised weights take in fp32.</summary>
+    public long Fp32Bytes => _layers.Sum(l => Of(l.Module)!.Count * 4);
 
     /// <summary>Bytes they take now (packed nibbles, 8-bit block scales, nested scales).</summary>
     public long Nf4Bytes => _layers.Sum(l => Of(l.Module)!.Bytes);
 
+    /// <summary>Whether <see cref="Quantize"/> leaves this linear in full precision: <c>lm_head</c>, as in transformers.</summary>
+    public static bool KeepsFullPrecision(string moduleName) => moduleName == "lm_head";
+
     /// <summary>Quantises every linear of <paramref name="model"/> except <c>lm_head</c> (and except those <paramref name="skip"/> names).</summary>
     public static Nf4Base Quantize(CausalLM model, Func<string, bool>? skip = null)
     {
-        var result = new Nf4Base();
+        var result = new Nf4Base(restoreOnDispose: true);
+        using var noGrad = no_grad();
         foreach (var (name, module) in model.named_modules())
         {
-            if (module is not Linear linear || name == "lm_head" || (skip?.Invoke(name) ?? false)) continue;
-            if (Quantized.TryGetValue(linear, out _)) throw new InvalidOperationException($"{name} is already quantised");
-            var weight = Nf4Tensor.Quantize(linear.weight!);
-            result.Fp32Bytes += linear.weight!.NumberOfElements * 4;
-            var fp32 = linear.weight!;
-            linear.weight = Placeholder(weight.Shape[0]);
-            fp32.Dispose();  // free the fp32 storage now, not at the next GC
-            Quantized.Add(linear, weight);
+            if (module is not Linear linear || KeepsFullPrecision(name) || (skip?.Invoke(name) ?? false)) continue;
+            if (Of(linear) is not null) throw new InvalidOperationException($"{name} is already quantised");
+            if (FrozenLinear.Of(linear) is null) QuantizeInto(linear, linear.weight);
+            else using (var fp32 = FrozenLinear.Weight(linear)) QuantizeInto(linear, fp32);
             result._layers.Add((name, linear));
-            var before = linear.register_forward_pre_hook((m, x) =>
-            {
-                Inputs.AddOrUpdate((Linear)m, x);
-                return x.narrow(-1, 0, 0);  // [.., 0]: nn.Linear then yields just its bias
-            });
-            var after = linear.register_forward_hook((m, _, y) =>
-            {
-                var lin = (Linear)m;
-                return y.Plus(Nf4LinearFunction.Apply(InputOf(lin)!, Of(lin)!));  // [.., out]; held alpha (see HeldScalars)
-            });
-            result._unhook.Add(() => { before.remove(); after.remove(); });
         }
         return result;
     }
 
+    /// <summary>
+    /// Quantises <paramref name="fp32"/> <c>[out, in]</c> as the weight of <paramref name="linear"/> (frozen or plain), whose
+    /// previous weight is released.
+    /// </summary>
+    internal static void QuantizeInto(Linear linear, Tensor fp32, Device? device = null)
+    {
+        var weight = Detached(Nf4Tensor.Quantize(fp32));
+        if (FrozenLinear.Of(linear) is null) FrozenLinear.Freeze(linear, weight, device);
+        else FrozenLinear.Replace(linear, weight);
+    }
+
+    /// <summary>The NF4 base of a model whose linears <paramref name="names"/> were quantised as they were loaded.</summary>
+    /// <remarks>Its <see cref="Dispose"/> leaves them quantised: the fp32 weights never existed, and the
+    /// <see cref="LoadedModel"/> releases them with the model.</remarks>
+    internal static Nf4Base Adopt(CausalLM model, IEnumerable<string> names)
+    {
+        var result = new Nf4Base(restoreOnDispose: false);
+        var modules = model.named_modules().ToDictionary(m => m.name, m => m.module, StringComparer.Ordinal);
+        foreach (string name in names)
+            result._layers.Add((name, modules[name] as Linear is { } l && Of(l) is not null ? l : throw new ArgumentException($"{name} is not a quantised linear", nameof(names))));
+        return result;
+    }
+
     /// <summary>The input of the current call of a quantised linear (its forward hooks see a zero-width view), or null.</summary>
-    public static Tensor? InputOf(Linear linear) => Inputs.TryGetValue(linear, out var x) ? x : null;
+    public static Tensor? InputOf(Linear linear) => FrozenLinear.InputOf(linear);
 
     /// <summary>The NF4 weight behind <paramref name="linear"/>, or null when it is not quantised.</summary>
-    public static Nf4Tensor? Of(Linear linear) => Quantized.TryGetValue(linear, out var w) ? w : null;
+    public static Nf4Tensor? Of(Linear linear) => FrozenLinear.Of(linear) as Nf4Tensor;
 
     /// <summary>
     /// Shape <c>[out, in]</c> of a linear's weight whether or not it is quantised.
     /// </summary>
-    public static long[] WeightShape(Linear linear) => Of(linear)?.Shape ?? linear.weight!.shape;
+    public static long[] WeightShape(Linear linear) => FrozenLinear.WeightShape(linear);
 
     /// <summary>The current fp32 weight of a linear: dequantised when quantised, else a copy.</summary>
-    public static Tensor Weight(Linear linear) => Of(linear)?.Dequantize() ?? linear.weight!.detach().clone();
+    public static Tensor Weight(Linear linear) => FrozenLinear.Weight(linear);
 
     /// <summary>Replaces the weight of a linear: requantised when quantised (lossy, as PEFT's merge into 4-bit), else copied in place.</summary>
     public static void SetWeight(Linear linear, Tensor weight)
     {
         using var noGrad = no_grad();
-        var old = Of(linear);
-        if (old is null) { linear.weight!.copy_(weight); return; }
-        Quantized.AddOrUpdate(linear, Nf4Tensor.Quantize(weight));
-        old.Dispose();
+        if (Of(linear) is null) { FrozenLinear.MakeMaster(linear).copy_(weight); return; }
+        FrozenLinear.Replace(linear, Detached(Nf4Tensor.Quantize(weight)));
     }
 
-    private static Parameter Placeholder(long outFeatures) => new(empty(outFeatures, 0, ScalarType.Float32), requires_grad: false);
+    /// <summary>Takes the tensors of a new NF4 weight out of any dispose scope: they live as long as the linear holds them.</summary>
+    private static Nf4Tensor Detached(Nf4Tensor weight)
+    {
+        foreach (var t in new[] { weight.Packed, weight.QuantizedAbsmax, weight.NestedAbsmax }) t.DetachFromDisposeScope();
+        return weight;
+    }
 
-    /// <summary>Removes the hooks and puts the dequantised fp32 weights back.</summary>
+    /// <summary>Removes the hooks and puts the dequantised fp32 weights back (a base quantised at load stays quantised).</summary>
     public void Dispose()
     {
-        foreach (var unhook in _unhook) unhook();
-        _unhook.Clear();
-        foreach (var (_, linear) in _layers)
-        {
-            var weight = Of(linear)!;
-            linear.weight = new Parameter(weight.Dequantize(), requires_grad: false);
-            Quantized.Remove(linear);
-            Inputs.Remove(linear);
-            weight.Dispose();
-        }
+        if (_restoreOnDispose)
+            foreach (var (_, linear) in _layers)
+                if (Of(linear) is not null) FrozenLinear.MakeMaster(linear);
         _layers.Clear();
     }
 }

@@ -21,8 +21,8 @@ public sealed record TuneJob
     public string Targets { get; init; } = DefaultTargets;
     public const string DefaultTargets = "q,v";
     public LoraConfig Lora { get; init; } = new();
-    /// <summary>Freeze the base linears in NF4 (all but lm_head).</summary>
-    public bool FourBit { get; init; }
+    /// <summary>How the model is loaded: weights as stored or widened, the device, and <see cref="LoadOptions.FourBit"/> (an NF4 base of every linear but lm_head, quantised as it is read).</summary>
+    public LoadOptions Loading { get; init; } = LoadOptions.Default;
     /// <summary>Training settings; <see cref="TrainOptions.Seed"/> also seeds the adapters, <see cref="TrainOptions.MaxLength"/> is capped at the model's positions.</summary>
     public TrainOptions Training { get; init; } = new();
     public required string AdapterFolder { get; init; }
@@ -67,7 +67,7 @@ public static class TuneEngine
     /// <summary>Runs <paramref name="job"/>; training steps go to <paramref name="progress"/>, one-line messages to <paramref name="log"/>.</summary>
     public static TuneOutcome Run(TuneJob job, IProgress<WorkProgress>? progress = null, Action<string>? log = null, CancellationToken cancel = default)
     {
-        using var loaded = ModelLoader.Load(job.ModelPath);
+        using var loaded = ModelLoader.Load(job.ModelPath, job.Loading);
         var tokenizer = TokenizerLoader.ForModel(job.ModelPath, job.TokenizerPath, job.TokenizerHint);
         var data = job.Tasks.Select(t => TaskLoader.Load(t.Key, t.Value, job.Selection)).ToList();
         foreach (var d in data) log?.Invoke($"task {d.Name}: {d.Train.Count} train, {d.Eval.Count} eval ({d.SplitNote})");
@@ -75,8 +75,8 @@ public static class TuneEngine
         try { modules = job.Lora.TargetRegex is null ? LoraConfig.ResolveTargets(job.Targets, loaded.Config.ModelType) : []; }
         catch (ArgumentException e) { throw new InputException(job.ModelPath, $"targets \"{job.Targets}\": {e.Message}"); }
 
-        long fp32Bytes = LinearBytes(loaded.Model);
-        using var nf4 = job.FourBit ? Nf4Base.Quantize(loaded.Model) : null;
+        var nf4 = loaded.FourBit;  // quantised as it was read; the loaded model owns it
+        long fp32Bytes = nf4?.Fp32Bytes ?? LinearBytes(loaded.Model);
         if (nf4 is not null) log?.Invoke($"4-bit base: {nf4.Modules.Count} linears, {nf4.Fp32Bytes:N0} bytes fp32 -> {nf4.Nf4Bytes:N0} bytes NF4 ({(double)nf4.Nf4Bytes / nf4.Fp32Bytes:F4}x)");
         LoraModel lora;
         try { lora = LoraModel.Attach(loaded.Model, job.Lora with { TargetModules = modules }, job.Training.Seed); }
@@ -118,5 +118,5 @@ public static class TuneEngine
     /// <summary>Bytes of the linears a 4-bit base quantises (all but lm_head), in fp32.</summary>
     public static long LinearBytes(CausalLM model) =>
         model.named_modules().Where(m => m.module is TorchSharp.Modules.Linear && m.name != "lm_head")
-            .Sum(m => ((TorchSharp.Modules.Linear)m.module).weight!.NumberOfElements * 4);
+            .Sum(m => FrozenLinear.WeightShape((TorchSharp.Modules.Linear)m.module).Aggregate(4L, (a, b) => a * b));  // frozen ones too
 }

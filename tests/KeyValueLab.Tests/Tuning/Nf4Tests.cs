@@ -49,6 +49,26 @@ public class Nf4Tests(ITestOutputHelper output)
         Assert.InRange(absmax[1], 2.97f, 3.03f);
     }
 
+    [Fact]
+    public void QuantisingInChunksGivesTheBytesOfOnePassPerChunk()
+    {
+        // 1.5 M + 37 values: two chunks of 2^20 values, the second short and odd. Each piece of at most one chunk is quantised
+        // in a single pass; the 4-bit codes of the whole must be those pieces' codes side by side (blocks are independent).
+        using var scope = NewDisposeScope();
+        long n = (1 << 20) + (1 << 19) + 37;
+        var w = randn(n, generator: new Generator(21)) * 0.02;
+        using var whole = Nf4Tensor.Quantize(w);
+        using var first = Nf4Tensor.Quantize(w.narrow(0, 0, 1 << 20));
+        using var second = Nf4Tensor.Quantize(w.narrow(0, 1 << 20, n - (1 << 20)));
+        var bytes = whole.Packed.data<byte>().ToArray();
+        Assert.Equal(first.Packed.data<byte>().ToArray(), bytes[..(1 << 19)]);
+        Assert.Equal(second.Packed.data<byte>().ToArray(), bytes[(1 << 19)..]);
+        // The scales: each block's dequantised absmax is within one dynamic-map step of the piece's own.
+        var a = whole.Absmax();
+        var b = cat([first.Absmax(), second.Absmax()]);
+        Assert.True((a - b).abs().max().item<float>() < 0.02f * b.abs().max().item<float>());
+    }
+
     [Theory]
     [InlineData(7, 37)]      // 259 weights: odd count, short last block, one decode task
     [InlineData(300, 257)]   // 1,205 blocks: several parallel decode tasks
@@ -131,4 +151,55 @@ public class Nf4Tests(ITestOutputHelper output)
          "num_attention_heads":4,"num_key_value_heads":2,"max_position_embeddings":256,"rms_norm_eps":1e-5,
          "bos_token_id":1,"eos_token_id":2,"tie_word_embeddings":false}
         """;
+}
+
+/// <summary>NF4 at load (each linear quantised as it is read) against NF4 after an fp32 load, the bitsandbytes-checked path.</summary>
+public class Nf4AtLoadTests(ITestOutputHelper output)
+{
+    /// <summary>Every fixture folder whose architecture this build supports (new architectures join by themselves).</summary>
+    public static TheoryData<string> Fixtures()
+    {
+        var data = new TheoryData<string>();
+        foreach (string dir in Directory.GetDirectories(TestData.Path("fixtures")).Order(StringComparer.Ordinal))
+        {
+            var config = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "config.json")))!;
+            if (Architectures.Supported.Contains(config["model_type"]?.GetValue<string>())) data.Add(Path.GetFileName(dir));
+        }
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(Fixtures))]
+    public void QuantisingAtLoadGivesTheBytesOfQuantisingAfterLoading(string fixture)
+    {
+        string path = TestData.Path("fixtures/" + fixture);
+        using var atLoad = ModelLoader.Load(path, new LoadOptions { FourBit = true });
+        using var after = ModelLoader.Load(path, new LoadOptions { DType = WeightDType.F32 });
+        using var nf4 = Nf4Base.Quantize(after.Model);
+        Assert.NotNull(atLoad.FourBit);
+        Assert.Equal(nf4.Modules.Order(StringComparer.Ordinal), atLoad.FourBit!.Modules.Order(StringComparer.Ordinal));
+        Assert.Equal(nf4.Nf4Bytes, atLoad.FourBit.Nf4Bytes);
+        var modules = atLoad.Model.named_modules().ToDictionary(m => m.name, m => m.module);
+        var reference = after.Model.named_modules().ToDictionary(m => m.name, m => m.module);
+        foreach (string name in nf4.Modules)
+        {
+            var a = Nf4Base.Of((TorchSharp.Modules.Linear)modules[name])!;
+            var b = Nf4Base.Of((TorchSharp.Modules.Linear)reference[name])!;
+            Assert.Equal(b.Shape, a.Shape);
+            Assert.Equal(b.Offset, a.Offset);
+            Assert.Equal(b.Packed.data<byte>().ToArray(), a.Packed.data<byte>().ToArray());
+            Assert.Equal(b.QuantizedAbsmax.data<byte>().ToArray(), a.QuantizedAbsmax.data<byte>().ToArray());
+            Assert.Equal(b.NestedAbsmax.data<float>().ToArray(), a.NestedAbsmax.data<float>().ToArray());
+        }
+        // No linear but lm_head keeps a real weight.
+        Assert.All(atLoad.Model.named_modules().Where(m => m.module is TorchSharp.Modules.Linear && m.name != "lm_head"),
+            m => Assert.Equal(0, ((TorchSharp.Modules.Linear)m.module).weight.shape[1]));
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var ids = tensor(new long[] { 1, 7, 42, 3, 9 }, [1, 5]);
+        var x = after.Model.Forward(ids);
+        var y = atLoad.Model.Forward(ids);
+        output.WriteLine($"{fixture}: {nf4.Modules.Count} linears, {atLoad.FourBit.Nf4Bytes:N0} NF4 bytes; max |Δlogit| {(x - y).abs().max().item<float>():g3}");
+        Assert.True(x.equal(y).all().item<bool>(), $"{fixture}: logits of NF4 at load differ from NF4 after load");
+    }
 }

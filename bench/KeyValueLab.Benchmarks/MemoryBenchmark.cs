@@ -1,0 +1,225 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json.Nodes;
+using KeyValueLab.Checkpoints;
+using KeyValueLab.Editing;
+using KeyValueLab.Memory;
+using KeyValueLab.Models;
+using KeyValueLab.Tuning;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace KeyValueLab.Benchmarks;
+
+/// <summary>
+/// The paper's own models on this machine (issue 12): each row writes a checkpoint with the real shapes and synthetic
+/// weights (N(0, 0.02), norms 1, biases 0) with the project's own writer into a temporary folder, then runs the work in a
+/// child process (so its peak RSS, VmHWM, is the work's own) and prints the peak against the row's goal, the time against
+/// the FLOP-bound time at the same child's measured matmul rate, and deletes the folder.
+///   memory [--row tune-llama|ft-gptj|rome-llama|ft-gpt2xl|all] [--layers N] [--steps S]
+/// --layers cuts every model to its first N layers (the published widths, vocabularies and heads stay).
+/// </summary>
+internal static class MemoryBenchmark
+{
+    private const string ResultPrefix = "result:";
+
+    private sealed record Row(string Name, string Shape, string DType, int Layers, string Work, string ConfigJson);
+
+    private static readonly Row[] Rows =
+    [
+        new("tune-llama", "Llama-2-7B", SafetensorsDType.BF16, 32, "tune --4bit, q,v,keys:up, one optimizer step of 1 × 128 tokens",
+            """{"model_type":"llama","hidden_size":4096,"intermediate_size":11008,"num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":32,"vocab_size":32000,"max_position_embeddings":4096,"rms_norm_eps":1e-5,"tie_word_embeddings":false}"""),
+        new("ft-gptj", "GPT-J 6B", SafetensorsDType.F16, 28, "one FT edit of one layer's keys, and one of its values",
+            """{"model_type":"gptj","vocab_size":50400,"n_positions":2048,"n_embd":4096,"n_layer":28,"n_head":16,"rotary_dim":64,"n_inner":16384,"activation_function":"gelu_new","layer_norm_epsilon":1e-5,"tie_word_embeddings":false}"""),
+        new("rome-llama", "Llama-2-7B", SafetensorsDType.BF16, 32, "ROME at layer 5 with statistics from 100 samples",
+            """{"model_type":"llama","hidden_size":4096,"intermediate_size":11008,"num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":32,"vocab_size":32000,"max_position_embeddings":4096,"rms_norm_eps":1e-5,"tie_word_embeddings":false}"""),
+        new("ft-gpt2xl", "GPT-2 XL", SafetensorsDType.F32, 48, "one FT edit (values)",
+            """{"model_type":"gpt2","vocab_size":50257,"n_positions":1024,"n_embd":1600,"n_layer":48,"n_head":25,"activation_function":"gelu_new","layer_norm_epsilon":1e-5,"tie_word_embeddings":true}"""),
+    ];
+
+    private static readonly EditRequest Request = new("bench", "The mother tongue of {} is", "Danielle Darrieux", "English", "French");
+
+    public static int Run(string[] args)
+    {
+        if (Option(args, "--child") is string child) return RunChild(child, Option(args, "--checkpoint")!, Int(args, "--steps", 3));
+        string which = Option(args, "--row") ?? "all";
+        var rows = which == "all" ? Rows : Rows.Where(r => r.Name == which).ToArray();
+        if (rows.Length == 0)
+        {
+            Console.Error.WriteLine($"memory: --row is all or one of {string.Join(", ", Rows.Select(r => r.Name))}");
+            return 2;
+        }
+        int? layers = int.TryParse(Option(args, "--layers"), out int n) ? n : null;
+        var summary = new List<string>();
+        foreach (var row in rows)
+        {
+            string folder = Directory.CreateTempSubdirectory("kvlab-bench-").FullName;
+            try
+            {
+                int used = Math.Min(layers ?? row.Layers, row.Layers);
+                var clock = Stopwatch.StartNew();
+                long stored = WriteCheckpoint(row, used, folder);
+                Console.WriteLine($"{row.Name}: wrote {row.Shape} shape, {used} of {row.Layers} layers, {row.DType}: {stored / 1e9:F2} GB in {clock.Elapsed.TotalSeconds:F0} s");
+                var result = RunInChild(row.Name, folder, args);
+                if (result is null) return 1;
+                summary.Add(Summarise(row, used, stored, result));
+            }
+            finally
+            {
+                Directory.Delete(folder, recursive: true);
+            }
+        }
+        Console.WriteLine();
+        foreach (string line in summary) Console.WriteLine(line);
+        return 0;
+    }
+
+    private static string Summarise(Row row, int layers, long stored, Dictionary<string, double> r)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        double peak = r["peak_rss"];
+        string head = string.Create(inv, $"{row.Shape} {layers}/{row.Layers} layers ({row.DType}, {stored / 1e9:F2} GB stored), {row.Work}: peak RSS {peak / 1e9:F2} GB");
+        return row.Name switch
+        {
+            "tune-llama" => string.Create(inv, $"{head} (goal ≤ 6 GB at 32 layers); load {r["load_s"]:F0} s, step {r["work_s"]:F1} s"),
+            "ft-gptj" => string.Create(inv,
+                $"{head} = {peak / stored:F3} × stored (goal ≤ 1.15 × stored + 2 GB = {(1.15 * stored + 2e9) / 1e9:F2} GB); " +
+                $"keys {r["keys_s"]:F1} s = {r["keys_s"] / r["keys_ideal_s"]:F2} × FLOP-bound, values {r["values_s"]:F1} s = {r["values_s"] / r["values_ideal_s"]:F2} × FLOP-bound (goal ≤ 2.0) " +
+                $"at {r["matmul_gflops"]:F0} GFLOP/s; widening ≈ {r["widen_keys_s"]:F1} s of the keys edit and {r["widen_values_s"]:F1} s of the values edit"),
+            "rome-llama" => string.Create(inv,
+                $"{head} = {peak / stored:F3} × stored (goal ≤ 1.15 × stored + 2 GB = {(1.15 * stored + 2e9) / 1e9:F2} GB); statistics and edit {r["work_s"]:F0} s"),
+            _ => string.Create(inv,
+                $"{head} = {peak / stored:F3} × stored (goal ≤ 1.1); edit {r["values_s"]:F1} s = {r["values_s"] / r["values_ideal_s"]:F2} × FLOP-bound (goal ≤ 1.3) at {r["matmul_gflops"]:F0} GFLOP/s"),
+        };
+    }
+
+    /// <summary>Writes the row's checkpoint tensor by tensor (each generated only while it is written); returns the bytes of its safetensors files.</summary>
+    private static long WriteCheckpoint(Row row, int layers, string folder)
+    {
+        var config = (JsonObject)JsonNode.Parse(row.ConfigJson)!;
+        config[config.ContainsKey("n_layer") ? "n_layer" : "num_hidden_layers"] = layers;
+        using var meta = ModelLoader.CreateOnMeta(Architectures.ParseConfig(config, "config.json"));
+        int seed = 0;
+        var tensors = ModelLoader.CheckpointTensors(meta).Select(t =>
+        {
+            int s = seed++;
+            return TensorToSave.Lazy(t.Name, t.Shape, row.DType, () =>
+            {
+                if (t.Shape.Length == 1) return t.Name.EndsWith(".bias", StringComparison.Ordinal) ? zeros(t.Shape) : ones(t.Shape);
+                using var generator = new torch.Generator((ulong)s);
+                return randn(t.Shape, generator: generator).mul_(0.02);
+            });
+        }).ToList();
+        HfCheckpointWriter.Save(folder, config, tensors, maxShardBytes: 5_000_000_000);
+        return Directory.GetFiles(folder, "*.safetensors").Sum(f => new FileInfo(f).Length);
+    }
+
+    private static Dictionary<string, double>? RunInChild(string row, string folder, string[] args)
+    {
+        string self = Environment.ProcessPath ?? throw new InvalidOperationException("no process path");
+        var start = new ProcessStartInfo(self) { RedirectStandardOutput = true, UseShellExecute = false };
+        if (Path.GetFileNameWithoutExtension(self) == "dotnet") start.ArgumentList.Add(typeof(MemoryBenchmark).Assembly.Location);
+        foreach (string a in new[] { "memory", "--child", row, "--checkpoint", folder, "--steps", Option(args, "--steps") ?? "3" }) start.ArgumentList.Add(a);
+        using var child = Process.Start(start) ?? throw new InvalidOperationException($"could not start {self}");
+        Dictionary<string, double>? result = null;
+        while (child.StandardOutput.ReadLine() is string line)
+        {
+            Console.WriteLine("  " + line);
+            if (line.StartsWith(ResultPrefix, StringComparison.Ordinal))
+                result = line[ResultPrefix.Length..].Split(' ', StringSplitOptions.RemoveEmptyEntries).Select(kv => kv.Split('='))
+                    .ToDictionary(kv => kv[0], kv => double.Parse(kv[1], CultureInfo.InvariantCulture));
+        }
+        child.WaitForExit();
+        if (child.ExitCode == 0 && result is not null) return result;
+        Console.Error.WriteLine($"memory benchmark: row {row} failed (exit code {child.ExitCode})");
+        return null;
+    }
+
+    private static int RunChild(string row, string folder, int steps)
+    {
+        var values = new Dictionary<string, double>();
+        double matmul = 2.0 * 1024 * 1024 * 1024 / RuntimeBenchmark.Best(3, RuntimeBenchmark.MatmulOnce, out _) / 1e9;
+        values["matmul_gflops"] = matmul;
+        var clock = Stopwatch.StartNew();
+        using var loaded = ModelLoader.Load(folder, new LoadOptions { FourBit = row == "tune-llama" });
+        values["load_s"] = clock.Elapsed.TotalSeconds;
+        var model = loaded.Model;
+        var c = model.Config;
+        Console.WriteLine($"loaded in {values["load_s"]:F1} s; RSS {ProcessMemory.ResidentBytes() / 1e9:F2} GB; {FrozenLinear.FrozenIn(model).Count()} frozen linears " +
+                          $"holding {FrozenLinear.FrozenIn(model).Sum(f => FrozenLinear.WeightBytes(f.Linear)) / 1e9:F2} GB; fp32 matmul {matmul:F0} GFLOP/s");
+        var tokenizer = new EditBenchmark.ByteTokenizer(c.VocabSize);
+        clock.Restart();
+        switch (row)
+        {
+            case "tune-llama":
+            {
+                using var lora = LoraModel.Attach(model, new LoraConfig { TargetModules = LoraConfig.ResolveTargets("q,v,keys:up", c.ModelType) }, seed: 1);
+                lora.Training = true;
+                using var optimizer = new AdamWOptimizer(lora.Parameters(), 2e-4);
+                using var ids = randint(0, c.VocabSize, [1, 128], generator: new torch.Generator(7));
+                LoraBenchmark.Step(model, optimizer, ids, lora);
+                break;
+            }
+            case "rome-llama":
+            {
+                string cache = Directory.CreateTempSubdirectory("kvlab-bench-stats-").FullName;
+                try
+                {
+                    var hp = new LocateEditHyperparameters { Method = "ROME", Mom2NSamples = 100, Mom2SampleTokens = 64, VNumGradSteps = 5 };
+                    using var editor = new RomeEditor(hp, Math.Min(5, c.NumLayers - 1), new SecondMoments(hp.Mom2Corpus, hp.Mom2NSamples, hp.Mom2SampleTokens, cache));
+                    editor.Prepare(model, tokenizer);
+                    editor.Apply(model, tokenizer, [Request]);
+                }
+                finally { Directory.Delete(cache, recursive: true); }
+                break;
+            }
+            default:
+            {
+                int layer = Math.Min(row == "ft-gptj" ? 5 : 17, c.NumLayers - 1);
+                var prompt = EditPrompts.Build(model, tokenizer, Request.Prompt, Request.Subject, Request.TargetNew);
+                int tokens = prompt.PromptIds.Length + prompt.TargetIds.Length - 1;
+                double widenAll = row == "ft-gptj" ? WidenEverything(model) : 0;
+                foreach (string side in row == "ft-gptj" ? new[] { "keys", "values" } : ["values"])
+                {
+                    var editor = new FineTuneEditor(new FtHyperparameters { Layers = [layer], Side = side, Steps = steps, EarlyStopLoss = -1 });
+                    using var snapshot = WeightSnapshot.Take(model, editor.ParameterNames(model));
+                    var sw = Stopwatch.StartNew();
+                    editor.Apply(model, tokenizer, [Request]);
+                    values[$"{side}_s"] = sw.Elapsed.TotalSeconds;
+                    snapshot.Restore(model);
+                    values[$"{side}_ideal_s"] = steps * EditBenchmark.StepFlop(c, tokens, layer, side == "keys") / (matmul * 1e9);
+                    // Each step widens every frozen weight in the forward pass and those above the edited layer again in the backward pass.
+                    values[$"widen_{side}_s"] = steps * widenAll * (1 + (c.NumLayers - layer - 1.0) / c.NumLayers);
+                    Console.WriteLine($"FT {side} at layer {layer}, {tokens} tokens, {steps} steps: {values[$"{side}_s"]:F1} s");
+                }
+                break;
+            }
+        }
+        values["work_s"] = clock.Elapsed.TotalSeconds;
+        values["peak_rss"] = ProcessMemory.PeakResidentBytes();
+        Console.WriteLine($"work {values["work_s"]:F1} s; peak RSS {values["peak_rss"] / 1e9:F2} GB");
+        Console.WriteLine(ResultPrefix + string.Join(" ", values.Select(kv => string.Create(CultureInfo.InvariantCulture, $"{kv.Key}={kv.Value:R}"))));
+        return 0;
+    }
+
+    /// <summary>Seconds to widen every frozen weight of <paramref name="model"/> once, block by block as a forward pass does.</summary>
+    private static double WidenEverything(CausalLM model)
+    {
+        var sw = Stopwatch.StartNew();
+        foreach (var (_, linear) in FrozenLinear.FrozenIn(model))
+        {
+            var w = FrozenLinear.Of(linear)!;
+            for (long start = 0; start < w.Shape[0]; start += w.BlockRows)
+                using (var block = w.Widen(start, Math.Min(w.BlockRows, w.Shape[0] - start))) { }
+        }
+        return sw.Elapsed.TotalSeconds;
+    }
+
+    private static int Int(string[] args, string name, int fallback) => int.TryParse(Option(args, name), out int v) ? v : fallback;
+
+    private static string? Option(string[] args, string name)
+    {
+        int i = Array.IndexOf(args, name);
+        return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
+    }
+}
