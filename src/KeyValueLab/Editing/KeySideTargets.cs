@@ -16,8 +16,9 @@ namespace KeyValueLab.Editing;
 /// on its own pre-activations only. So ∂(V m)/∂a_κ = V diag(d_κ) with d_κ = ∂m/∂a_κ, read in one backward pass of
 /// Σ m through a zero δ added at the subject's last token. The smallest change Δa = (Δa_κ)_κ with
 /// Σ_κ V diag(d_κ) Δa_κ = r is Δa_κ = d_κ ⊙ Vᵀ y, y = (Σ_κ V diag(d_κ²) Vᵀ)⁻¹ r (a d_model × d_model system per
-/// request, with a 1e-6 relative ridge). The FFN is not linear, so the next layer of the range measures what is
-/// still missing on the edited model, as MEMIT's own procedure does.
+/// request). The FFN is not linear: a few Gauss–Newton steps (re-linearised at the changed pre-activations, damped
+/// as Levenberg–Marquardt) reach r at the lookup token itself, and the next layer of the range measures what is still
+/// missing on the edited model, as MEMIT's own procedure does.
 /// </remarks>
 internal static class KeySideTargets
 {
@@ -40,26 +41,41 @@ internal static class KeySideTargets
         IReadOnlyList<KeyKind?> kinds, Tensor residual, int padId)
     {
         using var scope = NewDisposeScope();
-        var derivatives = CoefficientDerivatives(model, own, memory, layer, kinds, padId);   // per kind [n, d_ff]
         var v = memory.Values(layer).detach().to(ScalarType.Float64);                          // [d, d_ff]
-        var r = residual.to(ScalarType.Float64);
         int n = own.Count;
-        var changes = kinds.Select(_ => new List<Tensor>()).ToArray();
-        for (int j = 0; j < n; j++)
+        var steps = kinds.Select(_ => zeros(n, memory.Memories)).ToArray();
+        Tensor? target = null;
+        for (int iteration = 0; iteration < GaussNewtonSteps; iteration++)
         {
-            var d2 = derivatives.Select(d => d[j].square()).Aggregate((a, b) => a + b);           // [d_ff]
-            var g = (v * d2).matmul(v.t());                                                      // V diag(Σ d²) Vᵀ [d, d]
-            var ridge = 1e-6 * g.trace().item<double>() / g.shape[0] + 1e-12;
-            var y = linalg.solve(g + ridge * eye(g.shape[0], dtype: ScalarType.Float64), r[j]);           // [d]
-            var vty = v.t().matmul(y);                                                           // [d_ff]
-            for (int k = 0; k < kinds.Count; k++) changes[k].Add(derivatives[k][j] * vty);
+            var (derivatives, output) = Linearise(model, own, memory, layer, kinds, steps, padId);   // per kind [n, d_ff]; [n, d]
+            target ??= output.to(ScalarType.Float64) + residual.to(ScalarType.Float64);
+            var missing = target - output.to(ScalarType.Float64);                                 // [n, d]
+            for (int j = 0; j < n; j++)
+            {
+                var d64 = derivatives.Select(d => d[j].to(ScalarType.Float64)).ToArray();
+                var d2 = d64.Select(d => d.square()).Aggregate((a, b) => a + b);                  // [d_ff]
+                var g = (v * d2).matmul(v.t());                                                  // V diag(Σ d²) Vᵀ [d, d]
+                var damping = Damping * g.trace().item<double>() / g.shape[0] + 1e-12;
+                var y = linalg.solve(g + damping * eye(g.shape[0], dtype: ScalarType.Float64), missing[j]);
+                var vty = v.t().matmul(y);                                                       // [d_ff]
+                for (int k = 0; k < kinds.Count; k++) steps[k][j] = steps[k][j] + (d64[k] * vty).to(ScalarType.Float32);
+            }
         }
-        return [.. changes.Select(c => stack(c).to(ScalarType.Float32).MoveToOuterDisposeScope())];
+        return [.. steps.Select(c => c.MoveToOuterDisposeScope())];
     }
 
-    /// <summary>d_κ = ∂(Σ m)/∂a_κ at each prompt's lookup token <c>[n, d_ff]</c>: m_i depends on a_κ,i alone.</summary>
-    private static Tensor[] CoefficientDerivatives(CausalLM model, IReadOnlyList<EditPrompt> own, FfnMemory memory, int layer,
-        IReadOnlyList<KeyKind?> kinds, int padId)
+    /// <summary>Gauss–Newton steps: the first is the first-order solution, the next ones correct for the FFN's curvature.</summary>
+    private const int GaussNewtonSteps = 3;
+
+    /// <summary>Levenberg–Marquardt damping, relative to the mean eigenvalue of J Jᵀ: keeps steps finite where units saturate.</summary>
+    private const double Damping = 1e-3;
+
+    /// <summary>
+    /// With <paramref name="offsets"/> added to the key outputs at each prompt's lookup token: d_κ = ∂(Σ m)/∂a_κ there
+    /// <c>[n, d_ff]</c> (m_i depends on a_κ,i alone) and the FFN output there <c>[n, d]</c>.
+    /// </summary>
+    private static (Tensor[] Derivatives, Tensor Output) Linearise(CausalLM model, IReadOnlyList<EditPrompt> own, FfnMemory memory, int layer,
+        IReadOnlyList<KeyKind?> kinds, Tensor[] offsets, int padId)
     {
         var sequences = own.Select(p => (IReadOnlyList<int>)p.PromptIds).ToArray();
         using var batch = TokenBatch.RightPadded(sequences, padId);
@@ -70,8 +86,8 @@ internal static class KeySideTargets
         using var rows = tensor(Enumerable.Range(0, n).Select(i => (long)i).ToArray());
         using var cols = tensor(own.Select(p => (long)p.LookupIndex).ToArray());
         using var frozen = new FrozenParameters(model);
-        var deltas = kinds.Select(_ => zeros(n, 1, memory.Memories).requires_grad_(true).DetachFromDisposeScope()).ToArray();
-        Tensor? coefficients = null;
+        var deltas = offsets.Select(o => o.unsqueeze(1).clone().requires_grad_(true).DetachFromDisposeScope()).ToArray();
+        Tensor? coefficients = null, output = null;
         var hooks = new List<IDisposable>();
         try
         {
@@ -83,6 +99,7 @@ internal static class KeySideTargets
             hooks.Add(HookPoint.Linear(memory.ValuesName(layer), memory.ValueModule(layer)).Install((x, y) =>
             {
                 coefficients = x.index(rows, cols).DetachFromDisposeScope();                      // [n, d_ff], still in the graph
+                output = y.index(rows, cols).detach().clone().DetachFromDisposeScope();          // [n, d]
                 return y;
             }));
             using (var pass = NewDisposeScope())
@@ -91,7 +108,7 @@ internal static class KeySideTargets
                 if (coefficients is null) throw new InvalidOperationException($"the forward pass did not reach layer {layer}'s value module");
                 coefficients.sum().backward();
             }
-            return [.. deltas.Select(d => d.grad!.squeeze(1).detach().clone())];
+            return ([.. deltas.Select(d => d.grad!.squeeze(1).detach().clone())], output!);
         }
         finally
         {
