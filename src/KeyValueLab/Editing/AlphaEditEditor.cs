@@ -10,7 +10,43 @@ namespace KeyValueLab.Editing;
 /// <summary>AlphaEdit's own hyperparameters, beside the ones it shares with MEMIT.</summary>
 /// <param name="NullspaceThreshold">Keep the directions of C whose singular value is below this (AlphaEdit: 2e-2).</param>
 /// <param name="L2">The ridge term of the update's solve (AlphaEdit: 10).</param>
-public sealed record NullSpaceSettings(double NullspaceThreshold = 2e-2, double L2 = 10);
+public sealed record NullSpaceSettings(double NullspaceThreshold = 2e-2, double L2 = 10)
+{
+    /// <summary>
+    /// Takes <c>nullspace_threshold</c> and <c>l2</c> out of a hyperparameter file's JSON (<paramref name="json"/>, from
+    /// <paramref name="source"/>) and out of <paramref name="overrides"/>; returns the rest, for
+    /// <see cref="HyperparameterFiles.Parse{T}"/> as <see cref="LocateEditHyperparameters"/>, and the settings.
+    /// </summary>
+    public static (string Remaining, NullSpaceSettings Settings) Split(string json, string source, IList<string> overrides)
+    {
+        JsonObject obj;
+        try { obj = JsonNode.Parse(json, documentOptions: new System.Text.Json.JsonDocumentOptions { CommentHandling = System.Text.Json.JsonCommentHandling.Skip }) as JsonObject ?? throw new InputException(source, "expected a JSON object of hyperparameters"); }
+        catch (System.Text.Json.JsonException e) { throw new InputException(source, $"not valid JSON: {e.Message}"); }
+        var settings = new NullSpaceSettings();
+        double Number(string name, JsonNode? node) =>
+            node is JsonValue v && v.TryGetValue(out double d) ? d
+            : node is JsonValue s && s.TryGetValue(out string? text) && double.TryParse(text, System.Globalization.CultureInfo.InvariantCulture, out double p) ? p
+            : throw new InputException(source, $"{name} must be a number");
+        if (obj["nullspace_threshold"] is { } t) settings = settings with { NullspaceThreshold = Number("nullspace_threshold", t) };
+        if (obj["l2"] is { } l) settings = settings with { L2 = Number("l2", l) };
+        obj.Remove("nullspace_threshold");
+        obj.Remove("l2");
+        var used = new List<string>();
+        foreach (string o in overrides)
+        {
+            int eq = o.IndexOf('=');
+            string name = eq > 0 ? o[..eq].Trim().Replace('-', '_') : "";
+            if (name is not ("nullspace_threshold" or "l2")) continue;
+            var value = JsonValue.Create(o[(eq + 1)..].Trim());
+            settings = name == "l2" ? settings with { L2 = Number(name, value) } : settings with { NullspaceThreshold = Number(name, value) };
+            used.Add(o);
+        }
+        foreach (string o in used) overrides.Remove(o);
+        if (settings.NullspaceThreshold <= 0) throw new InputException(source, "nullspace_threshold must be positive");
+        if (settings.L2 < 0) throw new InputException(source, "l2 must not be negative");
+        return (obj.ToJsonString(), settings);
+    }
+}
 
 /// <summary>
 /// AlphaEdit (Fang et al., ICLR 2025; jianghoucheng/AlphaEdit AlphaEdit_main.py) on the value matrices of a layer
