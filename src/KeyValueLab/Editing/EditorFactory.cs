@@ -21,7 +21,7 @@ public sealed record EditorChoice
 /// <summary>Builds an editor from a method name, the model's family defaults and the user's choices.</summary>
 public static class EditorFactory
 {
-    public static IReadOnlyList<string> Methods => ["ft", "ft-l", "rome", "keyrome", "memit"];
+    public static IReadOnlyList<string> Methods => ["ft", "ft-l", "rome", "keyrome", "memit", "alphaedit", "keyalphaedit", "keymemit"];
 
     public static IKnowledgeEditor Create(CausalLM model, EditorChoice choice)
     {
@@ -41,11 +41,15 @@ public static class EditorFactory
             "rome" => "ROME",
             "keyrome" or "key-rome" => "KeyROME",
             "memit" => "MEMIT",
+            "alphaedit" => "AlphaEdit",
+            "keyalphaedit" or "key-alphaedit" => "KeyAlphaEdit",
+            "keymemit" or "key-memit" => "KeyMEMIT",
             _ => throw new ArgumentException($"unknown method \"{choice.Method}\"; use one of {string.Join(", ", Methods)}"),
         };
         if (choice.StatsCorpus is not null) overrides.Add($"mom2_corpus={System.Text.Json.JsonSerializer.Serialize(choice.StatsCorpus)}");
         if (choice.StatsSamples is int n) overrides.Add($"mom2_n_samples={n}");
         if (choice.StatsTokens is int t) overrides.Add($"mom2_sample_tokens={t}");
+        if (folder is "AlphaEdit" or "KeyAlphaEdit" or "KeyMEMIT") return CreateMultiLayer(folder, family, choice, overrides);
         var lhp = HyperparameterFiles.Load<LocateEditHyperparameters>(choice.HparamsFile, folder, family, overrides);
         var side = choice.Side is null ? (EditSide?)null : EditScope.ParseSide(choice.Side);
         if (folder == "ROME" && side is EditSide.Keys) throw new ArgumentException("ROME edits the values; use --method keyrome for the keys");
@@ -58,6 +62,32 @@ public static class EditorFactory
             "ROME" => new RomeEditor(lhp with { Method = "ROME" }, Single(lhp), stats),
             "KeyROME" => new KeyRomeEditor(lhp with { Method = "KeyROME" }, Single(lhp), EditScope.ParseKeyKinds(lhp.KeyKinds), stats),
             _ => new MemitEditor(lhp with { Method = "MEMIT" }, lhp.Layers, stats),
+        };
+    }
+
+    /// <summary>AlphaEdit, Key-AlphaEdit, Key-MEMIT; Llama-family models without their own file use the Llama one (Llama-3-8B's values).</summary>
+    private static IKnowledgeEditor CreateMultiLayer(string folder, string family, EditorChoice choice, List<string> overrides)
+    {
+        if (family is "mistral" or "qwen2" or "gemma") family = "llama";
+        var side = choice.Side is null ? (EditSide?)null : EditScope.ParseSide(choice.Side);
+        if (folder == "AlphaEdit" && side is EditSide.Keys) throw new ArgumentException("AlphaEdit edits the values; use --method keyalphaedit for the keys");
+        if (folder != "AlphaEdit" && side is EditSide.Values) throw new ArgumentException($"{folder} edits the keys; use --method {(folder == "KeyMEMIT" ? "memit" : "alphaedit")} for the values");
+        if (side is EditSide.Both) throw new ArgumentException($"{folder} edits one side; --side both is for ft");
+        if (choice.StatsCorpus is not null) overrides.Add($"mom2_corpus={System.Text.Json.JsonSerializer.Serialize(choice.StatsCorpus)}");
+        if (choice.StatsSamples is int n) overrides.Add($"mom2_n_samples={n}");
+        if (choice.StatsTokens is int t) overrides.Add($"mom2_sample_tokens={t}");
+        string source = choice.HparamsFile ?? $"hparams/{folder}/{family}.json";
+        if (choice.HparamsFile is not null && !File.Exists(choice.HparamsFile)) throw new InputException(choice.HparamsFile, "no such hyperparameter file");
+        string text = choice.HparamsFile is null ? HyperparameterFiles.Builtin(folder, family) : File.ReadAllText(choice.HparamsFile);
+        var (remaining, nullSpace) = NullSpaceSettings.Split(text, source, overrides);
+        var hp = HyperparameterFiles.Parse<LocateEditHyperparameters>(remaining, source, overrides) with { Method = folder };
+        var stats = new SecondMoments(hp.Mom2Corpus, hp.Mom2NSamples, hp.Mom2SampleTokens, choice.StatsDir ?? SecondMoments.DefaultCacheDir());
+        var kinds = EditScope.ParseKeyKinds(hp.KeyKinds);
+        return folder switch
+        {
+            "AlphaEdit" => new AlphaEditEditor(hp, nullSpace, hp.Layers, stats),
+            "KeyAlphaEdit" => new KeyAlphaEditEditor(hp, nullSpace, hp.Layers, kinds, stats),
+            _ => new KeyMemitEditor(hp, hp.Layers, kinds, stats),
         };
     }
 
