@@ -54,19 +54,22 @@ public abstract class LocateEditorBase : IKnowledgeEditor, IDisposable
     /// <summary>The modules whose input statistics this editor needs, one per layer.</summary>
     protected abstract IReadOnlyList<MomentPoint> MomentPoints(FfnMemory memory);
 
-    public IReadOnlyList<string> Prepare(CausalLM model, ITokenizer tokenizer)
+    /// <summary>True when the editor uses C⁻¹ (ROME, Key-ROME); MEMIT-style editors use C itself, always.</summary>
+    protected virtual bool UsesInverseMoment => Method != "MEMIT";
+
+    public virtual IReadOnlyList<string> Prepare(CausalLM model, ITokenizer tokenizer)
     {
         var memory = new FfnMemory(model);
         Scope.Matrices(memory);
         ContextTemplates = EditPrompts.ContextTemplates(model, tokenizer, Hp.ContextTemplateLengthParams);
         var log = new List<string> { $"{ContextTemplates.Count} context templates" };
-        if (!Hp.Mom2Adjustment && Method != "MEMIT") return log;
+        if (!Hp.Mom2Adjustment && UsesInverseMoment) return log;
         var points = MomentPoints(memory);
         var moments = Statistics.Get(model, tokenizer, points);
         for (int i = 0; i < points.Count; i++)
         {
             _moments[points[i].Layer] = moments[i];
-            if (Method != "MEMIT")
+            if (UsesInverseMoment)
             {
                 using var scope = NewDisposeScope();
                 var c = moments[i].to(ScalarType.Float64);

@@ -44,6 +44,13 @@ public sealed class SecondMoments
     public int SampleTokens { get; }
     public string CacheDir { get; }
 
+    /// <summary>
+    /// A folder of ROME/MEMIT/AlphaEdit <c>layer_stats</c> files (<see cref="LayerStatsFile"/>), searched with its
+    /// subfolders before the cache: a point whose module (its state-dict name without <c>.weight</c>) has a file
+    /// <c>{module}_*mom2*.npz</c> there takes E[x xᵀ] from it instead of computing it. Null: none.
+    /// </summary>
+    public string? LayerStatsDir { get; init; }
+
     /// <summary>What was read from the cache and what was computed, for logs.</summary>
     public List<string> Log { get; } = [];
 
@@ -56,12 +63,24 @@ public sealed class SecondMoments
         string fingerprint = ParameterHash.Sha256(model)[..16];
         string corpusId = CorpusId();
         var result = new Tensor?[points.Count];
+        Counts.Clear();
         var missing = new List<int>();
         for (int i = 0; i < points.Count; i++)
         {
+            if (LayerStatsFor(points[i]) is { } imported)
+            {
+                result[i] = LayerStatsFile.ReadMoment(imported);
+                Log.Add($"statistics {points[i].Kind} L{points[i].Layer}: layer_stats {imported}");
+                continue;
+            }
             string file = CacheFile(fingerprint, points[i], corpusId);
-            result[i] = TryRead(file);
-            if (result[i] is null) missing.Add(i); else Log.Add($"statistics {points[i].Kind} L{points[i].Layer}: cached {file}");
+            result[i] = TryRead(file, out long tokens);
+            if (result[i] is null) missing.Add(i);
+            else
+            {
+                Counts[i] = tokens;
+                Log.Add($"statistics {points[i].Kind} L{points[i].Layer}: cached {file}");
+            }
         }
         if (missing.Count > 0)
         {
@@ -77,9 +96,48 @@ public sealed class SecondMoments
                 });
                 Log.Add($"statistics {p.Kind} L{p.Layer}: computed over {Samples} samples ({tokens} tokens) → {file}");
                 result[missing[j]] = computed[j];
+                Counts[missing[j]] = tokens;
             }
         }
         return [.. result.Select(t => t!)];
+    }
+
+    /// <summary>Rows (tokens) behind each moment of the last <see cref="Get"/>, by point index; absent for imported files.</summary>
+    private Dictionary<int, long> Counts { get; } = [];
+
+    /// <summary>
+    /// Writes the moments of <paramref name="points"/> (from the cache, or computed) as ROME/MEMIT/AlphaEdit
+    /// <c>layer_stats</c> files into <paramref name="folder"/>, one <see cref="LayerStatsFile.FileName"/> per module.
+    /// Returns the paths written.
+    /// </summary>
+    public IReadOnlyList<string> ExportLayerStats(CausalLM model, ITokenizer tokenizer, IReadOnlyList<MomentPoint> points, string folder)
+    {
+        var moments = Get(model, tokenizer, points);
+        var written = new List<string>();
+        for (int i = 0; i < points.Count; i++)
+        {
+            using var moment = moments[i];
+            if (!Counts.TryGetValue(i, out long count)) throw new InvalidOperationException($"{points[i].Point.Name}: imported from a layer_stats file already");
+            string path = Path.Combine(folder, LayerStatsFile.FileName(ModuleName(points[i]), Samples));
+            LayerStatsFile.Write(path, moment, count);
+            written.Add(path);
+        }
+        return written;
+    }
+
+    private static string ModuleName(MomentPoint p) => p.Point.Name.EndsWith(".weight", StringComparison.Ordinal) ? p.Point.Name[..^".weight".Length] : p.Point.Name;
+
+    private string? LayerStatsFor(MomentPoint p)
+    {
+        if (LayerStatsDir is null) return null;
+        if (!Directory.Exists(LayerStatsDir)) throw new InputException(LayerStatsDir, "layer_stats folder: no such folder");
+        var found = Directory.EnumerateFiles(LayerStatsDir, ModuleName(p) + "_*mom2*.npz", SearchOption.AllDirectories).Order(StringComparer.Ordinal).ToList();
+        return found.Count switch
+        {
+            0 => null,
+            1 => found[0],
+            _ => throw new InputException(LayerStatsDir, $"{found.Count} layer_stats files for {ModuleName(p)}; keep one"),
+        };
     }
 
     private string CorpusId()
@@ -182,8 +240,9 @@ public sealed class SecondMoments
         return tokens;
     }
 
-    private static Tensor? TryRead(string file)
+    private static Tensor? TryRead(string file, out long tokens)
     {
+        tokens = 0;
         if (!File.Exists(file)) return null;
         try
         {
@@ -192,6 +251,7 @@ public sealed class SecondMoments
             int headerLength = reader.ReadInt32();
             var header = JsonNode.Parse(Encoding.UTF8.GetString(reader.ReadBytes(headerLength)))!;
             long dim = header["dim"]!.GetValue<long>();
+            tokens = header["tokens"]!.GetValue<long>();
             var bytes = reader.ReadBytes(checked((int)(dim * dim * 4)));
             if (bytes.Length != dim * dim * 4) return null;
             var data = new float[dim * dim];

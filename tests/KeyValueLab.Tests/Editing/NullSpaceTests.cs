@@ -1,0 +1,129 @@
+using KeyValueLab.Editing;
+using KeyValueLab.Memory;
+using KeyValueLab.Models;
+using KeyValueLab.Tests.Tuning;
+using KeyValueLab.Tokenization;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace KeyValueLab.Tests.Editing;
+
+/// <summary>AlphaEdit's update against a plain float64 computation of its formula, and the null-space property on both sides.</summary>
+public sealed class NullSpaceTests
+{
+    private const double L2 = 10;
+
+    /// <summary>Inputs whose second moment has eigenvalues spread over 1e-4 … 10 (about half below 2e-2).</summary>
+    private static (Tensor X, Tensor C) Statistics(int d, long seed)
+    {
+        using var g = new Generator((ulong)seed);
+        var scales = logspace(-2, 0.5, d, dtype: ScalarType.Float64);
+        var x = randn(400, d, dtype: ScalarType.Float64, generator: g) * scales;
+        return (x, x.t().matmul(x) / 400);
+    }
+
+    /// <summary>AlphaEdit_main.py's equation, written out with dense float64 matrices: Δ = solve(P(KKᵀ + K_pK_pᵀ) + L2·I, P K Rᵀ)ᵀ, P = Û Ûᵀ from the SVD of C.</summary>
+    private static Tensor Plain(Tensor c, double threshold, Tensor keys, Tensor residual, Tensor? history)
+    {
+        var (u, s, _) = linalg.svd(c, fullMatrices: false);
+        var kept = u.index_select(1, s.lt(threshold).nonzero().flatten());
+        var p = kept.matmul(kept.t());
+        var k = keys.t();                                                        // [d, n], AlphaEdit's layout
+        var m = k.matmul(k.t());
+        if (history is not null) m = m + history.t().matmul(history);
+        var a = p.matmul(m) + L2 * eye(c.shape[0], dtype: ScalarType.Float64);
+        return linalg.solve(a, p.matmul(k).matmul(residual)).t();             // [d_out, d]
+    }
+
+    private static void AssertRelative(Tensor expected, Tensor actual, double bound, string what)
+    {
+        double error = (actual.to(ScalarType.Float64) - expected).norm().item<double>();
+        double scale = expected.norm().item<double>();
+        Assert.True(scale > 0, what + ": zero reference");
+        Assert.True(error <= bound * scale, $"{what}: relative error {error / scale:G3} (bound {bound})");
+    }
+
+    [Theory]
+    [InlineData(0)]   // no earlier edits
+    [InlineData(4)]   // K_p kept as projected keys (N ≤ k)
+    [InlineData(30)]  // K_p kept as its k × k Gram matrix (N > k)
+    public void DeltaMatchesThePlainFloat64Formula(int earlier)
+    {
+        using var scope = NewDisposeScope();
+        const int d = 24, dOut = 8;
+        var (_, c) = Statistics(d, 11);
+        using var g = new Generator(12);
+        var keys = randn(3, d, dtype: ScalarType.Float64, generator: g);
+        var residual = randn(3, dOut, dtype: ScalarType.Float64, generator: g);
+        var history = earlier == 0 ? null : randn(earlier, d, dtype: ScalarType.Float64, generator: g);
+        using var projector = new NullSpaceProjector(c.to(ScalarType.Float32), 2e-2);
+        Assert.InRange(projector.Kept, 6, 18);
+        if (history is not null)
+        {
+            projector.AddHistory(history[..(earlier / 2)].to(ScalarType.Float32));
+            projector.AddHistory(history[(earlier / 2)..].to(ScalarType.Float32));
+        }
+        Assert.Equal(earlier, projector.HistoryCount);
+        var ours = projector.Delta(keys.to(ScalarType.Float32), residual.to(ScalarType.Float32), L2);
+        // float32 against float64 on well-conditioned systems (L2 = 10 bounds the solve's condition): 1e-5 relative.
+        AssertRelative(Plain(c, 2e-2, keys, residual, history), ours, 1e-5, $"Δ with {earlier} earlier keys");
+    }
+
+    [Fact]
+    public void DeltaMapsKeysOutsideTheKeptSubspaceToZero()
+    {
+        using var scope = NewDisposeScope();
+        const int d = 24;
+        var (_, c) = Statistics(d, 21);
+        using var projector = new NullSpaceProjector(c.to(ScalarType.Float32), 2e-2);
+        using var g = new Generator(22);
+        var delta = projector.Delta(randn(5, d, generator: g), randn(5, 8, generator: g), L2).to(ScalarType.Float64);
+        var k0 = PreservedKeys(c, 2e-2, 50, g);
+        var ratio = delta.matmul(k0.t()).norm().item<double>() / (delta.norm().item<double>() * k0.norm().item<double>());
+        // float32: ‖Δ·K0‖ would be ~1e-7 relative from rounding alone; a projector that lets a preserved direction through gives ≳ 1e-2.
+        Assert.True(ratio <= 1e-4, $"‖Δ·K0‖/(‖Δ‖·‖K0‖) = {ratio:G3}");
+    }
+
+    /// <summary>Rows in the span of C's eigenvectors with eigenvalue ≥ threshold: the knowledge P protects <c>[m, d]</c>.</summary>
+    private static Tensor PreservedKeys(Tensor c, double threshold, int m, Generator g)
+    {
+        var (values, vectors) = linalg.eigh(c.to(ScalarType.Float64));
+        var preserved = vectors.index_select(1, values.ge(threshold).nonzero().flatten());       // [d, d − k]
+        return randn(m, preserved.shape[1], dtype: ScalarType.Float64, generator: g).matmul(preserved.t());
+    }
+
+    [Theory]
+    [InlineData("AlphaEdit")]
+    [InlineData("KeyAlphaEdit")]
+    public void EditorUpdatesLeaveThePreservedInputsUnchanged(string method)
+    {
+        using var loaded = ModelLoader.Load(ReferenceFixtures.Path("editors/tiny_gpt2"));
+        var tokenizer = TokenizerLoader.Load(ReferenceFixtures.Path("editors/tiny_gpt2"));
+        using var cache = new TempDir();
+        var hp = ReferenceEditorTests.Hp(method, [0, 1]);
+        var stats = new SecondMoments(hp.Mom2Corpus, hp.Mom2NSamples, hp.Mom2SampleTokens, cache.Path);
+        // The tiny model's FFN inputs (post-LayerNorm, 16-d) have one eigenvalue below 2e-2; 0.3 keeps about 6 of 16.
+        double threshold = method == "AlphaEdit" ? 2e-2 : 0.3;
+        using NullSpaceEditorBase editor = method == "AlphaEdit"
+            ? new AlphaEditEditor(hp, new NullSpaceSettings(threshold, L2), [0, 1], stats)
+            : new KeyAlphaEditEditor(hp, new NullSpaceSettings(threshold, L2), [0, 1], null, stats);
+        editor.Prepare(loaded.Model, tokenizer);
+        var memory = new FfnMemory(loaded.Model);
+        Tensor Matrix(int l) => (method == "AlphaEdit" ? memory.Values(l) : memory.Keys(l)).detach().clone();
+        var before = new[] { Matrix(0), Matrix(1) };
+        var points = new[] { 0, 1 }.Select(l => new MomentPoint(l, method == "AlphaEdit" ? "value-input" : "key-input",
+            method == "AlphaEdit" ? HookPoint.Linear(memory.ValuesName(l), memory.ValueModule(l)) : HookPoint.Linear(memory.KeysName(l), memory.KeyModule(l)))).ToList();
+        var moments = stats.Get(loaded.Model, tokenizer, points);   // statistics of the unedited model
+        editor.Apply(loaded.Model, tokenizer, ReferenceEditorTests.Requests[..2]);
+        using var g = new Generator(31);
+        for (int l = 0; l < 2; l++)
+        {
+            using var scope = NewDisposeScope();
+            var delta = (Matrix(l) - before[l]).to(ScalarType.Float64);
+            Assert.True(delta.norm().item<double>() > 1e-3, $"{method} L{l}: the edit changed nothing");
+            var k0 = PreservedKeys(moments[l], threshold, 40, g);
+            var ratio = delta.matmul(k0.t()).norm().item<double>() / (delta.norm().item<double>() * k0.norm().item<double>());
+            Assert.True(ratio <= 1e-4, $"{method} L{l}: ‖Δ·K0‖/(‖Δ‖·‖K0‖) = {ratio:G3}");
+        }
+    }
+}
