@@ -1,4 +1,5 @@
 using KeyValueLab.Evaluation;
+using KeyValueLab.Statistics;
 
 namespace KeyValueLab.Study.Report;
 
@@ -88,7 +89,7 @@ public static class EditingAnalysis
 
         var summary = groups.Select(g => Summarise(g.Condition, g.Units, metrics, headline, options)).ToList();
         var costs = groups.Select(g => new EditCostRow(g.Condition, g.Units.Count,
-            ReportStatistics.BootstrapMean(g.Units.Select(u => u.Seconds).ToArray(), options.Resamples, options.Seed),
+            Bootstrap.Mean(g.Units.Select(u => u.Seconds).ToArray(), options.Resamples, options.Seed),
             g.Units.Average(u => (double)u.ParametersChanged))).ToList();
 
         var differences = new List<PairedDifference>();
@@ -126,14 +127,14 @@ public static class EditingAnalysis
         foreach (var metric in metrics)
         {
             var postValues = units.Select(u => metric.Select(u.Post)).OfType<double>().ToArray();
-            if (postValues.Length > 0) post[metric.Key] = ReportStatistics.BootstrapMean(postValues, options.Resamples, options.Seed);
+            if (postValues.Length > 0) post[metric.Key] = Bootstrap.Mean(postValues, options.Resamples, options.Seed);
             var preValues = units.Select(u => metric.Select(u.Pre)).OfType<double>().ToArray();
-            if (preValues.Length > 0) pre[metric.Key] = ReportStatistics.Mean(preValues);
+            if (preValues.Length > 0) pre[metric.Key] = Descriptive.Mean(preValues);
         }
         if (headline.HasScore)
         {
             var columns = headline.Three.Select(m => units.Select(u => ValueOf(m, u.Post)).ToArray()).ToArray();
-            post["score"] = ReportStatistics.Bootstrap(units.Count, idx => ScoreAt(columns, idx), options.Resamples, options.Seed);
+            post["score"] = Bootstrap.Percentile(units.Count, idx => ScoreAt(columns, idx), options.Resamples, options.Seed);
             var preColumns = headline.Three.Select(m => units.Select(u => ValueOf(m, u.Pre)).ToArray()).ToArray();
             var all = Enumerable.Range(0, units.Count).ToArray();
             double preScore = ScoreAt(preColumns, all);
@@ -148,7 +149,7 @@ public static class EditingAnalysis
     public static double ScoreAt(double[][] columns, int[] indices)
     {
         double es = MeanSkippingNaN(columns[0], indices), ps = MeanSkippingNaN(columns[1], indices), ns = MeanSkippingNaN(columns[2], indices);
-        return double.IsNaN(es) || double.IsNaN(ps) || double.IsNaN(ns) ? double.NaN : ReportStatistics.HarmonicMean(es, ps, ns);
+        return double.IsNaN(es) || double.IsNaN(ps) || double.IsNaN(ns) ? double.NaN : Descriptive.HarmonicMean(es, ps, ns);
     }
 
     private static double MeanSkippingNaN(double[] values, int[] indices)
@@ -187,8 +188,8 @@ public static class EditingAnalysis
             if (select(a) is double x && select(b) is double y) { k.Add(x); v.Add(y); }
         if (k.Count == 0) return null;
         var d = k.Zip(v, (x, y) => x - y).ToArray();
-        return new PairedDifference(keys, values, name, d.Length, ReportStatistics.Mean(k), ReportStatistics.Mean(v),
-            ReportStatistics.BootstrapMean(d, options.Resamples, options.Seed), ReportStatistics.WilcoxonSignedRank(d));
+        return new PairedDifference(keys, values, name, d.Length, Descriptive.Mean(k), Descriptive.Mean(v),
+            Bootstrap.Mean(d, options.Resamples, options.Seed), PairedTests.WilcoxonSignedRank(d));
     }
 
     /// <summary>Score is not a per-case number: resample pairs of cases and recompute both harmonic means; the test
@@ -200,10 +201,10 @@ public static class EditingAnalysis
         var v = headline.Three.Select(m => pairs.Select(p => m.Select(p.Values.Post) ?? double.NaN).ToArray()).ToArray();
         var all = Enumerable.Range(0, pairs.Count).ToArray();
         double keysScore = ScoreAt(k, all), valuesScore = ScoreAt(v, all);
-        var estimate = ReportStatistics.Bootstrap(pairs.Count, idx => ScoreAt(k, idx) - ScoreAt(v, idx), options.Resamples, options.Seed);
+        var estimate = Bootstrap.Percentile(pairs.Count, idx => ScoreAt(k, idx) - ScoreAt(v, idx), options.Resamples, options.Seed);
         var swappedK = k.Select(c => new double[c.Length]).ToArray();
         var swappedV = v.Select(c => new double[c.Length]).ToArray();
-        var test = ReportStatistics.PairedPermutation(pairs.Count, swap =>
+        var test = PairedTests.PairedPermutation(pairs.Count, swap =>
         {
             for (int m = 0; m < 3; m++)
                 for (int i = 0; i < pairs.Count; i++)

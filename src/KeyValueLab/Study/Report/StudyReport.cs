@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text.Json;
+using KeyValueLab.Statistics;
 using static KeyValueLab.Study.Report.ReportFormat;
 
 namespace KeyValueLab.Study.Report;

@@ -1,3 +1,5 @@
+using KeyValueLab.Statistics;
+
 namespace KeyValueLab.Study.Report;
 
 /// <summary>
@@ -112,7 +114,7 @@ public static class TuningAnalysis
             correct += c;
             count += n;
         }
-        var (low, high) = ReportStatistics.Wilson(correct, count);
+        var (low, high) = Descriptive.Wilson(correct, count);
         double accuracy = count == 0 ? double.NaN : 100.0 * correct / count;
         var likelihood = outcomes.Select(o => o.LabelLikelihoodAccuracy).OfType<double>().ToList();
         return new TuneTaskRow(label, task, outcomes.Count, count, new Estimate(accuracy, 100 * low, 100 * high),
@@ -134,7 +136,7 @@ public static class TuningAnalysis
         // The interval needs every task's per-example outcomes; without them the row keeps the mean alone.
         bool complete = present.Count == taskRows.Count
             && runs.All(r => r.Tasks.All(x => x.Correct.Count > 0 || !tasks.Contains(x.Task)));
-        var estimate = !complete ? new Estimate(mean, double.NaN, double.NaN) : ReportStatistics.StratifiedBootstrap(strata.Select(s => s.Flags.Length).ToArray(), idx =>
+        var estimate = !complete ? new Estimate(mean, double.NaN, double.NaN) : Bootstrap.Stratified(strata.Select(s => s.Flags.Length).ToArray(), idx =>
         {
             double sum = 0;
             foreach (int task in present)
@@ -182,7 +184,7 @@ public static class TuningAnalysis
         var d = ca.Zip(cb, (x, y) => 100.0 * ((x ? 1 : 0) - (y ? 1 : 0))).ToArray();
         int aOnly = ca.Zip(cb).Count(p => p.First && !p.Second), bOnly = ca.Zip(cb).Count(p => !p.First && p.Second);
         return new TunePairRow(a, b, task, d.Length, 100.0 * ca.Count(x => x) / ca.Length, 100.0 * cb.Count(x => x) / cb.Length,
-            ReportStatistics.BootstrapMean(d, options.Resamples, options.Seed), aOnly, bOnly, ReportStatistics.McNemarExact(aOnly, bOnly));
+            Bootstrap.Mean(d, options.Resamples, options.Seed), aOnly, bOnly, PairedTests.McNemarExact(aOnly, bOnly));
     }
 
     /// <summary>
@@ -193,13 +195,13 @@ public static class TuningAnalysis
     {
         int tasks = perTask.Count;
         var diffs = perTask.Select(t => t.A.Zip(t.B, (x, y) => 100.0 * ((x ? 1 : 0) - (y ? 1 : 0))).ToArray()).ToArray();
-        var estimate = ReportStatistics.StratifiedBootstrap(diffs.Select(d => d.Length).ToArray(),
-            idx => Enumerable.Range(0, tasks).Average(t => ReportStatistics.MeanAt(diffs[t], idx[t])), options.Resamples, options.Seed);
+        var estimate = Bootstrap.Stratified(diffs.Select(d => d.Length).ToArray(),
+            idx => Enumerable.Range(0, tasks).Average(t => Descriptive.MeanAt(diffs[t], idx[t])), options.Resamples, options.Seed);
         var weighted = new List<double>();
         for (int t = 0; t < tasks; t++)
             foreach (double d in diffs[t])
                 if (d != 0) weighted.Add(d / (tasks * diffs[t].Length));
-        var test = ReportStatistics.PairedPermutation(weighted.Count, swap =>
+        var test = PairedTests.PairedPermutation(weighted.Count, swap =>
         {
             double s = 0;
             for (int i = 0; i < weighted.Count; i++) s += swap[i] ? -weighted[i] : weighted[i];
@@ -220,6 +222,6 @@ public static class TuningAnalysis
         if (pairs.Count == 0) return null;
         var d = pairs.Select(p => p.Item1 - p.Item2).ToArray();
         return new TuneSecondsDifference(a, b, pairs.Count, pairs.Average(p => p.Item1), pairs.Average(p => p.Item2),
-            ReportStatistics.BootstrapMean(d, options.Resamples, options.Seed), ReportStatistics.WilcoxonSignedRank(d));
+            Bootstrap.Mean(d, options.Resamples, options.Seed), PairedTests.WilcoxonSignedRank(d));
     }
 }

@@ -64,7 +64,7 @@ public class StudyReportTests(KeysBetterReport report) : IClassFixture<KeysBette
         Assert.Equal(100, es.KeysMean, 9);
         Assert.Equal(50, es.ValuesMean, 9);
         Assert.Equal(50, es.Difference.Value, 9);
-        Assert.Equal("Wilcoxon signed-rank", es.Test.Test);
+        Assert.Equal("exact Wilcoxon signed-rank", es.Test.Test);  // 40 of the 80 pairs differ: exact
         var score = editing.Differences.Single(d => d.Metric == EditingResults.Score);
         Assert.Equal("paired permutation", score.Test.Test);
         Assert.True(score.Difference.Low > 0);
