@@ -85,7 +85,7 @@ public static class StudyReport
         {
             var info = results.Info;
             int held = claims.Count(c => c.Verdict == Verdict.Held), opposite = claims.Count(c => c.Verdict == Verdict.Opposite);
-            int inconclusive = claims.Count(c => c.Verdict == Verdict.Inconclusive), mixed = claims.Count(c => c.Verdict == Verdict.Mixed);
+            int inconclusive = claims.Count(c => c.Verdict == Verdict.Inconclusive), notTestable = claims.Count(c => c.Verdict == Verdict.NotTestable);
             int untested = claims.Count(c => c.Verdict == Verdict.NoData);
             var parts = new List<string>();
             if (editing is not null)
@@ -102,36 +102,42 @@ public static class StudyReport
                     + $"{tuning.Tasks.Count} task{S(tuning.Tasks.Count)} with {seeds} seed{S(seeds)}");
             }
             string scope = parts.Count == 0 ? "no finished units yet" : string.Join(", and ", parts);
+            int organisms = results.Edits.Select(e => e.Organism).Concat(results.Tunes.Select(t => t.Organism)).Distinct().Count();
+            string models = organisms > 1 ? $"**{Count(organisms)} organisms** of `{info.Model}` (replicates: every interval resamples organisms, then cases within each)"
+                : $"**one model**, `{info.Model}`, so it cannot speak for other models";
             var tally = new List<string> { $"{held} held", $"{opposite} did not hold", $"{inconclusive} {(inconclusive == 1 ? "was" : "were")} inconclusive" };
-            if (mixed > 0) tally.Add($"{mixed} gave mixed results");
+            if (notTestable > 0) tally.Add($"{notTestable} {(notTestable == 1 ? "was" : "were")} not testable");
             if (untested > 0) tally.Add($"{untested} could not be tested with this study's data");
             _doc.Heading(2, "Summary");
             _doc.Paragraph(
                 "This study asks whether a transformer's feed-forward layers are better changed through their **keys** (the first FFN "
                 + "matrix, which decides when a memory fires) or their **values** (the second matrix, which decides what it writes), "
                 + "as Qiu et al. (ICLR 2024 Tiny Papers, arXiv 2402.12233) claim in favour of keys. "
-                + $"It covers **one model**, `{info.Model}`, so it cannot speak for other models: {scope}. "
-                + $"Of the paper's five claims, {JoinAnd(tally)}. A comparison counts as held when the 95% interval of keys − values "
-                + $"excludes 0 in the claimed direction and its paired test gives p < {options.Alpha.ToString(Inv)}; the opposite when both point the other way.");
+                + $"It covers {models}: {scope}. "
+                + $"Of the paper's five claims, {JoinAnd(tally)}. Each claim is judged on one **primary endpoint**, named below; its p-value is "
+                + "**Holm-corrected** across the five claims (the secondary comparisons among themselves). A comparison counts as held when the "
+                + $"95% interval of keys − values excludes 0 in the claimed direction, its corrected p < {options.Alpha.ToString(Inv)} and, with several "
+                + "organisms, every organism points the same way; the opposite when all of that points the other way; **not testable** when no pair "
+                + "differs at all (both sides at the same floor or ceiling).");
             var items = new List<ListItem>();
             foreach (var c in claims)
             {
                 string head = $"**({c.Id}) {c.Claim}: {c.VerdictText}.**";
                 if (c.Evidence.Count == 0)
                     items.Add(new ListItem($"{head} The study has no {(c.Id == "d" ? "paired LoRA runs of a keys target set and +values" : c.Id == "e" ? "paired timings of keys and values" : "paired keys and values edits")}."));
-                else if (c.Evidence.Count == 1)
-                    items.Add(new ListItem($"{head} {Capitalise(c.Evidence[0].Comparison)}: {PaperClaims.Numbers(c.Evidence[0])}."));
                 else
-                    items.Add(new ListItem(head, [.. c.Evidence.Select(e => $"{Capitalise(e.Comparison)}: {Word(e.Verdict, c)}; {PaperClaims.Numbers(e)}.")]));
+                    items.Add(new ListItem(head, [.. c.Evidence.OrderByDescending(e => e.Primary).Select(e =>
+                        $"{(e.Primary ? "Primary endpoint" : "Secondary")}: {e.Comparison}: {Word(e, c)}; {PaperClaims.Numbers(e)}.")]));
             }
             _doc.Add(new ListBlock(items));
         }
 
-        private static string Word(Verdict v, ClaimResult c) => v switch
+        private static string Word(ClaimEvidence e, ClaimResult c) => e.Verdict switch
         {
             Verdict.Held => "held",
             Verdict.Opposite => $"did not hold ({c.OppositeText})",
-            _ => "inconclusive",
+            Verdict.NotTestable => $"not testable ({e.Reason})",
+            _ => $"inconclusive ({e.Reason})",
         };
 
         private void Editing()
@@ -155,7 +161,11 @@ public static class StudyReport
                       + "probability margins and GE the fluency of sampled text. "
                     : "as MEMIT scores zsRE: teacher-forced top-1 token accuracy of the new object on the question (efficacy), on its "
                       + "rephrasing (paraphrase), and of the unrelated answer on an unrelated question (specificity). ")
-                + $"All scores are ×100 means over cases, pooled over seeds, with 95% percentile-bootstrap intervals ({Count(options.Resamples)} resamples of cases, fixed seed).");
+                + $"All scores are ×100 means over cases, pooled over seeds, with 95% percentile-bootstrap intervals ({Count(options.Resamples)} resamples, fixed seed). "
+                + (OrganismCount > 1
+                    ? $"The study has {OrganismCount} organisms: every mean is the mean of the organisms' means, and its interval a **hierarchical bootstrap** "
+                      + "(organisms drawn with replacement, then cases within each drawn organism); the per-organism values and their spread stand beside it."
+                    : "With one model the resampled units are its cases, so the intervals say nothing about how a differently trained model would score."));
 
             _doc.Heading(3, "Scores after the edit");
             var summary = ReportTables.EditingSummary(editing);
@@ -201,10 +211,13 @@ public static class StudyReport
             {
                 Tables.Add(ReportTables.EditingDifferences(editing));
                 _doc.Paragraph("Each keys side is paired with the values side of the same method (Key-ROME with ROME), layers, seed and case. Differences are keys − values "
-                    + "in points (positive favours keys), with 95% bootstrap intervals over pairs. Per-case metrics use the two-sided "
-                    + "**Wilcoxon signed-rank test** (normal approximation, zero differences dropped, tie-corrected variance). Score is not a "
-                    + "per-case number: its interval resamples pairs and recomputes both harmonic means, and its p-value comes from a "
-                    + $"**paired permutation test** ({Count(options.Permutations)} random swaps of keys and values within pairs, fixed seed).");
+                    + "in points (positive favours keys), with 95% bootstrap intervals over pairs (organisms, then pairs, when there are several). "
+                    + "Per-case metrics use the two-sided **Wilcoxon signed-rank test** (zero differences dropped, average ranks for ties): exact "
+                    + $"when at most {PairedTests.ExactWilcoxonLimit} pairs differ, otherwise the normal approximation with tie-corrected variance and "
+                    + "continuity correction. Score is not a per-case number: its interval resamples pairs and recomputes both harmonic means, and its "
+                    + $"p-value comes from a **paired permutation test** (all 2ⁿ swaps up to {PairedTests.ExactPermutationLimit} pairs, else "
+                    + $"{Count(options.Permutations)} random swaps of keys and values within pairs, fixed seed). The p-values in this table are not "
+                    + "corrected; the claims above are judged on Holm-corrected ones.");
                 _doc.Add(Table("keys − values per comparison and metric. Source: tables/editing_differences.csv.",
                     ["Comparison", "Metric", "Pairs", "Keys", "Values", "Keys − values [95% CI]", "Test", "p"],
                     [.. editing.Differences.Select(d => (IReadOnlyList<string>)[Comparison(d), d.Metric, Count(d.Pairs), Score(d.KeysMean), Score(d.ValuesMean),
@@ -382,6 +395,8 @@ public static class StudyReport
             Notes.Add(text);
             _doc.Paragraph("**Note:** " + text);
         }
+
+        private int OrganismCount => results.Edits.Select(e => e.Organism).Concat(results.Tunes.Select(t => t.Organism)).Distinct().Count();
 
         private bool ShowMode => editing is not null && editing.Summary.Any(r => r.Condition.Mode != "single");
         private IReadOnlyList<string> ConditionHeaders() => ShowMode ? ["Method", "Side", "Layers", "Mode"] : ["Method", "Side", "Layers"];

@@ -15,7 +15,13 @@ public sealed record TuneTaskRow(string Label, string Task, int Seeds, int Examp
 /// discordant counts (A right only, B right only) and the test (exact McNemar per task, a paired permutation test
 /// for the mean over tasks).</summary>
 public sealed record TunePairRow(string A, string B, string Task, int Pairs, double AccuracyA, double AccuracyB,
-    Estimate Difference, int AOnly, int BOnly, TestResult Test);
+    Estimate Difference, int AOnly, int BOnly, TestResult Test)
+{
+    /// <summary>The organisms (replication units) the pairs come from; "" for a study of one model.</summary>
+    public IReadOnlyList<string> Organisms { get; init; } = [];
+    /// <summary>A − B per organism, in <see cref="Organisms"/>' order.</summary>
+    public IReadOnlyList<double> PerOrganism { get; init; } = [];
+}
 
 /// <summary>What one target set costs: parameters, training time and memory (mean over seeds; peak RSS is the largest).</summary>
 public sealed record TuneCostRow(string Label, int Seeds, bool FourBit, long TrainableParameters, long AllParameters,
@@ -23,7 +29,11 @@ public sealed record TuneCostRow(string Label, int Seeds, bool FourBit, long Tra
     IReadOnlyList<double> TrainSecondsBySeed);
 
 /// <summary>Training seconds of A − B, paired by seed.</summary>
-public sealed record TuneSecondsDifference(string A, string B, int Seeds, double MeanA, double MeanB, Estimate Difference, TestResult Test);
+public sealed record TuneSecondsDifference(string A, string B, int Seeds, double MeanA, double MeanB, Estimate Difference, TestResult Test)
+{
+    /// <summary>Seeds whose two training times differ at all.</summary>
+    public int Differing { get; init; }
+}
 
 public sealed record TuningResults(IReadOnlyList<string> Labels, IReadOnlyList<string> Tasks, IReadOnlyList<TuneTaskRow> PerTask,
     IReadOnlyList<TunePairRow> Pairs, IReadOnlyList<TuneCostRow> Costs, IReadOnlyList<TuneSecondsDifference> SecondsDifferences,
@@ -50,9 +60,9 @@ public static class TuningAnalysis
         var notes = new List<string>();
         var labels = tunes.Select(t => t.Label).Distinct().OrderBy(LabelOrder).ThenBy(l => l, StringComparer.Ordinal).ToList();
         var tasks = tunes.SelectMany(t => t.Tasks.Select(x => x.Task)).Distinct().ToList();
-        // One run per (label, seed): a repeated run is reported once, the first one.
-        var runs = labels.ToDictionary(l => l, l => tunes.Where(t => t.Label == l).GroupBy(t => t.Seed).OrderBy(g => g.Key)
-            .Select(g => g.First()).ToList());
+        // One run per (label, organism, seed): a repeated run is reported once, the first one.
+        var runs = labels.ToDictionary(l => l, l => tunes.Where(t => t.Label == l).GroupBy(t => (t.Organism, t.Seed))
+            .OrderBy(g => g.Key.Organism, StringComparer.Ordinal).ThenBy(g => g.Key.Seed).Select(g => g.First()).ToList());
 
         var perTask = new List<TuneTaskRow>();
         foreach (string label in labels)
@@ -66,15 +76,15 @@ public static class TuningAnalysis
         var secondsDifferences = new List<TuneSecondsDifference>();
         foreach (var (a, b) in Comparisons(labels))
         {
-            var perTaskPairs = new List<(string Task, bool[] A, bool[] B)>();
+            var perTaskPairs = new List<(string Task, bool[] A, bool[] B, string[] Organism)>();
             foreach (string task in tasks)
             {
-                var (ca, cb, mismatched) = PairedOutcomes(runs[a], runs[b], task);
+                var (ca, cb, organism, mismatched) = PairedOutcomes(runs[a], runs[b], task);
                 if (mismatched > 0)
                     notes.Add($"{a} vs {b} on {task}: {mismatched} seed(s) skipped, their example lists differ in length.");
                 if (ca.Length == 0) continue;
-                perTaskPairs.Add((task, ca, cb));
-                pairs.Add(TaskPair(a, b, task, ca, cb, options));
+                perTaskPairs.Add((task, ca, cb, organism));
+                pairs.Add(TaskPair(a, b, task, ca, cb, organism, options));
             }
             if (perTaskPairs.Count > 1) pairs.Add(MeanPair(a, b, perTaskPairs, options));
             if (SecondsDifference(a, b, runs[a], runs[b], options) is { } s) secondsDifferences.Add(s);
@@ -160,38 +170,49 @@ public static class TuningAnalysis
             100 * rows.Average(o => o.MacroF1), likelihood.Count == rows.Count ? 100 * likelihood.Average() : null, "bootstrap");
     }
 
-    /// <summary>Correct flags of A and B on one task, concatenated over the seeds both have, with equal-length lists.</summary>
-    private static (bool[] A, bool[] B, int Mismatched) PairedOutcomes(IReadOnlyList<TuneUnitResult> a, IReadOnlyList<TuneUnitResult> b, string task)
+    /// <summary>Correct flags of A and B on one task, concatenated over the (organism, seed) runs both have, with
+    /// equal-length lists, and the organism of every example.</summary>
+    private static (bool[] A, bool[] B, string[] Organism, int Mismatched) PairedOutcomes(IReadOnlyList<TuneUnitResult> a,
+        IReadOnlyList<TuneUnitResult> b, string task)
     {
         var ca = new List<bool>();
         var cb = new List<bool>();
+        var organism = new List<string>();
         int mismatched = 0;
         foreach (var runA in a)
         {
-            var runB = b.FirstOrDefault(r => r.Seed == runA.Seed);
+            var runB = b.FirstOrDefault(r => r.Seed == runA.Seed && r.Organism == runA.Organism);
             var oa = runA.Tasks.FirstOrDefault(t => t.Task == task);
             var ob = runB?.Tasks.FirstOrDefault(t => t.Task == task);
             if (oa is null || ob is null || oa.Correct.Count == 0 || ob.Correct.Count == 0) continue;
             if (oa.Correct.Count != ob.Correct.Count) { mismatched++; continue; }
             ca.AddRange(oa.Correct);
             cb.AddRange(ob.Correct);
+            organism.AddRange(Enumerable.Repeat(runA.Organism, oa.Correct.Count));
         }
-        return ([.. ca], [.. cb], mismatched);
+        return ([.. ca], [.. cb], [.. organism], mismatched);
     }
 
-    private static TunePairRow TaskPair(string a, string b, string task, bool[] ca, bool[] cb, ReportOptions options)
+    private static TunePairRow TaskPair(string a, string b, string task, bool[] ca, bool[] cb, string[] organism, ReportOptions options)
     {
         var d = ca.Zip(cb, (x, y) => 100.0 * ((x ? 1 : 0) - (y ? 1 : 0))).ToArray();
         int aOnly = ca.Zip(cb).Count(p => p.First && !p.Second), bOnly = ca.Zip(cb).Count(p => !p.First && p.Second);
+        var organisms = EditingAnalysis.Organisms(organism);
+        var clustered = Bootstrap.ClusteredMean([.. organisms.Select(o => (IReadOnlyList<double>)[.. d.Where((_, i) => organism[i] == o)])],
+            options.Resamples, options.Seed);
         return new TunePairRow(a, b, task, d.Length, 100.0 * ca.Count(x => x) / ca.Length, 100.0 * cb.Count(x => x) / cb.Length,
-            Bootstrap.Mean(d, options.Resamples, options.Seed), aOnly, bOnly, PairedTests.McNemarExact(aOnly, bOnly));
+            clustered.Pooled, aOnly, bOnly, PairedTests.McNemarExact(aOnly, bOnly))
+        {
+            Organisms = organisms,
+            PerOrganism = clustered.PerCluster,
+        };
     }
 
     /// <summary>
     /// Unweighted mean over tasks of the per-task differences. Interval: resample examples within each task. Test: swap
     /// A's and B's outcome on random examples; only discordant examples change the statistic, each weighing 1/(T·n_task).
     /// </summary>
-    private static TunePairRow MeanPair(string a, string b, IReadOnlyList<(string Task, bool[] A, bool[] B)> perTask, ReportOptions options)
+    private static TunePairRow MeanPair(string a, string b, IReadOnlyList<(string Task, bool[] A, bool[] B, string[] Organism)> perTask, ReportOptions options)
     {
         int tasks = perTask.Count;
         var diffs = perTask.Select(t => t.A.Zip(t.B, (x, y) => 100.0 * ((x ? 1 : 0) - (y ? 1 : 0))).ToArray()).ToArray();
@@ -209,19 +230,31 @@ public static class TuningAnalysis
         }, options.Permutations, options.Seed);
         int aOnly = perTask.Sum(t => t.A.Zip(t.B).Count(p => p.First && !p.Second));
         int bOnly = perTask.Sum(t => t.A.Zip(t.B).Count(p => !p.First && p.Second));
+        // Per organism: the mean over tasks of that organism's differences (its own examples only).
+        var organisms = EditingAnalysis.Organisms(perTask.SelectMany(t => t.Organism));
+        var perOrganism = organisms.Select(o => Enumerable.Range(0, tasks)
+            .Select(t => diffs[t].Where((_, i) => perTask[t].Organism[i] == o).DefaultIfEmpty(double.NaN).Average())
+            .Where(x => !double.IsNaN(x)).DefaultIfEmpty(double.NaN).Average()).ToArray();
         return new TunePairRow(a, b, TuningResults.MeanOverTasks, perTask.Sum(t => t.A.Length),
             perTask.Average(t => 100.0 * t.A.Count(x => x) / t.A.Length), perTask.Average(t => 100.0 * t.B.Count(x => x) / t.B.Length),
-            estimate, aOnly, bOnly, test);
+            estimate, aOnly, bOnly, test)
+        {
+            Organisms = organisms,
+            PerOrganism = perOrganism,
+        };
     }
 
     private static TuneSecondsDifference? SecondsDifference(string a, string b, IReadOnlyList<TuneUnitResult> runsA,
         IReadOnlyList<TuneUnitResult> runsB, ReportOptions options)
     {
-        var pairs = runsA.Select(r => (A: r, B: runsB.FirstOrDefault(x => x.Seed == r.Seed))).Where(p => p.B is not null)
+        var pairs = runsA.Select(r => (A: r, B: runsB.FirstOrDefault(x => x.Seed == r.Seed && x.Organism == r.Organism))).Where(p => p.B is not null)
             .Select(p => (p.A.TrainSeconds, p.B!.TrainSeconds)).ToList();
         if (pairs.Count == 0) return null;
         var d = pairs.Select(p => p.Item1 - p.Item2).ToArray();
         return new TuneSecondsDifference(a, b, pairs.Count, pairs.Average(p => p.Item1), pairs.Average(p => p.Item2),
-            Bootstrap.Mean(d, options.Resamples, options.Seed), PairedTests.WilcoxonSignedRank(d));
+            Bootstrap.Mean(d, options.Resamples, options.Seed), PairedTests.WilcoxonSignedRank(d))
+        {
+            Differing = d.Count(x => x != 0),
+        };
     }
 }
