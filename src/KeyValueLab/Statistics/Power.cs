@@ -38,17 +38,24 @@ public static class Power
     /// <summary>
     /// The smallest true mean difference that a two-sided test at level <paramref name="alpha"/> detects with
     /// probability <paramref name="power"/> when the mean over <paramref name="clusters"/> clusters of
-    /// <paramref name="casesPerCluster"/> cases each is compared with 0: (z₁₋α/₂ + z_power)·√(σ²_b/K + σ²_w/(K·m)),
-    /// the normal approximation (with few clusters a t-test needs somewhat more). An unknown between-cluster
-    /// variance (one cluster observed) counts as 0, so the answer is then a lower bound.
+    /// <paramref name="casesPerCluster"/> cases each is compared with 0: (z₁₋α/₂ + z_power)·SE, with
+    /// SE = √(σ²_b/K + σ²_w/(K·m)), the normal approximation (with few clusters a t-test needs somewhat more). An
+    /// unknown between-cluster variance (one cluster observed) counts as 0, so the answer is then a lower bound.
     /// </summary>
     public static double MinimumDetectableDifference(VarianceComponents components, int clusters, int casesPerCluster,
-        double alpha = 0.05, double power = 0.8)
+        double alpha = 0.05, double power = 0.8) =>
+        MinimumDetectableDifference(StandardError(components, clusters, casesPerCluster), alpha, power);
+
+    /// <summary>(z₁₋α/₂ + z_power)·SE: the smallest difference a two-sided z-test detects with the given power.</summary>
+    public static double MinimumDetectableDifference(double standardError, double alpha = 0.05, double power = 0.8) =>
+        (Normal.Quantile(1 - alpha / 2) + Normal.Quantile(power)) * standardError;
+
+    /// <summary>Standard error of the mean over K clusters of m cases: √(σ²_b/K + σ²_w/(K·m)); σ²_b unknown counts as 0.</summary>
+    public static double StandardError(VarianceComponents components, int clusters, int casesPerCluster)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(clusters, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(casesPerCluster, 1);
         double between = double.IsNaN(components.Between) ? 0 : components.Between;
-        double standardError = Math.Sqrt(between / clusters + components.Within / ((double)clusters * casesPerCluster));
-        return (Normal.Quantile(1 - alpha / 2) + Normal.Quantile(power)) * standardError;
+        return Math.Sqrt(between / clusters + components.Within / ((double)clusters * casesPerCluster));
     }
 }

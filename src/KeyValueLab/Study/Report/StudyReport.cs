@@ -239,6 +239,22 @@ public static class StudyReport
                 + "Above the dashed line keys did better; an interval that crosses it means the study cannot tell the two apart.");
             }
 
+            var power = PowerAnalysis.Editing(editing);
+            if (power.Count > 0)
+            {
+                _doc.Heading(3, "What this study can detect");
+                int k = power[0].Organisms;
+                _doc.Paragraph("The smallest keys − values difference each comparison detects with **80% power at α = 0.05** (two-sided, normal "
+                    + "approximation), from this study's own variance of the paired differences"
+                    + (k > 1 ? " within and between organisms" : " (one model: the between-model variance is unknown and counted as 0, so these are lower bounds)")
+                    + $", at this study's size, and the cases per organism that would bring it down to {TargetText} points with the same "
+                    + "organisms (— where the between-organism variance alone is too large and more organisms are needed).");
+                _doc.Add(Table("Minimum detectable difference (points) at 80% power, α = 0.05.",
+                    ["Comparison", "Metric", "Organisms", "Cases per organism", "Detectable", $"Cases for {TargetText}"],
+                    [.. power.Select(p => (IReadOnlyList<string>)[p.Comparison, p.Metric, Count(p.Organisms), Count(p.CasesPerOrganism), Score(p.Minimum),
+                        p.CasesForTarget is int n ? Count(n) : "—"])], 2));
+            }
+
             _doc.Heading(3, "Cost of an edit");
             Tables.Add(ReportTables.EditingCosts(editing));
             _doc.Add(Table("Wall seconds per edit, mean [95% bootstrap interval], and weights changed. Timings depend on the machine; they are kept out of the metric tables. Source: tables/costs_editing.csv.",
@@ -311,6 +327,13 @@ public static class StudyReport
                         SignedWithInterval(p.Difference), Count(p.AOnly), Count(p.BOnly), p.Test.Test, P(p.Test.P)])], 2, [8]));
             }
             foreach (string note in tuning.Notes) Note(note);
+            var tuningPower = PowerAnalysis.Tuning(tuning);
+            if (tuningPower.Count > 0)
+                _doc.Add(Table("Smallest A − B difference in mean accuracy over tasks (points) detectable with 80% power at α = 0.05, from each task's "
+                    + "variance of the per-example differences at this study's size"
+                    + (tuningPower[0].BetweenKnown ? "." : " (one model: a lower bound)."),
+                    ["A vs B", "Organisms", "Examples per task and organism", "Detectable"],
+                    [.. tuningPower.Select(p => (IReadOnlyList<string>)[p.Comparison, Count(p.Organisms), Count(p.CasesPerOrganism), Score(p.Minimum)])], 1));
 
             _doc.Heading(3, "Cost of a training run");
             Tables.Add(ReportTables.TuningCosts(tuning));
@@ -395,6 +418,8 @@ public static class StudyReport
             Notes.Add(text);
             _doc.Paragraph("**Note:** " + text);
         }
+
+        private static readonly string TargetText = PowerAnalysis.TargetPoints.ToString(Inv);
 
         private int OrganismCount => results.Edits.Select(e => e.Organism).Concat(results.Tunes.Select(t => t.Organism)).Distinct().Count();
 

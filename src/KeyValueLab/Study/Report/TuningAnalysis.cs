@@ -21,6 +21,8 @@ public sealed record TunePairRow(string A, string B, string Task, int Pairs, dou
     public IReadOnlyList<string> Organisms { get; init; } = [];
     /// <summary>A − B per organism, in <see cref="Organisms"/>' order.</summary>
     public IReadOnlyList<double> PerOrganism { get; init; } = [];
+    /// <summary>Variance of the per-example differences within and between organisms (per task rows only).</summary>
+    public VarianceComponents? Components { get; init; }
 }
 
 /// <summary>What one target set costs: parameters, training time and memory (mean over seeds; peak RSS is the largest).</summary>
@@ -198,13 +200,14 @@ public static class TuningAnalysis
         var d = ca.Zip(cb, (x, y) => 100.0 * ((x ? 1 : 0) - (y ? 1 : 0))).ToArray();
         int aOnly = ca.Zip(cb).Count(p => p.First && !p.Second), bOnly = ca.Zip(cb).Count(p => !p.First && p.Second);
         var organisms = EditingAnalysis.Organisms(organism);
-        var clustered = Bootstrap.ClusteredMean([.. organisms.Select(o => (IReadOnlyList<double>)[.. d.Where((_, i) => organism[i] == o)])],
-            options.Resamples, options.Seed);
+        var byOrganism = organisms.Select(o => (IReadOnlyList<double>)[.. d.Where((_, i) => organism[i] == o)]).ToList();
+        var clustered = Bootstrap.ClusteredMean(byOrganism, options.Resamples, options.Seed);
         return new TunePairRow(a, b, task, d.Length, 100.0 * ca.Count(x => x) / ca.Length, 100.0 * cb.Count(x => x) / cb.Length,
             clustered.Pooled, aOnly, bOnly, PairedTests.McNemarExact(aOnly, bOnly))
         {
             Organisms = organisms,
             PerOrganism = clustered.PerCluster,
+            Components = VarianceComponents.Of(byOrganism),
         };
     }
 

@@ -112,3 +112,36 @@ public class PaperClaimsTests
         Assert.Equal(0.5, claim.PrimaryEvidence.Test.P, 12);  // two differences of the same sign: 2 of 4 sign patterns as extreme
     }
 }
+
+/// <summary>The report's minimum detectable differences against a direct computation from the paired differences.</summary>
+public class PowerAnalysisTests
+{
+    [Fact]
+    public void EditingPowerComesFromTheStudysOwnPairedVariance()
+    {
+        // One model, 40 cases: keys always succeed, values on 20 of 40, so the ES differences are 0 or 100, half each.
+        var units = new List<EditUnitResult>();
+        for (int i = 0; i < 40; i++)
+            foreach (string side in (string[])["keys:up", "values"])
+            {
+                double score = side == "keys:up" || i % 2 == 0 ? 100 : 0;
+                units.Add(new EditUnitResult
+                {
+                    Method = "FT", Side = side, Layers = "1", Seed = 1, Mode = "single", CaseId = $"c{i:D2}",
+                    Pre = new CaseMetrics(), Post = new CaseMetrics { ES = score, PS = score, NS = 100 - score / 2 }, Seconds = 1,
+                });
+            }
+        var rows = PowerAnalysis.Editing(EditingAnalysis.Analyze(units, StudyReportTests.Fast));
+        var es = rows.Single(r => r.Metric == "ES");
+        // Sample variance of 20 zeros and 20 hundreds: 100²·(20·20/40)/39 = 2564.1; SE = √(2564.1/40) = 8.006;
+        // (1.95996 + 0.84162)·8.006 = 22.43 points. For 5 points: m ≥ 2564.1 / (5/2.80158)² = 805.0 → 806 cases.
+        double variance = 10000.0 * 10 / 39;
+        Assert.Equal(2.801585 * Math.Sqrt(variance / 40), es.Minimum, 1e-4);
+        Assert.Equal(1, es.Organisms);
+        Assert.Equal(40, es.CasesPerOrganism);
+        Assert.False(es.BetweenKnown);
+        Assert.Equal((int)Math.Ceiling(variance / Math.Pow(5 / 2.801585, 2)), es.CasesForTarget);
+        // NS differences are 0 or −50: a quarter of the variance, half the detectable difference.
+        Assert.Equal(es.Minimum / 2, rows.Single(r => r.Metric == "NS").Minimum, 1e-9);
+    }
+}
