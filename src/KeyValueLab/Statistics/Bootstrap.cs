@@ -4,6 +4,10 @@ namespace KeyValueLab.Statistics;
 /// the case indices drawn inside it (each a multiset of 0..size−1).</summary>
 public readonly record struct ClusterDraw(int[] Clusters, int[][] Cases);
 
+/// <summary>One hierarchical resample with strata inside clusters: <see cref="Cases"/>[j][s] are the indices drawn
+/// inside stratum s of the j-th drawn cluster, <see cref="Clusters"/>[j].</summary>
+public readonly record struct StratifiedClusterDraw(int[] Clusters, int[][][] Cases);
+
 /// <summary>A mean over clusters with its hierarchical-bootstrap interval, each cluster's own mean, and the spread
 /// (standard deviation) of the cluster means: NaN with one cluster.</summary>
 public sealed record ClusteredEstimate(Estimate Pooled, IReadOnlyList<double> PerCluster, double BetweenClusterSd);
@@ -49,23 +53,8 @@ public static class Bootstrap
     /// gets one index list per stratum. NaN statistics of a resample are left out of the percentiles.
     /// </summary>
     public static Estimate Stratified(IReadOnlyList<int> sizes, Func<int[][], double> statistic,
-        int resamples = DefaultResamples, ulong seed = DefaultSeed)
-    {
-        if (sizes.Count == 0 || sizes.Any(s => s <= 0)) return new Estimate(double.NaN, double.NaN, double.NaN);
-        var all = sizes.Select(s => Enumerable.Range(0, s).ToArray()).ToArray();
-        double value = statistic(all);
-        var random = new SplitMix64(seed);
-        var draws = sizes.Select(s => new int[s]).ToArray();
-        var stats = new List<double>(resamples);
-        for (int r = 0; r < resamples; r++)
-        {
-            foreach (var d in draws)
-                for (int i = 0; i < d.Length; i++) d[i] = random.NextInt(d.Length);
-            double s = statistic(draws);
-            if (!double.IsNaN(s)) stats.Add(s);
-        }
-        return Interval(value, stats);
-    }
+        int resamples = DefaultResamples, ulong seed = DefaultSeed) =>
+        HierarchicalStratified([sizes], draw => statistic(draw.Cases[0]), resamples, seed);
 
     /// <summary>
     /// Hierarchical (two-stage) bootstrap for clustered data (Davison &amp; Hinkley 1997, §3.8): each resample draws as
@@ -77,27 +66,41 @@ public static class Bootstrap
     public static Estimate Hierarchical(IReadOnlyList<int> sizes, Func<ClusterDraw, double> statistic,
         int resamples = DefaultResamples, ulong seed = DefaultSeed)
     {
+        var flat = new int[sizes.Count][];
+        return HierarchicalStratified([.. sizes.Select(n => (IReadOnlyList<int>)[n])], draw =>
+        {
+            for (int j = 0; j < flat.Length; j++) flat[j] = draw.Cases[j][0];
+            return statistic(new ClusterDraw(draw.Clusters, flat));
+        }, resamples, seed);
+    }
+
+    /// <summary>
+    /// The general form of <see cref="Hierarchical"/> and <see cref="Stratified"/>: clusters drawn with replacement
+    /// (skipped with one cluster), then inside each drawn cluster every stratum resampled on its own.
+    /// <paramref name="sizes"/>[c][s] is the size of stratum s of cluster c.
+    /// </summary>
+    public static Estimate HierarchicalStratified(IReadOnlyList<IReadOnlyList<int>> sizes, Func<StratifiedClusterDraw, double> statistic,
+        int resamples = DefaultResamples, ulong seed = DefaultSeed)
+    {
         int k = sizes.Count;
-        if (k == 0 || sizes.Any(s => s <= 0)) return new Estimate(double.NaN, double.NaN, double.NaN);
-        var identity = new ClusterDraw([.. Enumerable.Range(0, k)], [.. sizes.Select(s => Enumerable.Range(0, s).ToArray())]);
+        if (k == 0 || sizes.Any(c => c.Count == 0 || c.Any(n => n <= 0))) return new Estimate(double.NaN, double.NaN, double.NaN);
+        var identity = new StratifiedClusterDraw([.. Enumerable.Range(0, k)],
+            [.. sizes.Select(c => c.Select(n => Enumerable.Range(0, n).ToArray()).ToArray())]);
         double value = statistic(identity);
         var random = new SplitMix64(seed);
         var clusters = new int[k];
-        var cases = new int[k][];
-        var draw = new ClusterDraw(clusters, cases);
+        var cases = new int[k][][];
+        var draw = new StratifiedClusterDraw(clusters, cases);
         var stats = new List<double>(resamples);
         for (int r = 0; r < resamples; r++)
         {
+            for (int j = 0; j < k; j++) clusters[j] = k == 1 ? 0 : random.NextInt(k);
             for (int j = 0; j < k; j++)
             {
-                clusters[j] = k == 1 ? 0 : random.NextInt(k);
-                int n = sizes[clusters[j]];
-                if (cases[j]?.Length != n) cases[j] = new int[n];
-            }
-            for (int j = 0; j < k; j++)
-            {
-                var c = cases[j];
-                for (int i = 0; i < c.Length; i++) c[i] = random.NextInt(c.Length);
+                var strata = sizes[clusters[j]];
+                if (!Fits(cases[j], strata)) cases[j] = [.. strata.Select(n => new int[n])];
+                foreach (var c in cases[j])
+                    for (int i = 0; i < c.Length; i++) c[i] = random.NextInt(c.Length);
             }
             double s = statistic(draw);
             if (!double.IsNaN(s)) stats.Add(s);
@@ -121,6 +124,14 @@ public static class Bootstrap
             return sum / draw.Clusters.Length;
         }, resamples, seed);
         return new ClusteredEstimate(pooled, perCluster, perCluster.Length < 2 ? double.NaN : Math.Sqrt(Descriptive.Variance(perCluster)));
+    }
+
+    /// <summary>Whether the buffers of a draw slot already have the strata sizes of the cluster drawn into it.</summary>
+    private static bool Fits(int[][]? buffers, IReadOnlyList<int> strata)
+    {
+        if (buffers is null || buffers.Length != strata.Count) return false;
+        for (int s = 0; s < strata.Count; s++) if (buffers[s].Length != strata[s]) return false;
+        return true;
     }
 
     private static Estimate Interval(double value, List<double> stats)

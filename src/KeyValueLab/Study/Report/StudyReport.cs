@@ -177,6 +177,12 @@ public static class StudyReport
                 .. headlineKeys.Select(k => r.Post.TryGetValue(k, out var e) ? WithInterval(e) : Missing)]).ToList();
             _doc.Add(Table("Post-edit means [95% CI] per condition. Source: tables/editing_summary.csv.",
                 [.. ConditionHeaders(), "Cases", "Seeds", .. headlineKeys.Select(k => names[k])], rows, ConditionHeaders().Count));
+            if (OrganismCount > 1)
+                _doc.Add(Table("Per organism: each organism's post-edit mean, and the between-organism standard deviation (SD) beside the pooled interval above.",
+                    [.. ConditionHeaders(), "Metric", "Per organism", "Between-organism SD"],
+                    [.. editing.Summary.SelectMany(r => headlineKeys.Where(r.ByOrganism.ContainsKey).Select(k => (IReadOnlyList<string>)[.. ConditionCells(r.Condition), names[k],
+                        string.Join(", ", r.ByOrganism[k].PerCluster.Select(Score)), Score(r.ByOrganism[k].BetweenClusterSd)]))],
+                    ConditionHeaders().Count + 1, [ConditionHeaders().Count + 1]));
             var other = keys.Skip(headlineKeys.Count).ToList();
             if (other.Count > 0)
                 _doc.Add(Table("Further post-edit metrics, mean [95% CI]" + Glossary(other) + ".",
@@ -222,6 +228,11 @@ public static class StudyReport
                     ["Comparison", "Metric", "Pairs", "Keys", "Values", "Keys − values [95% CI]", "Test", "p"],
                     [.. editing.Differences.Select(d => (IReadOnlyList<string>)[Comparison(d), d.Metric, Count(d.Pairs), Score(d.KeysMean), Score(d.ValuesMean),
                         SignedWithInterval(d.Difference), d.Test.Test, P(d.Test.P)])], 2, [6]));
+                if (OrganismCount > 1)
+                    _doc.Add(Table("keys − values per organism, and the between-organism standard deviation (SD).",
+                        ["Comparison", "Metric", "Per organism", "Between-organism SD"],
+                        [.. editing.Differences.Select(d => (IReadOnlyList<string>)[Comparison(d), d.Metric,
+                            string.Join(", ", d.PerOrganism.Select(Signed)), Score(d.BetweenOrganismSd)])], 2, [2]));
                 var metricsShown = headlineKeys.Select(k => names[k] == "Score" ? EditingResults.Score : names[k]).ToList();
                 var pairFamilies = editing.Differences.Select(d => Family(d.Keys)).Distinct().ToList();
                 Figure("editing_differences", true, () =>

@@ -69,7 +69,7 @@ public static class TuningAnalysis
         var perTask = new List<TuneTaskRow>();
         foreach (string label in labels)
         {
-            var rows = tasks.Select(task => TaskRow(label, task, runs[label])).OfType<TuneTaskRow>().ToList();
+            var rows = tasks.Select(task => TaskRow(label, task, runs[label], options)).OfType<TuneTaskRow>().ToList();
             perTask.AddRange(rows);
             if (rows.Count > 1) perTask.Add(MeanRow(label, tasks, runs[label], rows, options));
         }
@@ -115,7 +115,7 @@ public static class TuningAnalysis
     private static (int Correct, int Count, IReadOnlyList<bool>? Flags) Outcome(TaskOutcome t) =>
         t.Correct.Count > 0 ? (t.Correct.Count(c => c), t.Correct.Count, t.Correct) : ((int)Math.Round(t.Accuracy * t.Count), t.Count, null);
 
-    private static TuneTaskRow? TaskRow(string label, string task, IReadOnlyList<TuneUnitResult> runs)
+    private static TuneTaskRow? TaskRow(string label, string task, IReadOnlyList<TuneUnitResult> runs, ReportOptions options)
     {
         var outcomes = runs.Select(r => r.Tasks.FirstOrDefault(t => t.Task == task)).OfType<TaskOutcome>().ToList();
         if (outcomes.Count == 0) return null;
@@ -126,48 +126,75 @@ public static class TuningAnalysis
             correct += c;
             count += n;
         }
+        var likelihood = outcomes.Select(o => o.LabelLikelihoodAccuracy).OfType<double>().ToList();
+        double? likelihoodAccuracy = likelihood.Count == outcomes.Count ? 100 * likelihood.Average() : null;
+        // Several organisms: the mean of the organisms' accuracies with its hierarchical interval (Wilson counts
+        // examples as the only randomness, which only holds for one model).
+        var organisms = EditingAnalysis.Organisms(runs.Select(r => r.Organism));
+        if (organisms.Count > 1 && runs.All(r => r.Tasks.FirstOrDefault(t => t.Task == task) is not { Correct.Count: 0 }))
+        {
+            var clusters = organisms.Select(o => (IReadOnlyList<double>)[.. runs.Where(r => r.Organism == o)
+                .SelectMany(r => r.Tasks.FirstOrDefault(t => t.Task == task)?.Correct ?? []).Select(c => c ? 100.0 : 0.0)]).Where(c => c.Count > 0).ToList();
+            var clustered = Bootstrap.ClusteredMean(clusters, options.Resamples, options.Seed);
+            return new TuneTaskRow(label, task, outcomes.Count, count, clustered.Pooled, 100 * outcomes.Average(o => o.MacroF1), likelihoodAccuracy,
+                "hierarchical bootstrap");
+        }
         var (low, high) = Descriptive.Wilson(correct, count);
         double accuracy = count == 0 ? double.NaN : 100.0 * correct / count;
-        var likelihood = outcomes.Select(o => o.LabelLikelihoodAccuracy).OfType<double>().ToList();
         return new TuneTaskRow(label, task, outcomes.Count, count, new Estimate(accuracy, 100 * low, 100 * high),
-            100 * outcomes.Average(o => o.MacroF1), likelihood.Count == outcomes.Count ? 100 * likelihood.Average() : null, "Wilson");
+            100 * outcomes.Average(o => o.MacroF1), likelihoodAccuracy, "Wilson");
     }
 
     private static TuneTaskRow MeanRow(string label, IReadOnlyList<string> tasks, IReadOnlyList<TuneUnitResult> runs,
         IReadOnlyList<TuneTaskRow> taskRows, ReportOptions options)
     {
         double mean = taskRows.Average(r => r.Accuracy.Value);
-        // One stratum per (task, seed); the task's accuracy pools its strata.
-        var strata = new List<(int Task, bool[] Flags)>();
-        var taskIndex = new List<int>();
-        for (int t = 0; t < tasks.Count; t++)
-            foreach (var run in runs)
-                if (run.Tasks.FirstOrDefault(x => x.Task == tasks[t]) is { Correct.Count: > 0 } o)
-                    strata.Add((t, [.. o.Correct]));
-        var present = strata.Select(s => s.Task).Distinct().ToList();
+        // Clusters are organisms; inside each, one stratum per (task, seed); a task's accuracy pools its strata.
+        var organisms = EditingAnalysis.Organisms(runs.Select(r => r.Organism));
+        var strata = organisms.Select(org =>
+        {
+            var list = new List<(int Task, bool[] Flags)>();
+            for (int t = 0; t < tasks.Count; t++)
+                foreach (var run in runs.Where(r => r.Organism == org))
+                    if (run.Tasks.FirstOrDefault(x => x.Task == tasks[t]) is { Correct.Count: > 0 } o)
+                        list.Add((t, [.. o.Correct]));
+            return list;
+        }).ToList();
+        var present = strata.SelectMany(c => c.Select(s => s.Task)).Distinct().ToList();
         // The interval needs every task's per-example outcomes; without them the row keeps the mean alone.
         bool complete = present.Count == taskRows.Count
             && runs.All(r => r.Tasks.All(x => x.Correct.Count > 0 || !tasks.Contains(x.Task)));
-        var estimate = !complete ? new Estimate(mean, double.NaN, double.NaN) : Bootstrap.Stratified(strata.Select(s => s.Flags.Length).ToArray(), idx =>
+        var estimate = !complete ? new Estimate(mean, double.NaN, double.NaN) : Bootstrap.HierarchicalStratified(
+            [.. strata.Select(c => (IReadOnlyList<int>)[.. c.Select(s => s.Flags.Length)])], draw =>
         {
-            double sum = 0;
-            foreach (int task in present)
+            double total = 0;
+            for (int j = 0; j < draw.Clusters.Length; j++)
             {
-                int correct = 0, count = 0;
-                for (int s = 0; s < strata.Count; s++)
+                var cluster = strata[draw.Clusters[j]];
+                var idx = draw.Cases[j];
+                double sum = 0;
+                int tasksSeen = 0;
+                foreach (int task in present)
                 {
-                    if (strata[s].Task != task) continue;
-                    var flags = strata[s].Flags;
-                    foreach (int i in idx[s]) if (flags[i]) correct++;
-                    count += idx[s].Length;
+                    int correct = 0, count = 0;
+                    for (int s = 0; s < cluster.Count; s++)
+                    {
+                        if (cluster[s].Task != task) continue;
+                        var flags = cluster[s].Flags;
+                        foreach (int i in idx[s]) if (flags[i]) correct++;
+                        count += idx[s].Length;
+                    }
+                    if (count == 0) continue;
+                    sum += 100.0 * correct / count;
+                    tasksSeen++;
                 }
-                sum += 100.0 * correct / count;
+                total += sum / tasksSeen;
             }
-            return sum / present.Count;
+            return total / draw.Clusters.Length;
         }, options.Resamples, options.Seed);
         var rows = runs.SelectMany(r => r.Tasks).ToList();
         var likelihood = rows.Select(o => o.LabelLikelihoodAccuracy).OfType<double>().ToList();
-        return new TuneTaskRow(label, TuningResults.MeanOverTasks, runs.Count, strata.Sum(s => s.Flags.Length),
+        return new TuneTaskRow(label, TuningResults.MeanOverTasks, runs.Count, strata.Sum(c => c.Sum(s => s.Flags.Length)),
             estimate with { Value = mean },
             100 * rows.Average(o => o.MacroF1), likelihood.Count == rows.Count ? 100 * likelihood.Average() : null, "bootstrap");
     }
@@ -219,8 +246,16 @@ public static class TuningAnalysis
     {
         int tasks = perTask.Count;
         var diffs = perTask.Select(t => t.A.Zip(t.B, (x, y) => 100.0 * ((x ? 1 : 0) - (y ? 1 : 0))).ToArray()).ToArray();
-        var estimate = Bootstrap.Stratified(diffs.Select(d => d.Length).ToArray(),
-            idx => Enumerable.Range(0, tasks).Average(t => Descriptive.MeanAt(diffs[t], idx[t])), options.Resamples, options.Seed);
+        // Clusters are organisms; inside each, one stratum per task with that organism's examples.
+        var organisms = EditingAnalysis.Organisms(perTask.SelectMany(t => t.Organism));
+        var strata = organisms.Select(o => perTask.Select((t, ti) => diffs[ti].Where((_, i) => t.Organism[i] == o).ToArray())
+            .Where(d => d.Length > 0).ToArray()).ToArray();
+        var estimate = Bootstrap.HierarchicalStratified([.. strata.Select(c => (IReadOnlyList<int>)[.. c.Select(d => d.Length)])],
+            draw => Enumerable.Range(0, draw.Clusters.Length).Average(j =>
+            {
+                var cluster = strata[draw.Clusters[j]];
+                return Enumerable.Range(0, cluster.Length).Average(s => Descriptive.MeanAt(cluster[s], draw.Cases[j][s]));
+            }), options.Resamples, options.Seed);
         var weighted = new List<double>();
         for (int t = 0; t < tasks; t++)
             foreach (double d in diffs[t])
@@ -234,7 +269,6 @@ public static class TuningAnalysis
         int aOnly = perTask.Sum(t => t.A.Zip(t.B).Count(p => p.First && !p.Second));
         int bOnly = perTask.Sum(t => t.A.Zip(t.B).Count(p => !p.First && p.Second));
         // Per organism: the mean over tasks of that organism's differences (its own examples only).
-        var organisms = EditingAnalysis.Organisms(perTask.SelectMany(t => t.Organism));
         var perOrganism = organisms.Select(o => Enumerable.Range(0, tasks)
             .Select(t => diffs[t].Where((_, i) => perTask[t].Organism[i] == o).DefaultIfEmpty(double.NaN).Average())
             .Where(x => !double.IsNaN(x)).DefaultIfEmpty(double.NaN).Average()).ToArray();

@@ -56,6 +56,54 @@ public class PaperClaimsTests
     }
 
     [Fact]
+    public void TheReportShowsEveryOrganismBesideThePooledInterval()
+    {
+        using var dir = new TempDir();
+        var edits = Edits(5, k => k < 4 ? 1.0 : 0.6, k => k < 4 ? 0.5 : 0.7);
+        var files = StudyReport.Write(new StudyResults(SyntheticStudy.Info(edits.Count), edits, []), dir.Path, Fast);
+        string md = File.ReadAllText(files.Markdown);
+        Assert.Contains("It covers **5 organisms** of `organism:0123abcd`", md);
+        Assert.Contains("**(a) Keys better than values on efficacy (ES): inconclusive (organisms disagree: 1 of 5 point the other way).**", md);
+        Assert.Contains("; per organism +50.0, +50.0, +50.0, +50.0, −10.0.", md);
+        Assert.Contains("| FT keys:up vs values, L1 | ES | +50.0, +50.0, +50.0, +50.0, −10.0 | 26.8 |", md);  // SD of the five: √(4·12² + 48²)/2
+        Assert.Contains("hierarchical bootstrap", md);
+    }
+
+    /// <summary>+keys:up and +values on five organisms, two tasks of 60 examples: +keys:up right on
+    /// <c>keysTenths(k)</c>/10 of organism k's examples, +values on half.</summary>
+    private static List<TuneUnitResult> Tunes(Func<int, int> keysTenths)
+    {
+        var units = new List<TuneUnitResult>();
+        for (int k = 0; k < 5; k++)
+            foreach (string label in (string[])["+keys:up", "+values"])
+            {
+                int tenths = label == "+keys:up" ? keysTenths(k) : 5;
+                var tasks = ((string[])["tf", "mc"]).Select(task =>
+                {
+                    bool[] correct = [.. Enumerable.Range(0, 60).Select(i => (i + k) % 10 < tenths)];
+                    return new TaskOutcome(task, 60, correct.Count(c => c) / 60.0, 0.5, null, correct);
+                }).ToList();
+                units.Add(new TuneUnitResult { Label = label, Targets = ["q_proj"], Seed = 1, Organism = $"org{k}", Tasks = tasks });
+            }
+        return units;
+    }
+
+    [Fact]
+    public void ATuningClaimThatOneOrganismContradictsIsNotHeld()
+    {
+        var contradicted = TuningAnalysis.Analyze(Tunes(k => k < 4 ? 9 : 4), Fast);
+        var mean = contradicted.Pairs.Single(p => p.A == "+keys:up" && p.B == "+values" && p.Task == TuningResults.MeanOverTasks);
+        Assert.Equal([40, 40, 40, 40, -10], mean.PerOrganism.Select(x => Math.Round(x, 9)));
+        Assert.Equal(30, mean.Difference.Value, 9);
+        var claim = PaperClaims.Judge(null, contradicted, Fast)[3];
+        Assert.Equal("inconclusive (organisms disagree: 1 of 5 point the other way)", claim.VerdictText);
+        Assert.Equal("hierarchical bootstrap", contradicted.PerTask.First(r => r.Task == "tf").Interval);
+
+        var agreed = TuningAnalysis.Analyze(Tunes(_ => 9), Fast);
+        Assert.Equal(Verdict.Held, PaperClaims.Judge(null, agreed, Fast)[3].Verdict);
+    }
+
+    [Fact]
     public void ClusteredIntervalIsWiderThanTheCaseInterval()
     {
         // Organisms whose effects differ (+10 … +70 points) give an interval over organisms far wider than the one
