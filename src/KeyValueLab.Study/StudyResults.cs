@@ -19,6 +19,8 @@ public sealed record EditUnitResult
     /// <summary>"single" (each case on the original model) or "batch" (all the condition's cases in one call, MEMIT).</summary>
     public required string Mode { get; init; }
     public required string CaseId { get; init; }
+    /// <summary>The model organism (replication unit) the unit ran on; empty when the study has one model.</summary>
+    public string Organism { get; init; } = "";
     public required CaseMetrics Pre { get; init; }
     public required CaseMetrics Post { get; init; }
     /// <summary>Wall seconds of the edit itself (a batch's time divided by its size).</summary>
@@ -38,6 +40,8 @@ public sealed record TuneUnitResult
     /// <summary>Resolved target module names (PEFT target_modules).</summary>
     public required IReadOnlyList<string> Targets { get; init; }
     public required int Seed { get; init; }
+    /// <summary>The model organism (replication unit) the run trained on; empty when the study has one model.</summary>
+    public string Organism { get; init; } = "";
     public bool FourBit { get; init; }
     public long TrainableParameters { get; init; }
     public long AllParameters { get; init; }

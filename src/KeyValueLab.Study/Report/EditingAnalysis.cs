@@ -1,4 +1,5 @@
 using KeyValueLab.Evaluation;
+using KeyValueLab.Statistics;
 
 namespace KeyValueLab.Study.Report;
 
@@ -43,13 +44,30 @@ public sealed record HeadlineMetrics(EditMetric Efficacy, EditMetric Generalizat
             : new(EditMetric.ZsreEfficacy, EditMetric.ZsreParaphrase, EditMetric.ZsreSpecificity, false);
 }
 
-/// <summary>Post-edit means with intervals, and the unedited model's means on the same cases.</summary>
+/// <summary>Post-edit means with intervals (hierarchical bootstrap: organisms, then cases), and the unedited model's
+/// means on the same cases. <see cref="ByOrganism"/> holds, per metric key, each organism's mean and their spread.</summary>
 public sealed record EditSummaryRow(EditCondition Condition, int Cases, int Seeds,
-    IReadOnlyDictionary<string, Estimate> Post, IReadOnlyDictionary<string, double> Pre);
+    IReadOnlyDictionary<string, Estimate> Post, IReadOnlyDictionary<string, double> Pre)
+{
+    public IReadOnlyList<string> Organisms { get; init; } = [];
+    public IReadOnlyDictionary<string, ClusteredEstimate> ByOrganism { get; init; } = new Dictionary<string, ClusteredEstimate>();
+}
 
-/// <summary>keys − values on the same method, layers, mode, seed and case, for one metric (or Score, or seconds).</summary>
+/// <summary>
+/// keys − values on the same organism, method, layers, mode, seed and case, for one metric (or Score, or seconds).
+/// <see cref="Difference"/> is the mean over organisms with its hierarchical interval; <see cref="PerOrganism"/> each
+/// organism's mean difference (in <see cref="Organisms"/>' order); <see cref="Differing"/> the pairs whose two sides
+/// differ at all; <see cref="Components"/> the variance of the differences within and between organisms.
+/// </summary>
 public sealed record PairedDifference(EditCondition Keys, EditCondition Values, string Metric, int Pairs,
-    double KeysMean, double ValuesMean, Estimate Difference, TestResult Test);
+    double KeysMean, double ValuesMean, Estimate Difference, TestResult Test)
+{
+    public IReadOnlyList<string> Organisms { get; init; } = [];
+    public IReadOnlyList<double> PerOrganism { get; init; } = [];
+    public double BetweenOrganismSd { get; init; } = double.NaN;
+    public int Differing { get; init; }
+    public VarianceComponents? Components { get; init; }
+}
 
 /// <summary>Mean seconds per edit of one condition with its bootstrap interval, and the weights it changed.</summary>
 public sealed record EditCostRow(EditCondition Condition, int Edits, Estimate SecondsPerEdit, double ParametersChanged);
@@ -83,12 +101,13 @@ public static class EditingAnalysis
             .ThenBy(g => g.Key.Layers, StringComparer.Ordinal)
             .ThenBy(g => g.Key.Mode, StringComparer.Ordinal)
             .ThenBy(g => SideOrder(g.Key.Side)).ThenBy(g => g.Key.Side, StringComparer.Ordinal)
-            .Select(g => (Condition: g.Key, Units: g.OrderBy(u => u.Seed).ThenBy(u => u.CaseId, StringComparer.Ordinal).ToList()))
+            .Select(g => (Condition: g.Key, Units: g.OrderBy(u => u.Organism, StringComparer.Ordinal).ThenBy(u => u.Seed)
+                .ThenBy(u => u.CaseId, StringComparer.Ordinal).ToList()))
             .ToList();
 
         var summary = groups.Select(g => Summarise(g.Condition, g.Units, metrics, headline, options)).ToList();
         var costs = groups.Select(g => new EditCostRow(g.Condition, g.Units.Count,
-            ReportStatistics.BootstrapMean(g.Units.Select(u => u.Seconds).ToArray(), options.Resamples, options.Seed),
+            Bootstrap.Mean(g.Units.Select(u => u.Seconds).ToArray(), options.Resamples, options.Seed),
             g.Units.Average(u => (double)u.ParametersChanged))).ToList();
 
         var differences = new List<PairedDifference>();
@@ -123,32 +142,60 @@ public static class EditingAnalysis
     {
         var post = new Dictionary<string, Estimate>();
         var pre = new Dictionary<string, double>();
+        var byOrganism = new Dictionary<string, ClusteredEstimate>();
+        var organisms = Organisms(units.Select(u => u.Organism));
+        var clusters = organisms.Select(o => units.Where(u => u.Organism == o).ToList()).ToList();
         foreach (var metric in metrics)
         {
-            var postValues = units.Select(u => metric.Select(u.Post)).OfType<double>().ToArray();
-            if (postValues.Length > 0) post[metric.Key] = ReportStatistics.BootstrapMean(postValues, options.Resamples, options.Seed);
+            var postValues = clusters.Select(c => c.Select(u => metric.Select(u.Post)).OfType<double>().ToArray()).Where(c => c.Length > 0).ToList();
+            if (postValues.Count > 0)
+            {
+                var clustered = Bootstrap.ClusteredMean(postValues, options.Resamples, options.Seed);
+                post[metric.Key] = clustered.Pooled;
+                byOrganism[metric.Key] = clustered;
+            }
             var preValues = units.Select(u => metric.Select(u.Pre)).OfType<double>().ToArray();
-            if (preValues.Length > 0) pre[metric.Key] = ReportStatistics.Mean(preValues);
+            if (preValues.Length > 0) pre[metric.Key] = Descriptive.Mean(preValues);
         }
         if (headline.HasScore)
         {
-            var columns = headline.Three.Select(m => units.Select(u => ValueOf(m, u.Post)).ToArray()).ToArray();
-            post["score"] = ReportStatistics.Bootstrap(units.Count, idx => ScoreAt(columns, idx), options.Resamples, options.Seed);
+            var columns = clusters.Select(c => headline.Three.Select(m => c.Select(u => ValueOf(m, u.Post)).ToArray()).ToArray()).ToArray();
+            var score = Bootstrap.Hierarchical([.. clusters.Select(c => c.Count)],
+                draw => MeanOverDrawnClusters(draw, (c, idx) => ScoreAt(columns[c], idx)), options.Resamples, options.Seed);
+            var perOrganism = columns.Select(c => ScoreAt(c, [.. Enumerable.Range(0, c[0].Length)])).ToArray();
+            post["score"] = score;
+            byOrganism["score"] = new ClusteredEstimate(score, perOrganism, perOrganism.Length < 2 ? double.NaN : Math.Sqrt(Descriptive.Variance(perOrganism)));
             var preColumns = headline.Three.Select(m => units.Select(u => ValueOf(m, u.Pre)).ToArray()).ToArray();
             var all = Enumerable.Range(0, units.Count).ToArray();
             double preScore = ScoreAt(preColumns, all);
             if (!double.IsNaN(preScore)) pre["score"] = preScore;
         }
-        return new EditSummaryRow(condition, units.Count, units.Select(u => u.Seed).Distinct().Count(), post, pre);
+        return new EditSummaryRow(condition, units.Count, units.Select(u => u.Seed).Distinct().Count(), post, pre)
+        {
+            Organisms = organisms,
+            ByOrganism = byOrganism,
+        };
 
         static double ValueOf(EditMetric m, CaseMetrics c) => m.Select(c) ?? double.NaN;
+    }
+
+    /// <summary>The distinct organisms in a fixed order; "" stands for the one model of a study without organisms.</summary>
+    public static IReadOnlyList<string> Organisms(IEnumerable<string> organisms) =>
+        [.. organisms.Distinct().Order(StringComparer.Ordinal)];
+
+    /// <summary>Mean over the drawn clusters of a per-cluster statistic (the cluster's index and its drawn cases).</summary>
+    public static double MeanOverDrawnClusters(ClusterDraw draw, Func<int, int[], double> statistic)
+    {
+        double sum = 0;
+        for (int j = 0; j < draw.Clusters.Length; j++) sum += statistic(draw.Clusters[j], draw.Cases[j]);
+        return sum / draw.Clusters.Length;
     }
 
     /// <summary>Harmonic mean of the three case-averaged headline metrics over the given cases (NaN entries skipped).</summary>
     public static double ScoreAt(double[][] columns, int[] indices)
     {
         double es = MeanSkippingNaN(columns[0], indices), ps = MeanSkippingNaN(columns[1], indices), ns = MeanSkippingNaN(columns[2], indices);
-        return double.IsNaN(es) || double.IsNaN(ps) || double.IsNaN(ns) ? double.NaN : ReportStatistics.HarmonicMean(es, ps, ns);
+        return double.IsNaN(es) || double.IsNaN(ps) || double.IsNaN(ns) ? double.NaN : Descriptive.HarmonicMean(es, ps, ns);
     }
 
     private static double MeanSkippingNaN(double[] values, int[] indices)
@@ -165,15 +212,15 @@ public static class EditingAnalysis
         return count == 0 ? double.NaN : sum / count;
     }
 
-    /// <summary>Units of the two sides that share seed and case id, in a fixed order.</summary>
+    /// <summary>Units of the two sides that share organism, seed and case id, in a fixed order (organism first).</summary>
     private static List<(EditUnitResult Keys, EditUnitResult Values)> Pair(IReadOnlyList<EditUnitResult> keys, IReadOnlyList<EditUnitResult> values)
     {
-        var byCase = new Dictionary<(int, string), EditUnitResult>();
-        foreach (var v in values) byCase.TryAdd((v.Seed, v.CaseId), v);
+        var byCase = new Dictionary<(string, int, string), EditUnitResult>();
+        foreach (var v in values) byCase.TryAdd((v.Organism, v.Seed, v.CaseId), v);
         var pairs = new List<(EditUnitResult, EditUnitResult)>();
-        var seen = new HashSet<(int, string)>();
+        var seen = new HashSet<(string, int, string)>();
         foreach (var k in keys)
-            if (seen.Add((k.Seed, k.CaseId)) && byCase.TryGetValue((k.Seed, k.CaseId), out var v))
+            if (seen.Add((k.Organism, k.Seed, k.CaseId)) && byCase.TryGetValue((k.Organism, k.Seed, k.CaseId), out var v))
                 pairs.Add((k, v));
         return pairs;
     }
@@ -181,35 +228,65 @@ public static class EditingAnalysis
     private static PairedDifference? Difference(EditCondition keys, EditCondition values, string name,
         IReadOnlyList<(EditUnitResult Keys, EditUnitResult Values)> pairs, Func<EditUnitResult, double?> select, ReportOptions options)
     {
-        var k = new List<double>();
-        var v = new List<double>();
+        var rows = new List<(string Organism, double K, double V)>();
         foreach (var (a, b) in pairs)
-            if (select(a) is double x && select(b) is double y) { k.Add(x); v.Add(y); }
-        if (k.Count == 0) return null;
-        var d = k.Zip(v, (x, y) => x - y).ToArray();
-        return new PairedDifference(keys, values, name, d.Length, ReportStatistics.Mean(k), ReportStatistics.Mean(v),
-            ReportStatistics.BootstrapMean(d, options.Resamples, options.Seed), ReportStatistics.WilcoxonSignedRank(d));
+            if (select(a) is double x && select(b) is double y) rows.Add((a.Organism, x, y));
+        if (rows.Count == 0) return null;
+        var organisms = Organisms(rows.Select(r => r.Organism));
+        var clusters = organisms.Select(o => rows.Where(r => r.Organism == o).ToList()).ToList();
+        var d = clusters.Select(c => (IReadOnlyList<double>)[.. c.Select(r => r.K - r.V)]).ToList();
+        var clustered = Bootstrap.ClusteredMean(d, options.Resamples, options.Seed);
+        double keysMean = clusters.Average(c => c.Average(r => r.K)), valuesMean = clusters.Average(c => c.Average(r => r.V));
+        return new PairedDifference(keys, values, name, rows.Count, keysMean, valuesMean, clustered.Pooled,
+            PairedTests.WilcoxonSignedRank([.. d.SelectMany(x => x)]))
+        {
+            Organisms = organisms,
+            PerOrganism = clustered.PerCluster,
+            BetweenOrganismSd = clustered.BetweenClusterSd,
+            Differing = rows.Count(r => r.K != r.V),
+            Components = VarianceComponents.Of(d),
+        };
     }
 
-    /// <summary>Score is not a per-case number: resample pairs of cases and recompute both harmonic means; the test
-    /// swaps keys and values inside random pairs.</summary>
+    /// <summary>Score is not a per-case number: resample organisms and their pairs of cases and recompute both harmonic
+    /// means per organism; the test swaps keys and values inside random pairs.</summary>
     private static PairedDifference ScoreDifference(EditCondition keys, EditCondition values,
         IReadOnlyList<(EditUnitResult Keys, EditUnitResult Values)> pairs, HeadlineMetrics headline, ReportOptions options)
     {
-        var k = headline.Three.Select(m => pairs.Select(p => m.Select(p.Keys.Post) ?? double.NaN).ToArray()).ToArray();
-        var v = headline.Three.Select(m => pairs.Select(p => m.Select(p.Values.Post) ?? double.NaN).ToArray()).ToArray();
-        var all = Enumerable.Range(0, pairs.Count).ToArray();
-        double keysScore = ScoreAt(k, all), valuesScore = ScoreAt(v, all);
-        var estimate = ReportStatistics.Bootstrap(pairs.Count, idx => ScoreAt(k, idx) - ScoreAt(v, idx), options.Resamples, options.Seed);
-        var swappedK = k.Select(c => new double[c.Length]).ToArray();
-        var swappedV = v.Select(c => new double[c.Length]).ToArray();
-        var test = ReportStatistics.PairedPermutation(pairs.Count, swap =>
+        var organisms = Organisms(pairs.Select(p => p.Keys.Organism));
+        var clusters = organisms.Select(o => pairs.Where(p => p.Keys.Organism == o).ToList()).ToList();
+        var k = clusters.Select(c => headline.Three.Select(m => c.Select(p => m.Select(p.Keys.Post) ?? double.NaN).ToArray()).ToArray()).ToArray();
+        var v = clusters.Select(c => headline.Three.Select(m => c.Select(p => m.Select(p.Values.Post) ?? double.NaN).ToArray()).ToArray()).ToArray();
+        var all = clusters.Select(c => Enumerable.Range(0, c.Count).ToArray()).ToArray();
+        var perOrganism = Enumerable.Range(0, clusters.Count).Select(c => ScoreAt(k[c], all[c]) - ScoreAt(v[c], all[c])).ToArray();
+        double keysScore = Enumerable.Range(0, clusters.Count).Average(c => ScoreAt(k[c], all[c]));
+        double valuesScore = Enumerable.Range(0, clusters.Count).Average(c => ScoreAt(v[c], all[c]));
+        var estimate = Bootstrap.Hierarchical([.. clusters.Select(c => c.Count)],
+            draw => MeanOverDrawnClusters(draw, (c, idx) => ScoreAt(k[c], idx) - ScoreAt(v[c], idx)), options.Resamples, options.Seed);
+        // Swap flags run over all pairs, organism by organism.
+        var offsets = new int[clusters.Count];
+        for (int c = 1; c < clusters.Count; c++) offsets[c] = offsets[c - 1] + clusters[c - 1].Count;
+        var swappedK = k.Select(c => c.Select(m => new double[m.Length]).ToArray()).ToArray();
+        var swappedV = v.Select(c => c.Select(m => new double[m.Length]).ToArray()).ToArray();
+        var test = PairedTests.PairedPermutation(pairs.Count, swap =>
         {
-            for (int m = 0; m < 3; m++)
-                for (int i = 0; i < pairs.Count; i++)
-                    (swappedK[m][i], swappedV[m][i]) = swap[i] ? (v[m][i], k[m][i]) : (k[m][i], v[m][i]);
-            return ScoreAt(swappedK, all) - ScoreAt(swappedV, all);
+            double sum = 0;
+            for (int c = 0; c < clusters.Count; c++)
+            {
+                for (int m = 0; m < 3; m++)
+                    for (int i = 0; i < clusters[c].Count; i++)
+                        (swappedK[c][m][i], swappedV[c][m][i]) = swap[offsets[c] + i] ? (v[c][m][i], k[c][m][i]) : (k[c][m][i], v[c][m][i]);
+                sum += ScoreAt(swappedK[c], all[c]) - ScoreAt(swappedV[c], all[c]);
+            }
+            return sum / clusters.Count;
         }, options.Permutations, options.Seed);
-        return new PairedDifference(keys, values, EditingResults.Score, pairs.Count, keysScore, valuesScore, estimate, test);
+        int differing = pairs.Count(p => headline.Three.Any(m => m.Select(p.Keys.Post) != m.Select(p.Values.Post)));
+        return new PairedDifference(keys, values, EditingResults.Score, pairs.Count, keysScore, valuesScore, estimate, test)
+        {
+            Organisms = organisms,
+            PerOrganism = perOrganism,
+            BetweenOrganismSd = perOrganism.Length < 2 ? double.NaN : Math.Sqrt(Descriptive.Variance(perOrganism)),
+            Differing = differing,
+        };
     }
 }

@@ -1,37 +1,63 @@
 using System.Globalization;
+using KeyValueLab.Statistics;
 
 namespace KeyValueLab.Study.Report;
 
-public enum Verdict { Held, Opposite, Inconclusive, Mixed, NoData }
+public enum Verdict { Held, Opposite, Inconclusive, NotTestable, NoData }
 
-/// <summary>One comparison behind a claim: what was compared, the difference, its interval, the test and its verdict.</summary>
-public sealed record ClaimEvidence(string Comparison, string Unit, int Pairs, string PairsNoun, Estimate Difference, TestResult Test, Verdict Verdict);
+/// <summary>
+/// One comparison behind a claim: what was compared, the difference (mean over organisms) with its interval, the test,
+/// its Holm-adjusted p-value, each organism's difference, how many pairs differ at all, and its verdict.
+/// <see cref="Primary"/> marks the claim's primary endpoint, the one comparison its verdict rests on.
+/// </summary>
+public sealed record ClaimEvidence(string Comparison, string Unit, int Pairs, string PairsNoun, Estimate Difference, TestResult Test, Verdict Verdict)
+{
+    public bool Primary { get; init; }
+    public double AdjustedP { get; init; } = double.NaN;
+    public IReadOnlyList<string> Organisms { get; init; } = [];
+    public IReadOnlyList<double> PerOrganism { get; init; } = [];
+    public int Differing { get; init; }
+    /// <summary>Why the comparison is inconclusive or not testable; empty otherwise.</summary>
+    public string Reason { get; init; } = "";
+}
 
-/// <summary>One of the paper's claims, judged over every comparison the study has for it.</summary>
+/// <summary>One of the paper's claims, judged on its primary endpoint; the other comparisons are secondary.</summary>
 public sealed record ClaimResult(string Id, string Claim, string OppositeText, Verdict Verdict, IReadOnlyList<ClaimEvidence> Evidence)
 {
+    public ClaimEvidence? PrimaryEvidence => Evidence.FirstOrDefault(e => e.Primary);
+
     public string VerdictText => Verdict switch
     {
         Verdict.Held => "held",
         Verdict.Opposite => $"did not hold ({OppositeText})",
-        Verdict.Inconclusive => Evidence.Any(e => !e.Difference.ExcludesZero) ? "inconclusive (interval includes 0)" : "inconclusive (test not significant)",
-        Verdict.Mixed => $"mixed (held in {Evidence.Count(e => e.Verdict == Verdict.Held)} of {Evidence.Count} comparisons, "
-            + $"{OppositeText} in {Evidence.Count(e => e.Verdict == Verdict.Opposite)})",
+        Verdict.Inconclusive => $"inconclusive ({PrimaryEvidence?.Reason})",
+        Verdict.NotTestable => $"not testable ({PrimaryEvidence?.Reason})",
         _ => "not tested (no data)",
     };
 }
 
 /// <summary>
 /// The paper's five claims (SPEC §1) judged on the study: (a) keys beat values on efficacy, (b) on generalisation,
-/// (c) on locality, (d) in LoRA tuning (mean accuracy over tasks), (e) values cost more time to update. A comparison
-/// holds when its 95% interval excludes 0 in the claim's direction and its test gives p &lt; alpha; the opposite when
-/// both point the other way; otherwise it is inconclusive.
+/// (c) on locality, (d) in LoRA tuning (mean accuracy over tasks), (e) values cost more time to update.
+/// <para>Each claim has one primary endpoint, fixed before looking at the data: for (a)–(c) the FT comparison of the
+/// first keys side (keys, or keys:up on Llama) with the values at the first layers, single edits (the paper edits by
+/// gradient fine-tuning); for (d) the first keys target set (+keys or +keys:up) against +values on the mean over
+/// tasks; for (e) the seconds per edit of (a)'s FT comparison, or training seconds when the study has no edits. The
+/// claim's verdict is its primary endpoint's. The primary p-values are Holm-corrected across the claims; the
+/// secondary comparisons, reported beside them, are Holm-corrected among themselves.</para>
+/// <para>A comparison holds when its 95% interval excludes 0 in the claim's direction, its Holm-adjusted p &lt; alpha,
+/// and, with several organisms, every organism's own difference points the claimed way; the opposite when all three
+/// point the other way; it is not testable when no pair differs at all (both sides at the same floor or ceiling,
+/// e.g. both always right, always wrong, or always giving the same label); otherwise inconclusive.</para>
 /// </summary>
 public static class PaperClaims
 {
+    private sealed record Candidate(string Comparison, string Unit, int Pairs, string Noun, Estimate Difference, TestResult Test,
+        int Direction, IReadOnlyList<string> Organisms, IReadOnlyList<double> PerOrganism, int Differing, bool PreferredPrimary);
+
     public static IReadOnlyList<ClaimResult> Judge(EditingResults? editing, TuningResults? tuning, ReportOptions options)
     {
-        var claims = new List<ClaimResult>();
+        var claims = new List<(string Id, string Text, string Opposite, List<Candidate> Candidates)>();
         var metricClaims = new (string Id, string Text, Func<HeadlineMetrics, EditMetric> Metric)[]
         {
             ("a", "Keys better than values on efficacy", h => h.Efficacy),
@@ -40,54 +66,95 @@ public static class PaperClaims
         };
         foreach (var (id, text, metric) in metricClaims)
         {
-            var evidence = new List<ClaimEvidence>();
+            var candidates = new List<Candidate>();
             string name = editing is null ? "" : metric(editing.Headline).Name;
             if (editing is not null)
                 foreach (var d in editing.Differences.Where(d => d.Metric == name))
-                    evidence.Add(Evidence(Describe(d), "points", d.Pairs, "paired cases", d.Difference, d.Test, +1, options));
-            claims.Add(Combine(id, editing is null ? text : $"{text} ({name})", "values better", evidence));
+                    candidates.Add(FromEdit(Describe(d), "points", d, +1));
+            claims.Add((id, editing is null ? text : $"{text} ({name})", "values better", candidates));
         }
 
-        var tuningEvidence = new List<ClaimEvidence>();
+        var tuningCandidates = new List<Candidate>();
         if (tuning is not null)
             foreach (var p in tuning.Pairs.Where(p => TuningAnalysis.IsKeysLabel(p.A) && p.B == TuningResults.Values
                 && (p.Task == TuningResults.MeanOverTasks || tuning.Tasks.Count == 1)))
-                tuningEvidence.Add(Evidence($"{p.A} vs {p.B}, {p.Task}", "points", p.Pairs, "paired examples", p.Difference, p.Test, +1, options));
-        claims.Add(Combine("d", "Keys better than values in LoRA tuning (mean accuracy over tasks)", "values better", tuningEvidence));
+                tuningCandidates.Add(new Candidate($"{p.A} vs {p.B}, {p.Task}", "points", p.Pairs, "paired examples", p.Difference, p.Test, +1,
+                    p.Organisms, p.PerOrganism, p.AOnly + p.BOnly, PreferredPrimary: true));
+        claims.Add(("d", "Keys better than values in LoRA tuning (mean accuracy over tasks)", "values better", tuningCandidates));
 
-        var timeEvidence = new List<ClaimEvidence>();
+        var timeCandidates = new List<Candidate>();
         if (editing is not null)
             foreach (var d in editing.SecondsDifferences)
-                timeEvidence.Add(Evidence($"seconds per edit, {Describe(d)}", "s", d.Pairs, "paired cases", d.Difference, d.Test, -1, options));
+                timeCandidates.Add(FromEdit($"seconds per edit, {Describe(d)}", "s", d, -1));
         if (tuning is not null)
             foreach (var s in tuning.SecondsDifferences.Where(s => TuningAnalysis.IsKeysLabel(s.A) && s.B == TuningResults.Values))
-                timeEvidence.Add(Evidence($"training seconds, {s.A} vs {s.B}", "s", s.Seeds, "paired seeds", s.Difference, s.Test, -1, options));
-        claims.Add(Combine("e", "Values cost more time to update than keys", "keys cost more", timeEvidence));
-        return claims;
+                timeCandidates.Add(new Candidate($"training seconds, {s.A} vs {s.B}", "s", s.Seeds, "paired seeds", s.Difference, s.Test, -1,
+                    [], [], s.Differing, PreferredPrimary: editing is null));
+        claims.Add(("e", "Values cost more time to update than keys", "keys cost more", timeCandidates));
+
+        // The primary endpoint: the first preferred candidate, else the first one.
+        var primaryIndex = claims.Select(c => c.Candidates.FindIndex(x => x.PreferredPrimary) is int i && i >= 0 ? i : c.Candidates.Count > 0 ? 0 : -1).ToList();
+        var all = claims.SelectMany((c, ci) => c.Candidates.Select((x, xi) => (Claim: ci, Index: xi, Candidate: x, Primary: xi == primaryIndex[ci]))).ToList();
+        var adjusted = new Dictionary<(int, int), double>();
+        foreach (bool primary in (bool[])[true, false])
+        {
+            var family = all.Where(x => x.Primary == primary).ToList();
+            // A comparison in which no pair differs has nothing to test: it stays out of the family.
+            var p = MultipleTesting.Holm([.. family.Select(x => x.Candidate.Differing == 0 ? double.NaN : x.Candidate.Test.P)]);
+            for (int i = 0; i < family.Count; i++) adjusted[(family[i].Claim, family[i].Index)] = p[i];
+        }
+
+        var results = new List<ClaimResult>();
+        for (int ci = 0; ci < claims.Count; ci++)
+        {
+            var (id, text, opposite, candidates) = claims[ci];
+            var evidence = candidates.Select((x, xi) => Evidence(x, xi == primaryIndex[ci], adjusted[(ci, xi)], options)).ToList();
+            var verdict = primaryIndex[ci] < 0 ? Verdict.NoData : evidence[primaryIndex[ci]].Verdict;
+            results.Add(new ClaimResult(id, text, opposite, verdict, evidence));
+        }
+        return results;
     }
+
+    private static Candidate FromEdit(string comparison, string unit, PairedDifference d, int direction) =>
+        new(comparison, unit, d.Pairs, "paired cases", d.Difference, d.Test, direction, d.Organisms, d.PerOrganism, d.Differing,
+            PreferredPrimary: d.Keys.Method == "FT" && d.Keys.Mode == "single");
 
     private static string Describe(PairedDifference d) =>
         (d.Keys.Method == d.Values.Method ? $"{d.Keys.Method} {d.Keys.Side} vs {d.Values.Side}" : $"{d.Keys.Method} {d.Keys.Side} vs {d.Values.Method} {d.Values.Side}") + $", layers {d.Keys.Layers}" + (d.Keys.Mode == "single" ? "" : $", {d.Keys.Mode}");
 
     /// <summary>direction +1: the claim predicts keys − values &gt; 0; −1: it predicts &lt; 0.</summary>
-    private static ClaimEvidence Evidence(string comparison, string unit, int pairs, string noun, Estimate difference, TestResult test,
-        int direction, ReportOptions options)
+    private static ClaimEvidence Evidence(Candidate c, bool primary, double adjustedP, ReportOptions options)
     {
         var verdict = Verdict.Inconclusive;
-        if (difference.ExcludesZero && test.P < options.Alpha)
-            verdict = (difference.Low > 0 ? 1 : -1) == direction ? Verdict.Held : Verdict.Opposite;
-        return new ClaimEvidence(comparison, unit, pairs, noun, difference, test, verdict);
+        string reason;
+        int sign = c.Difference.Low > 0 ? 1 : c.Difference.High < 0 ? -1 : 0;
+        bool organismsAgree = c.PerOrganism.Count < 2 || (sign != 0 && c.PerOrganism.All(x => Math.Sign(x) == sign));
+        if (c.Differing == 0)
+        {
+            verdict = Verdict.NotTestable;
+            reason = $"no pair differs: both sides give the same result on all {c.Pairs} {c.Noun}";
+        }
+        else if (sign == 0) reason = "interval includes 0";
+        else if (!(adjustedP < options.Alpha)) reason = "test not significant after Holm correction";
+        else if (!organismsAgree) reason = $"organisms disagree: {c.PerOrganism.Count(x => Math.Sign(x) != sign)} of {c.PerOrganism.Count} point the other way";
+        else
+        {
+            verdict = sign == c.Direction ? Verdict.Held : Verdict.Opposite;
+            reason = "";
+        }
+        return new ClaimEvidence(c.Comparison, c.Unit, c.Pairs, c.Noun, c.Difference, c.Test, verdict)
+        {
+            Primary = primary,
+            AdjustedP = adjustedP,
+            Organisms = c.Organisms,
+            PerOrganism = c.PerOrganism,
+            Differing = c.Differing,
+            Reason = reason,
+        };
     }
 
-    private static ClaimResult Combine(string id, string claim, string opposite, IReadOnlyList<ClaimEvidence> evidence)
-    {
-        var verdict = evidence.Count == 0 ? Verdict.NoData
-            : evidence.All(e => e.Verdict == evidence[0].Verdict) ? evidence[0].Verdict
-            : evidence.Any(e => e.Verdict != Verdict.Inconclusive) ? Verdict.Mixed : Verdict.Inconclusive;
-        return new ClaimResult(id, claim, opposite, verdict, evidence);
-    }
-
-    /// <summary>"keys − values = +12.3 points [95% CI 8.1, 16.0], Wilcoxon signed-rank p = 0.00123, 200 paired cases".</summary>
+    /// <summary>"difference +12.3 points [95% CI 8.1, 16.0], Wilcoxon signed-rank p = 0.00123 (Holm 0.00369), 200 paired cases";
+    /// with several organisms, each organism's difference after it.</summary>
     public static string Numbers(ClaimEvidence e)
     {
         var inv = CultureInfo.InvariantCulture;
@@ -95,6 +162,9 @@ public static class PaperClaims
         int bracket = value.IndexOf(" [", StringComparison.Ordinal);
         string unit = e.Unit == "s" ? " s" : " points";
         string text = bracket < 0 ? value + unit : value[..bracket] + unit + " [95% CI " + value[(bracket + 2)..];
-        return string.Create(inv, $"difference {text}, {e.Test.Test} {ReportFormat.PClause(e.Test.P)}, {e.Pairs} {e.PairsNoun}");
+        string holm = double.IsNaN(e.AdjustedP) ? "" : $" (Holm-adjusted {ReportFormat.P(e.AdjustedP)})";
+        string organisms = e.PerOrganism.Count < 2 ? ""
+            : "; per organism " + string.Join(", ", e.PerOrganism.Select(x => e.Unit == "s" ? ReportFormat.Seconds(x, signed: true) : ReportFormat.Signed(x)));
+        return string.Create(inv, $"difference {text}, {e.Test.Test} {ReportFormat.PClause(e.Test.P)}{holm}, {e.Pairs} {e.PairsNoun}{organisms}");
     }
 }

@@ -1,3 +1,4 @@
+using KeyValueLab.Statistics;
 using ScottPlot;
 using ScottPlot.Plottables;
 

@@ -1,4 +1,5 @@
 using System.Globalization;
+using KeyValueLab.Statistics;
 
 namespace KeyValueLab.Study.Report;
 

@@ -1,3 +1,4 @@
+using KeyValueLab.Statistics;
 using static KeyValueLab.Study.Report.ColumnKind;
 
 namespace KeyValueLab.Study.Report;

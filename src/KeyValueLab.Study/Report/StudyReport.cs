@@ -1,5 +1,6 @@
 using System.Globalization;
 using System.Text.Json;
+using KeyValueLab.Statistics;
 using static KeyValueLab.Study.Report.ReportFormat;
 
 namespace KeyValueLab.Study.Report;
@@ -84,7 +85,7 @@ public static class StudyReport
         {
             var info = results.Info;
             int held = claims.Count(c => c.Verdict == Verdict.Held), opposite = claims.Count(c => c.Verdict == Verdict.Opposite);
-            int inconclusive = claims.Count(c => c.Verdict == Verdict.Inconclusive), mixed = claims.Count(c => c.Verdict == Verdict.Mixed);
+            int inconclusive = claims.Count(c => c.Verdict == Verdict.Inconclusive), notTestable = claims.Count(c => c.Verdict == Verdict.NotTestable);
             int untested = claims.Count(c => c.Verdict == Verdict.NoData);
             var parts = new List<string>();
             if (editing is not null)
@@ -101,36 +102,42 @@ public static class StudyReport
                     + $"{tuning.Tasks.Count} task{S(tuning.Tasks.Count)} with {seeds} seed{S(seeds)}");
             }
             string scope = parts.Count == 0 ? "no finished units yet" : string.Join(", and ", parts);
+            int organisms = results.Edits.Select(e => e.Organism).Concat(results.Tunes.Select(t => t.Organism)).Distinct().Count();
+            string models = organisms > 1 ? $"**{Count(organisms)} organisms** of `{info.Model}` (replicates: every interval resamples organisms, then cases within each)"
+                : $"**one model**, `{info.Model}`, so it cannot speak for other models";
             var tally = new List<string> { $"{held} held", $"{opposite} did not hold", $"{inconclusive} {(inconclusive == 1 ? "was" : "were")} inconclusive" };
-            if (mixed > 0) tally.Add($"{mixed} gave mixed results");
+            if (notTestable > 0) tally.Add($"{notTestable} {(notTestable == 1 ? "was" : "were")} not testable");
             if (untested > 0) tally.Add($"{untested} could not be tested with this study's data");
             _doc.Heading(2, "Summary");
             _doc.Paragraph(
                 "This study asks whether a transformer's feed-forward layers are better changed through their **keys** (the first FFN "
                 + "matrix, which decides when a memory fires) or their **values** (the second matrix, which decides what it writes), "
                 + "as Qiu et al. (ICLR 2024 Tiny Papers, arXiv 2402.12233) claim in favour of keys. "
-                + $"It covers **one model**, `{info.Model}`, so it cannot speak for other models: {scope}. "
-                + $"Of the paper's five claims, {JoinAnd(tally)}. A comparison counts as held when the 95% interval of keys − values "
-                + $"excludes 0 in the claimed direction and its paired test gives p < {options.Alpha.ToString(Inv)}; the opposite when both point the other way.");
+                + $"It covers {models}: {scope}. "
+                + $"Of the paper's five claims, {JoinAnd(tally)}. Each claim is judged on one **primary endpoint**, named below; its p-value is "
+                + "**Holm-corrected** across the five claims (the secondary comparisons among themselves). A comparison counts as held when the "
+                + $"95% interval of keys − values excludes 0 in the claimed direction, its corrected p < {options.Alpha.ToString(Inv)} and, with several "
+                + "organisms, every organism points the same way; the opposite when all of that points the other way; **not testable** when no pair "
+                + "differs at all (both sides at the same floor or ceiling).");
             var items = new List<ListItem>();
             foreach (var c in claims)
             {
                 string head = $"**({c.Id}) {c.Claim}: {c.VerdictText}.**";
                 if (c.Evidence.Count == 0)
                     items.Add(new ListItem($"{head} The study has no {(c.Id == "d" ? "paired LoRA runs of a keys target set and +values" : c.Id == "e" ? "paired timings of keys and values" : "paired keys and values edits")}."));
-                else if (c.Evidence.Count == 1)
-                    items.Add(new ListItem($"{head} {Capitalise(c.Evidence[0].Comparison)}: {PaperClaims.Numbers(c.Evidence[0])}."));
                 else
-                    items.Add(new ListItem(head, [.. c.Evidence.Select(e => $"{Capitalise(e.Comparison)}: {Word(e.Verdict, c)}; {PaperClaims.Numbers(e)}.")]));
+                    items.Add(new ListItem(head, [.. c.Evidence.OrderByDescending(e => e.Primary).Select(e =>
+                        $"{(e.Primary ? "Primary endpoint" : "Secondary")}: {e.Comparison}: {Word(e, c)}; {PaperClaims.Numbers(e)}.")]));
             }
             _doc.Add(new ListBlock(items));
         }
 
-        private static string Word(Verdict v, ClaimResult c) => v switch
+        private static string Word(ClaimEvidence e, ClaimResult c) => e.Verdict switch
         {
             Verdict.Held => "held",
             Verdict.Opposite => $"did not hold ({c.OppositeText})",
-            _ => "inconclusive",
+            Verdict.NotTestable => $"not testable ({e.Reason})",
+            _ => $"inconclusive ({e.Reason})",
         };
 
         private void Editing()
@@ -154,7 +161,11 @@ public static class StudyReport
                       + "probability margins and GE the fluency of sampled text. "
                     : "as MEMIT scores zsRE: teacher-forced top-1 token accuracy of the new object on the question (efficacy), on its "
                       + "rephrasing (paraphrase), and of the unrelated answer on an unrelated question (specificity). ")
-                + $"All scores are ×100 means over cases, pooled over seeds, with 95% percentile-bootstrap intervals ({Count(options.Resamples)} resamples of cases, fixed seed).");
+                + $"All scores are ×100 means over cases, pooled over seeds, with 95% percentile-bootstrap intervals ({Count(options.Resamples)} resamples, fixed seed). "
+                + (OrganismCount > 1
+                    ? $"The study has {OrganismCount} organisms: every mean is the mean of the organisms' means, and its interval a **hierarchical bootstrap** "
+                      + "(organisms drawn with replacement, then cases within each drawn organism); the per-organism values and their spread stand beside it."
+                    : "With one model the resampled units are its cases, so the intervals say nothing about how a differently trained model would score."));
 
             _doc.Heading(3, "Scores after the edit");
             var summary = ReportTables.EditingSummary(editing);
@@ -166,6 +177,12 @@ public static class StudyReport
                 .. headlineKeys.Select(k => r.Post.TryGetValue(k, out var e) ? WithInterval(e) : Missing)]).ToList();
             _doc.Add(Table("Post-edit means [95% CI] per condition. Source: tables/editing_summary.csv.",
                 [.. ConditionHeaders(), "Cases", "Seeds", .. headlineKeys.Select(k => names[k])], rows, ConditionHeaders().Count));
+            if (OrganismCount > 1)
+                _doc.Add(Table("Per organism: each organism's post-edit mean, and the between-organism standard deviation (SD) beside the pooled interval above.",
+                    [.. ConditionHeaders(), "Metric", "Per organism", "Between-organism SD"],
+                    [.. editing.Summary.SelectMany(r => headlineKeys.Where(r.ByOrganism.ContainsKey).Select(k => (IReadOnlyList<string>)[.. ConditionCells(r.Condition), names[k],
+                        string.Join(", ", r.ByOrganism[k].PerCluster.Select(Score)), Score(r.ByOrganism[k].BetweenClusterSd)]))],
+                    ConditionHeaders().Count + 1, [ConditionHeaders().Count + 1]));
             var other = keys.Skip(headlineKeys.Count).ToList();
             if (other.Count > 0)
                 _doc.Add(Table("Further post-edit metrics, mean [95% CI]" + Glossary(other) + ".",
@@ -200,14 +217,22 @@ public static class StudyReport
             {
                 Tables.Add(ReportTables.EditingDifferences(editing));
                 _doc.Paragraph("Each keys side is paired with the values side of the same method (Key-ROME with ROME), layers, seed and case. Differences are keys − values "
-                    + "in points (positive favours keys), with 95% bootstrap intervals over pairs. Per-case metrics use the two-sided "
-                    + "**Wilcoxon signed-rank test** (normal approximation, zero differences dropped, tie-corrected variance). Score is not a "
-                    + "per-case number: its interval resamples pairs and recomputes both harmonic means, and its p-value comes from a "
-                    + $"**paired permutation test** ({Count(options.Permutations)} random swaps of keys and values within pairs, fixed seed).");
+                    + "in points (positive favours keys), with 95% bootstrap intervals over pairs (organisms, then pairs, when there are several). "
+                    + "Per-case metrics use the two-sided **Wilcoxon signed-rank test** (zero differences dropped, average ranks for ties): exact "
+                    + $"when at most {PairedTests.ExactWilcoxonLimit} pairs differ, otherwise the normal approximation with tie-corrected variance and "
+                    + "continuity correction. Score is not a per-case number: its interval resamples pairs and recomputes both harmonic means, and its "
+                    + $"p-value comes from a **paired permutation test** (all 2ⁿ swaps up to {PairedTests.ExactPermutationLimit} pairs, else "
+                    + $"{Count(options.Permutations)} random swaps of keys and values within pairs, fixed seed). The p-values in this table are not "
+                    + "corrected; the claims above are judged on Holm-corrected ones.");
                 _doc.Add(Table("keys − values per comparison and metric. Source: tables/editing_differences.csv.",
                     ["Comparison", "Metric", "Pairs", "Keys", "Values", "Keys − values [95% CI]", "Test", "p"],
                     [.. editing.Differences.Select(d => (IReadOnlyList<string>)[Comparison(d), d.Metric, Count(d.Pairs), Score(d.KeysMean), Score(d.ValuesMean),
                         SignedWithInterval(d.Difference), d.Test.Test, P(d.Test.P)])], 2, [6]));
+                if (OrganismCount > 1)
+                    _doc.Add(Table("keys − values per organism, and the between-organism standard deviation (SD).",
+                        ["Comparison", "Metric", "Per organism", "Between-organism SD"],
+                        [.. editing.Differences.Select(d => (IReadOnlyList<string>)[Comparison(d), d.Metric,
+                            string.Join(", ", d.PerOrganism.Select(Signed)), Score(d.BetweenOrganismSd)])], 2, [2]));
                 var metricsShown = headlineKeys.Select(k => names[k] == "Score" ? EditingResults.Score : names[k]).ToList();
                 var pairFamilies = editing.Differences.Select(d => Family(d.Keys)).Distinct().ToList();
                 Figure("editing_differences", true, () =>
@@ -223,6 +248,22 @@ public static class StudyReport
                 }, "Paired differences keys − values per metric with 95% bootstrap intervals; bars above the dashed zero line favour keys",
                 "Paired differences keys − values for each metric (same method, layers, seed and case), with 95% bootstrap intervals. "
                 + "Above the dashed line keys did better; an interval that crosses it means the study cannot tell the two apart.");
+            }
+
+            var power = PowerAnalysis.Editing(editing);
+            if (power.Count > 0)
+            {
+                _doc.Heading(3, "What this study can detect");
+                int k = power[0].Organisms;
+                _doc.Paragraph("The smallest keys − values difference each comparison detects with **80% power at α = 0.05** (two-sided, normal "
+                    + "approximation), from this study's own variance of the paired differences"
+                    + (k > 1 ? " within and between organisms" : " (one model: the between-model variance is unknown and counted as 0, so these are lower bounds)")
+                    + $", at this study's size, and the cases per organism that would bring it down to {TargetText} points with the same "
+                    + "organisms (— where the between-organism variance alone is too large and more organisms are needed).");
+                _doc.Add(Table("Minimum detectable difference (points) at 80% power, α = 0.05.",
+                    ["Comparison", "Metric", "Organisms", "Cases per organism", "Detectable", $"Cases for {TargetText}"],
+                    [.. power.Select(p => (IReadOnlyList<string>)[p.Comparison, p.Metric, Count(p.Organisms), Count(p.CasesPerOrganism), Score(p.Minimum),
+                        p.CasesForTarget is int n ? Count(n) : "—"])], 2));
             }
 
             _doc.Heading(3, "Cost of an edit");
@@ -297,6 +338,13 @@ public static class StudyReport
                         SignedWithInterval(p.Difference), Count(p.AOnly), Count(p.BOnly), p.Test.Test, P(p.Test.P)])], 2, [8]));
             }
             foreach (string note in tuning.Notes) Note(note);
+            var tuningPower = PowerAnalysis.Tuning(tuning);
+            if (tuningPower.Count > 0)
+                _doc.Add(Table("Smallest A − B difference in mean accuracy over tasks (points) detectable with 80% power at α = 0.05, from each task's "
+                    + "variance of the per-example differences at this study's size"
+                    + (tuningPower[0].BetweenKnown ? "." : " (one model: a lower bound)."),
+                    ["A vs B", "Organisms", "Examples per task and organism", "Detectable"],
+                    [.. tuningPower.Select(p => (IReadOnlyList<string>)[p.Comparison, Count(p.Organisms), Count(p.CasesPerOrganism), Score(p.Minimum)])], 1));
 
             _doc.Heading(3, "Cost of a training run");
             Tables.Add(ReportTables.TuningCosts(tuning));
@@ -381,6 +429,10 @@ public static class StudyReport
             Notes.Add(text);
             _doc.Paragraph("**Note:** " + text);
         }
+
+        private static readonly string TargetText = PowerAnalysis.TargetPoints.ToString(Inv);
+
+        private int OrganismCount => results.Edits.Select(e => e.Organism).Concat(results.Tunes.Select(t => t.Organism)).Distinct().Count();
 
         private bool ShowMode => editing is not null && editing.Summary.Any(r => r.Condition.Mode != "single");
         private IReadOnlyList<string> ConditionHeaders() => ShowMode ? ["Method", "Side", "Layers", "Mode"] : ["Method", "Side", "Layers"];

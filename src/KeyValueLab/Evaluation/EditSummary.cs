@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text;
 using KeyValueLab.Editing;
+using KeyValueLab.Statistics;
 
 namespace KeyValueLab.Evaluation;
 
@@ -9,15 +10,13 @@ public sealed record MetricSummary(string Name, double Mean, double Low, double 
 
 /// <summary>
 /// The summary of a run: every case-level metric before and after the edit averaged over cases, with 95%
-/// bootstrap intervals (1,000 resamples of cases, seeded); Score = harmonic mean of the case-averaged ES,
-/// PS and NS, bootstrapped the same way; EasyEdit-style numbers as their own section; cost of the edits.
+/// percentile-bootstrap intervals from <see cref="Bootstrap"/> (the study report's resamples and seed, so both give
+/// the same interval for the same cases); Score = harmonic mean of the case-averaged ES, PS and NS, bootstrapped the
+/// same way; EasyEdit-style numbers as their own section; cost of the edits.
 /// </summary>
 public sealed record EditSummary(int Cases, IReadOnlyList<MetricSummary> Pre, IReadOnlyList<MetricSummary> Post,
     IReadOnlyList<MetricSummary> EasyEditStyle, IReadOnlyList<MetricSummary> Cost)
 {
-    public const int Resamples = 1000;
-    public const int Seed = 12345;
-
     public static EditSummary From(IReadOnlyList<CaseResult> results, EditDatasetFormat format)
     {
         var pre = Section(results.Select(r => r.PreMetrics).ToList(), format);
@@ -42,8 +41,11 @@ public sealed record EditSummary(int Cases, IReadOnlyList<MetricSummary> Pre, IR
             Add(list, "PS", m.Select(x => x.PS));
             Add(list, "NS", m.Select(x => x.NS));
             if (m.All(x => x.ES is not null && x.PS is not null && x.NS is not null) && m.Count > 0)
-                list.Add(Bootstrap("Score", m.Count, idx => HarmonicMean(
-                    idx.Average(i => m[i].ES!.Value), idx.Average(i => m[i].PS!.Value), idx.Average(i => m[i].NS!.Value))));
+            {
+                double[] es = [.. m.Select(x => x.ES!.Value)], ps = [.. m.Select(x => x.PS!.Value)], ns = [.. m.Select(x => x.NS!.Value)];
+                list.Add(Summary("Score", m.Count, Bootstrap.Percentile(m.Count, idx => Descriptive.HarmonicMean(
+                    Descriptive.MeanAt(es, idx), Descriptive.MeanAt(ps, idx), Descriptive.MeanAt(ns, idx)))));
+            }
             Add(list, "EM", m.Select(x => x.EM));
             Add(list, "PM", m.Select(x => x.PM));
             Add(list, "NM", m.Select(x => x.NM));
@@ -62,31 +64,14 @@ public sealed record EditSummary(int Cases, IReadOnlyList<MetricSummary> Pre, IR
         return list;
     }
 
-    /// <summary>Harmonic mean of three scores (0 when any is 0).</summary>
-    public static double HarmonicMean(double a, double b, double c) => a <= 0 || b <= 0 || c <= 0 ? 0 : 3 / (1 / a + 1 / b + 1 / c);
-
     private static void Add(List<MetricSummary> list, string name, IEnumerable<double?> values)
     {
         var v = values.Where(x => x is not null).Select(x => x!.Value).ToArray();
         if (v.Length == 0) return;
-        list.Add(Bootstrap(name, v.Length, idx => idx.Average(i => v[i])));
+        list.Add(Summary(name, v.Length, Bootstrap.Mean(v)));
     }
 
-    /// <summary>The statistic on all cases, and its 2.5th/97.5th percentiles over resamples of the cases.</summary>
-    public static MetricSummary Bootstrap(string name, int n, Func<IReadOnlyList<int>, double> statistic)
-    {
-        double mean = statistic([.. Enumerable.Range(0, n)]);
-        var random = new Random(Seed);
-        var stats = new double[Resamples];
-        var idx = new int[n];
-        for (int b = 0; b < Resamples; b++)
-        {
-            for (int i = 0; i < n; i++) idx[i] = random.Next(n);
-            stats[b] = statistic(idx);
-        }
-        Array.Sort(stats);
-        return new MetricSummary(name, mean, stats[(int)Math.Floor(0.025 * (Resamples - 1))], stats[(int)Math.Ceiling(0.975 * (Resamples - 1))], n);
-    }
+    private static MetricSummary Summary(string name, int cases, Estimate e) => new(name, e.Value, e.Low, e.High, cases);
 
     /// <summary>A plain-text table: metric, pre-edit and post-edit mean [95% interval].</summary>
     public string ToTable()

@@ -1,5 +1,6 @@
 using KeyValueLab.Inference;
 using KeyValueLab.Models;
+using KeyValueLab.Statistics;
 using KeyValueLab.Tokenization;
 
 namespace KeyValueLab.Tuning;
@@ -75,7 +76,7 @@ public static class TaskEvaluator
         int n = predictions.Count;
         int correct = predictions.Count(p => p.ExactMatch);
         double acc = n > 0 ? (double)correct / n : 0;
-        var (low, high) = Wilson(correct, n);
+        var (low, high) = Descriptive.Wilson(correct, n);
         double f1 = MacroF1(predictions.Select(p => (p.Example.Label, p.Generated.Trim())).ToList(), labels);
         double? likelihood = predictions.Count > 0 && predictions.All(p => p.LikeliestLabel is not null)
             ? predictions.Count(p => p.LikeliestLabel == p.Example.Label) / (double)n : null;
@@ -95,17 +96,6 @@ public static class TaskEvaluator
             sum += tp == 0 ? 0 : 2.0 * tp / (2.0 * tp + fp + fn);
         }
         return classes.Count > 0 ? sum / classes.Count : 0;
-    }
-
-    /// <summary>Wilson score interval for k successes in n trials (z = 1.96).</summary>
-    public static (double Low, double High) Wilson(int k, int n)
-    {
-        if (n == 0) return (0, 1);
-        const double z = 1.96;
-        double p = (double)k / n, z2 = z * z;
-        double centre = (p + z2 / (2 * n)) / (1 + z2 / n);
-        double half = z * Math.Sqrt(p * (1 - p) / n + z2 / (4.0 * n * n)) / (1 + z2 / n);
-        return (Math.Max(0, centre - half), Math.Min(1, centre + half));
     }
 
     private static int[] LeftTruncate(int[] ids, int room) => ids.Length <= room ? ids : ids[^Math.Max(1, room)..];

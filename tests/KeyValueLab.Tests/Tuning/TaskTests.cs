@@ -1,4 +1,5 @@
 using KeyValueLab.Models;
+using KeyValueLab.Statistics;
 using KeyValueLab.Tokenization;
 using KeyValueLab.Tuning;
 using Xunit.Abstractions;
@@ -123,7 +124,7 @@ public class TaskTests(ITestOutputHelper output)
         // entailment: tp 1, fp 0, fn 1 → 2/3 ("entailment." is no match); neutral: tp 1, fp 1, fn 0 → 2/3; contradiction: 0.
         Assert.Equal((2.0 / 3 + 2.0 / 3 + 0) / 3, m.MacroF1, 1e-12);
         Assert.Equal(0.75, m.LabelLikelihoodAccuracy);
-        var (low, high) = TaskEvaluator.Wilson(50, 100);
+        var (low, high) = Descriptive.Wilson(50, 100);
         Assert.Equal(0.4038, low, 3e-4);
         Assert.Equal(0.5962, high, 3e-4);
     }
