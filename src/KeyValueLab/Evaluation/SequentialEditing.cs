@@ -71,7 +71,7 @@ public static class SequentialEditing
 {
     public static SequentialResult Run(CausalLM model, ITokenizer tokenizer, IKnowledgeEditor editor, IReadOnlyList<EditCase> cases,
         SequentialProtocol protocol, SequentialOptions options, CaseEvaluator evaluator,
-        IProgress<EditProgress>? progress = null, CancellationToken cancel = default)
+        IProgress<WorkProgress>? progress = null, CancellationToken cancel = default)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(options.ChunkSize, 1);
         if (options.CheckpointEvery is int m && (m < options.ChunkSize || m % options.ChunkSize != 0))
@@ -87,7 +87,7 @@ public static class SequentialEditing
             cancel.ThrowIfCancellationRequested();
             if (options.ScoreBeforeEdits) pre[i] = evaluator.Measure(cases[i]);
             if (generation is not null) preAnswers[i] = generation.Generate(cases[i]);
-            progress?.Report(new EditProgress(i + 1, total, "before"));
+            progress?.Report(new WorkProgress("sequential", i + 1, total, "before"));
         }
         var log = editor.Prepare(model, tokenizer).ToList();
 
@@ -110,7 +110,7 @@ public static class SequentialEditing
             reports.Add(editor.Apply(model, tokenizer, [.. chunk.Select(x => x.c.Request)]));
             seconds.Add(watch.Elapsed.TotalSeconds);
             done += chunk.Length;
-            progress?.Report(new EditProgress(done, total, "edit"));
+            progress?.Report(new WorkProgress("sequential", done, total, "edit"));
             if (protocol == SequentialProtocol.Immediate)
                 scored.AddRange(chunk.Select(x => Score(x.i)));
             else if (options.CheckpointEvery is int every && done % every == 0 && done < total)
@@ -118,7 +118,7 @@ public static class SequentialEditing
         }
         if (protocol == SequentialProtocol.Final)
         {
-            scored.AddRange(Enumerable.Range(0, total).Select(i => { progress?.Report(new EditProgress(i + 1, total, "final")); return Score(i); }));
+            scored.AddRange(Enumerable.Range(0, total).Select(i => { progress?.Report(new WorkProgress("sequential", i + 1, total, "final")); return Score(i); }));
             checkpoints.Add(new SequentialCheckpoint(total, scored));
         }
         return new SequentialResult(protocol, scored, checkpoints, seconds, reports, log);
