@@ -39,6 +39,13 @@ internal static class CommandRunner
             stderr.WriteLine("kvlab: interrupted");
             return ExitCodes.Interrupted;
         }
+        catch (Exception e) when (IsNativeLoadFailure(e))
+        {
+            // TorchSharp's native library failed to load (TorchSharp wraps it in its type initializer): say so, in the loader's words.
+            string reason = Native.TorchRuntime.LoadFailureReason() ?? Innermost(e).Message.Split('\n')[0].Trim();
+            stderr.WriteLine($"kvlab: the native tensor runtime could not be loaded: {reason}");
+            return ExitCodes.Runtime;
+        }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
             stderr.WriteLine($"kvlab: internal error: {e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")}");
@@ -46,4 +53,14 @@ internal static class CommandRunner
             return ExitCodes.Internal;
         }
     }
+
+    private static bool IsNativeLoadFailure(Exception e)
+    {
+        for (Exception? x = e; x is not null; x = x.InnerException)
+            if (x is DllNotFoundException || x is TypeInitializationException { TypeName: { } type } && type.StartsWith("TorchSharp", StringComparison.Ordinal))
+                return true;
+        return false;
+    }
+
+    private static Exception Innermost(Exception e) => e.InnerException is null ? e : Innermost(e.InnerException);
 }

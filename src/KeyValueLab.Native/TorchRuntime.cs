@@ -200,6 +200,28 @@ public static class TorchRuntime
         return null;
     }
 
+    /// <summary>
+    /// The system loader's one-line reason why TorchSharp's native library does not load (the patched copy when one is
+    /// in use, else the shipped one), or null when it loads or is not found. For the message after TorchSharp failed to
+    /// start, e.g. with <c>KVLAB_NATIVE_PATCH=0</c> on a system whose libstdc++ is too old.
+    /// </summary>
+    public static string? LoadFailureReason()
+    {
+        string file = OperatingSystem.IsWindows() ? "LibTorchSharp.dll" : OperatingSystem.IsMacOS() ? "libLibTorchSharp.dylib" : "libLibTorchSharp.so";
+        string? path = PatchedLibraryPath ?? FindNative(file);
+        if (path is null) return null;
+        try
+        {
+            NativeLibrary.Load(path);
+            return null;
+        }
+        catch (Exception e) when (e is DllNotFoundException or BadImageFormatException)
+        {
+            // .NET puts the dynamic loader's own words (dlerror: "version `GLIBCXX_3.4.32' not found ...") on the last line.
+            return e.Message.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).LastOrDefault() ?? e.GetType().Name;
+        }
+    }
+
     private static string FirstLine(string s) => s.Split('\n')[0].Trim();
 }
 

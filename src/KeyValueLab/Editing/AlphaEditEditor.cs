@@ -64,7 +64,7 @@ public sealed class AlphaEditEditor(LocateEditHyperparameters hp, NullSpaceSetti
     {
         using var scope = NewDisposeScope();
         var delta = Projector(layer).Delta(keys, residual, NullSpace.L2);                             // [d, d_ff]
-        using (no_grad()) memory.Values(layer).add_(delta);
+        using (no_grad()) memory.Values(layer).PlusInPlace(delta);
     }
 }
 

@@ -51,7 +51,7 @@ public sealed class KeyAlphaEditEditor(LocateEditHyperparameters hp, NullSpaceSe
         for (int k = 0; k < kinds.Count; k++)
         {
             var delta = Projector(layer).Delta(keys, changes[k], NullSpace.L2);                 // [d_ff, d_model]
-            using (no_grad()) memory.Keys(layer, kinds[k]).add_(delta);
+            using (no_grad()) memory.Keys(layer, kinds[k]).PlusInPlace(delta);
         }
     }
 }

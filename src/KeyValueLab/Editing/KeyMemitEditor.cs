@@ -31,12 +31,13 @@ public sealed class KeyMemitEditor(LocateEditHyperparameters hp, IReadOnlyList<i
         var own = requests.Select(r => EditPrompts.Build(model, tokenizer, r.Prompt, r.Subject, null, Last)).ToList();
         var changes = KeySideTargets.PreActivationChanges(model, own, memory, layer, kinds, residual, PadId(tokenizer));
         var h = keys.to(ScalarType.Float64);                                                  // [n, d_model]
-        var a = Hp.Mom2UpdateWeight * Moment(layer).to(ScalarType.Float64) + h.t().matmul(h);  // [d_model, d_model]
+        using var weight = Hp.Mom2UpdateWeight.ToScalar();  // held for the call (HeldScalars)
+        var a = Moment(layer).to(ScalarType.Float64).mul(weight).Plus(h.t().matmul(h));  // [d_model, d_model]
         var adjusted = linalg.solve(a, h.t());                                                 // [d_model, n]
         for (int k = 0; k < kinds.Count; k++)
         {
             var delta = changes[k].to(ScalarType.Float64).t().matmul(adjusted.t()).to(ScalarType.Float32);   // [d_ff, d_model]
-            using (no_grad()) memory.Keys(layer, kinds[k]).add_(delta);
+            using (no_grad()) memory.Keys(layer, kinds[k]).PlusInPlace(delta);
         }
     }
 }

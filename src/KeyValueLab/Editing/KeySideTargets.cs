@@ -48,17 +48,17 @@ internal static class KeySideTargets
         for (int iteration = 0; iteration < GaussNewtonSteps; iteration++)
         {
             var (derivatives, output) = Linearise(model, own, memory, layer, kinds, steps, padId);   // per kind [n, d_ff]; [n, d]
-            target ??= output.to(ScalarType.Float64) + residual.to(ScalarType.Float64);
+            target ??= output.to(ScalarType.Float64).Plus(residual.to(ScalarType.Float64));
             var missing = target - output.to(ScalarType.Float64);                                 // [n, d]
             for (int j = 0; j < n; j++)
             {
                 var d64 = derivatives.Select(d => d[j].to(ScalarType.Float64)).ToArray();
-                var d2 = d64.Select(d => d.square()).Aggregate((a, b) => a + b);                  // [d_ff]
+                var d2 = d64.Select(d => d.square()).Aggregate((a, b) => a.Plus(b));              // [d_ff]
                 var g = (v * d2).matmul(v.t());                                                  // V diag(Σ d²) Vᵀ [d, d]
-                var damping = Damping * g.trace().item<double>() / g.shape[0] + 1e-12;
-                var y = linalg.solve(g + damping * eye(g.shape[0], dtype: ScalarType.Float64), missing[j]);
+                using var damping = (Damping * g.trace().item<double>() / g.shape[0] + 1e-12).ToScalar();  // held for the call (HeldScalars)
+                var y = linalg.solve(g.add(eye(g.shape[0], dtype: ScalarType.Float64), damping), missing[j]);  // G + damping·I
                 var vty = v.t().matmul(y);                                                       // [d_ff]
-                for (int k = 0; k < kinds.Count; k++) steps[k][j] = steps[k][j] + (d64[k] * vty).to(ScalarType.Float32);
+                for (int k = 0; k < kinds.Count; k++) steps[k][j] = steps[k][j].Plus((d64[k] * vty).to(ScalarType.Float32));
             }
         }
         return [.. steps.Select(c => c.MoveToOuterDisposeScope())];

@@ -45,6 +45,21 @@ public abstract class CausalLM : nn.Module
     /// <summary>The unembedding matrix <c>[vocab, C]</c> that <see cref="Logits"/> multiplies by: <c>lm_head.weight</c>, or the tied input embedding.</summary>
     public abstract Tensor OutputEmbedding { get; }
 
+    /// <summary>
+    /// The linear module whose weight is <see cref="OutputEmbedding"/> (<c>lm_head</c>, GPT-NeoX's <c>embed_out</c>), or
+    /// null when the head is tied to the input embedding. It stays a plain fp32 matrix: the unembedding multiplies by it
+    /// directly (sliced, <see cref="Unembedding.Project"/>), never through the module's call, so neither NF4 nor a
+    /// narrow stored dtype may replace it.
+    /// </summary>
+    public string? UnembeddingModule
+    {
+        get
+        {
+            var head = OutputEmbedding.Handle;
+            return named_modules().FirstOrDefault(m => m.module is Linear l && l.weight is { } w && w.Handle == head).name;
+        }
+    }
+
     /// <summary>The feed-forward block of one layer: its key matrices and value matrix.</summary>
     public abstract FfnParts Ffn(int layer);
 

@@ -16,27 +16,45 @@ namespace KeyValueLab.Models;
 /// LoRA) changes only its rows. Hooks on a part see that part's input and output, as on any key module.
 /// The parts are not registered: their weights are not parameters of the model a second time. They do
 /// not require gradients until an editor asks for them (see <c>FrozenParameters</c>); the registered weight
-/// itself takes no part in autograd. Only in-place changes of <c>weight</c> reach the parts: replacing
-/// the tensor (another dtype or device) would cut them off, which this CPU/fp32 code base never does.
+/// itself takes no part in autograd. Only in-place changes of <c>weight</c> reach the parts; the loader, which
+/// builds the model on <c>meta</c> and puts each weight in place as it is read, hands the new tensor to
+/// <see cref="Adopt"/> so that the parts become views of it.
 /// </remarks>
 public sealed class FusedLinear : nn.Module<Tensor, Tensor>
 {
-    [ComponentName(Name = "weight")] private readonly Parameter _weight;
-    private readonly IReadOnlyList<(string Name, Linear Module)> _parts;  // not registered: views of _weight's rows
+    [ComponentName(Name = "weight")] private Parameter _weight;
+    private IReadOnlyList<(string Name, Linear Module)> _parts;  // not registered: views of _weight's rows
 
     /// <summary>A fused layer <c>[sum(rows), inFeatures]</c> with named parts of the given rows each, in order.</summary>
     public FusedLinear(long inFeatures, IReadOnlyList<(string Name, long Rows)> parts, Device? device) : base("fused")
     {
         _weight = new Parameter(zeros(parts.Sum(p => p.Rows), inFeatures, ScalarType.Float32, device));
+        _parts = Views(_weight, [.. parts]);
+        RegisterComponents();
+    }
+
+    private static List<(string, Linear)> Views(Tensor weight, IReadOnlyList<(string Name, long Rows)> parts)
+    {
         var list = new List<(string, Linear)>();
         long offset = 0;
         foreach (var (name, n) in parts)
         {
-            list.Add((name, nn.Linear(new Parameter(_weight.detach().narrow(0, offset, n), requires_grad: false), null)));
+            list.Add((name, nn.Linear(new Parameter(weight.detach().narrow(0, offset, n), requires_grad: false), null)));
             offset += n;
         }
-        _parts = list;
-        RegisterComponents();
+        return list;
+    }
+
+    /// <summary>
+    /// Makes <paramref name="weight"/> (already registered as this module's <c>weight</c> by the caller) the fused
+    /// matrix, and the parts views of its rows; the old parts are disposed.
+    /// </summary>
+    internal void Adopt(Parameter weight)
+    {
+        var layout = _parts.Select(p => (p.Name, p.Module.weight!.shape[0])).ToList();
+        foreach (var (_, part) in _parts) part.Dispose();
+        _weight = weight;
+        _parts = Views(weight, layout);
     }
 
     public Parameter weight => _weight;

@@ -107,6 +107,7 @@ public static class ModelLoader
         var match = StateDictMatcher.Match(
             parameters.ToDictionary(p => p.Key, p => p.Value.shape, StringComparer.Ordinal), visible, transposed: transposed);
         var linears = model.named_modules().Where(m => m.module is Linear).Select(m => m.name).ToHashSet(StringComparer.Ordinal);
+        string? head = model.UnembeddingModule;
         var infos = source.Tensors.ToDictionary(t => t.Name, StringComparer.Ordinal);
         var fileOrder = source.Tensors.Select((t, i) => (t.Name, i)).ToDictionary(x => x.Name, x => x.i, StringComparer.Ordinal);
         var plan = new List<PlannedParameter>();
@@ -116,9 +117,9 @@ public static class ModelLoader
             string module = name.EndsWith(".weight", StringComparison.Ordinal) ? name[..^".weight".Length] : "";
             var keeping = Keeping.Fp32;
             var narrow = ScalarType.Float32;
-            // lm_head stays an fp32 parameter: architectures unembed with OutputEmbedding directly (Unembedding.Project, sliced),
-            // not through the linear's call, so its weight must be a real matrix.
-            if (linears.Contains(module) && module != "lm_head")
+            // The head (lm_head, embed_out) stays an fp32 parameter: architectures unembed with OutputEmbedding directly
+            // (Unembedding.Project, sliced), not through the linear's call, so its weight must be a real matrix.
+            if (linears.Contains(module) && module != head)
             {
                 if (options.FourBit) keeping = Keeping.Nf4;
                 else
@@ -230,6 +231,7 @@ public static class ModelLoader
                     parameter.DetachFromDisposeScope();
                     parameter.copy_(value);
                     SetParameter(module, local, parameter);
+                    if (module is FusedLinear fused) fused.Adopt(parameter);  // its parts are views of the weight
                     break;
             }
             layout[p.Name] = new StoredTensor(p.Stored.Name, p.Stored.DType, p.Stored.Shape, p.Transposed);

@@ -33,17 +33,18 @@ public sealed class Nf4Base : IDisposable
     /// <summary>Bytes they take now (packed nibbles, 8-bit block scales, nested scales).</summary>
     public long Nf4Bytes => _layers.Sum(l => Of(l.Module)!.Bytes);
 
-    /// <summary>Whether <see cref="Quantize"/> leaves this linear in full precision: <c>lm_head</c>, as in transformers.</summary>
-    public static bool KeepsFullPrecision(string moduleName) => moduleName == "lm_head";
-
-    /// <summary>Quantises every linear of <paramref name="model"/> except <c>lm_head</c> (and except those <paramref name="skip"/> names).</summary>
+    /// <summary>
+    /// Quantises every linear of <paramref name="model"/> except its head (<see cref="CausalLM.UnembeddingModule"/>:
+    /// <c>lm_head</c> as in transformers, or GPT-NeoX's <c>embed_out</c>) and except those <paramref name="skip"/> names.
+    /// </summary>
     public static Nf4Base Quantize(CausalLM model, Func<string, bool>? skip = null)
     {
         var result = new Nf4Base(restoreOnDispose: true);
         using var noGrad = no_grad();
+        string? head = model.UnembeddingModule;
         foreach (var (name, module) in model.named_modules())
         {
-            if (module is not Linear linear || KeepsFullPrecision(name) || (skip?.Invoke(name) ?? false)) continue;
+            if (module is not Linear linear || name == head || (skip?.Invoke(name) ?? false)) continue;
             if (Of(linear) is not null) throw new InvalidOperationException($"{name} is already quantised");
             if (FrozenLinear.Of(linear) is null) QuantizeInto(linear, linear.weight);
             else using (var fp32 = FrozenLinear.Weight(linear)) QuantizeInto(linear, fp32);

@@ -115,8 +115,8 @@ public static class TuneEngine
         return results;
     }
 
-    /// <summary>Bytes of the linears a 4-bit base quantises (all but lm_head), in fp32.</summary>
+    /// <summary>Bytes of the linears a 4-bit base quantises (all but the head), in fp32.</summary>
     public static long LinearBytes(CausalLM model) =>
-        model.named_modules().Where(m => m.module is TorchSharp.Modules.Linear && m.name != "lm_head")
+        model.named_modules().Where(m => m.module is TorchSharp.Modules.Linear && m.name != model.UnembeddingModule)
             .Sum(m => FrozenLinear.WeightShape((TorchSharp.Modules.Linear)m.module).Aggregate(4L, (a, b) => a * b));  // frozen ones too
 }
