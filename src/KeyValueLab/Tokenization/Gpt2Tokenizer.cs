@@ -213,7 +213,8 @@ public sealed partial class Gpt2Tokenizer : ITokenizer
             Merges = usable,
             ByteLevel = true,
             PreTokenizer = new RegexPreTokenizer(WholePiece(), null),
-            UnknownToken = unknown,
+            // The library looks the unknown token up in the vocabulary; one that is only an added token cannot be used there.
+            UnknownToken = unknown is not null && vocab.ContainsKey(unknown) ? unknown : null,
         };
         BpeTokenizer bpe;
         try { bpe = BpeTokenizer.Create(options); }

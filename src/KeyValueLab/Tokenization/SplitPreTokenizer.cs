@@ -68,6 +68,8 @@ internal sealed class SplitPreTokenizer
     private IEnumerable<string> SplitOrdinary(string text)
     {
         if (text.Length == 0) yield break;
+        // Note: with InvariantGlobalization (this repository's default) .NET has no ICU and Normalize leaves
+        // non-ASCII text unchanged, so NFC (Qwen2) takes effect only where globalization is enabled.
         if (_nfc) text = text.Normalize(NormalizationForm.FormC);
 
         // One BMP stand-in per surrogate pair; start[i] is where stand-in character i begins in the text.

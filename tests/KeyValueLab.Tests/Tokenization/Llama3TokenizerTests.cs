@@ -71,7 +71,39 @@ public class Llama3TokenizerTests
         // Qwen2 splits numbers into single digits.
         Assert.Equal(5, tok.Encode("12345").Count);
         foreach (var (text, _) in TokenizerFixtures.Llama3VocabCases)
-            Assert.Equal(text.Normalize(NormalizationForm.FormC), tok.Decode(tok.Encode(text)));
+            Assert.Equal(text, tok.Decode(tok.Encode(text)));
+    }
+
+    [Fact]
+    public void Qwen2TokenizerJsonWithSplitEncodesAsVocabAndMerges()
+    {
+        // The tokenizer.json transformers writes for Qwen2 (NFC normalizer, Split with Qwen2's regex, ByteLevel),
+        // built here from vocab.json + merges.txt; both paths must give the same ids on every test string.
+        string folder = TestData.Path("qwen2_tokenizer");
+        using var vocab = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(folder, "vocab.json")));
+        var merges = File.ReadAllLines(Path.Combine(folder, "merges.txt")).Where(l => l.Length > 0 && !l.StartsWith("#version", StringComparison.Ordinal)).ToArray();
+        var json = new
+        {
+            added_tokens = new[] { new { id = 151643, content = "<|endoftext|>" }, new { id = 151644, content = "<|im_start|>" }, new { id = 151645, content = "<|im_end|>" } },
+            normalizer = new { type = "NFC" },
+            pre_tokenizer = new
+            {
+                type = "Sequence",
+                pretokenizers = new object[]
+                {
+                    new { type = "Split", pattern = new { Regex = Gpt2Tokenizer.Qwen2Pattern }, behavior = "Isolated", invert = false },
+                    new { type = "ByteLevel", add_prefix_space = false, use_regex = false },
+                },
+            },
+            model = new { type = "BPE", vocab = vocab.RootElement, merges },
+        };
+        using var dir = new TempDir();
+        string path = dir.File("tokenizer.json");
+        File.WriteAllBytes(path, JsonSerializer.SerializeToUtf8Bytes(json));
+        var fromJson = Gpt2Tokenizer.FromTokenizerJson(path, null, "<|endoftext|>");
+        string[] extra = ["<|im_start|>assistant\n2024-12-03<|im_end|>"];
+        foreach (var text in TokenizerFixtures.Llama3VocabCases.Select(c => c.Text).Concat(extra))
+            Assert.Equal(TokenizerFixtures.Qwen2.Encode(text), fromJson.Encode(text));
     }
 
     // ---- unsupported components: one line naming the component ----
