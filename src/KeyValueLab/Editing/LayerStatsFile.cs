@@ -2,6 +2,7 @@ using System.Globalization;
 using System.IO.Compression;
 using System.Text;
 using System.Text.RegularExpressions;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace KeyValueLab.Editing;
@@ -48,7 +49,8 @@ public static partial class LayerStatsFile
     public static Tensor ReadMoment(string path)
     {
         var (sum, count) = Read(path);
-        using (sum) return (sum.to(ScalarType.Float64) / count).to(ScalarType.Float32);
+        using var n = count.ToScalar();  // held for the call (HeldScalars)
+        using (sum) return sum.to(ScalarType.Float64).div(n).to(ScalarType.Float32);
     }
 
     /// <summary>
@@ -59,7 +61,8 @@ public static partial class LayerStatsFile
     {
         if (moment.dim() != 2 || moment.shape[0] != moment.shape[1]) throw new ArgumentException("the second moment must be square", nameof(moment));
         if (count <= 0) throw new ArgumentOutOfRangeException(nameof(count), "the count must be positive");
-        using var sum = (moment.to(ScalarType.Float64) * count).to(ScalarType.Float32).contiguous();
+        using var n = count.ToScalar();  // held for the call (HeldScalars)
+        using var sum = moment.to(ScalarType.Float64).mul(n).to(ScalarType.Float32).contiguous();
         var data = sum.data<float>().ToArray();
         var bytes = new byte[data.Length * 4];
         Buffer.BlockCopy(data, 0, bytes, 0, bytes.Length);
