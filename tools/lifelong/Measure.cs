@@ -1,4 +1,6 @@
 #:project ../../src/KeyValueLab/KeyValueLab.csproj
+#:property PublishAot=false
+#:property JsonSerializerIsReflectionEnabledByDefault=true
 // Lifelong editing on the built-in organism's CounterFact export (sequential-final), as in docs/editing.md.
 //
 //   dotnet run -c Release tools/lifelong/Measure.cs -- run METHOD N B M OUT.json [name=value ...]
