@@ -53,7 +53,7 @@ internal static class KeySideTargets
             for (int j = 0; j < n; j++)
             {
                 var d64 = derivatives.Select(d => d[j].to(ScalarType.Float64)).ToArray();
-                var d2 = d64.Select(d => d.square()).Aggregate((a, b) => a.Plus(b));              // [d_ff]
+                var d2 = d64.Select(d => d.mul(d)).Aggregate((a, b) => a.Plus(b));                // Σ d² [d_ff]
                 var g = (v * d2).matmul(v.t());                                                  // V diag(Σ d²) Vᵀ [d, d]
                 using var damping = (Damping * g.trace().item<double>() / g.shape[0] + 1e-12).ToScalar();  // held for the call (HeldScalars)
                 var y = linalg.solve(g.add(eye(g.shape[0], dtype: ScalarType.Float64), damping), missing[j]);  // G + damping·I
@@ -94,7 +94,7 @@ internal static class KeySideTargets
             for (int k = 0; k < kinds.Count; k++)
             {
                 var delta = deltas[k];
-                hooks.Add(HookPoint.Linear(memory.KeysName(layer, kinds[k]), memory.KeyModule(layer, kinds[k])).Install((_, y) => y + lookup * delta));
+                hooks.Add(HookPoint.Linear(memory.KeysName(layer, kinds[k]), memory.KeyModule(layer, kinds[k])).Install((_, y) => y.Plus(lookup * delta)));
             }
             hooks.Add(HookPoint.Linear(memory.ValuesName(layer), memory.ValueModule(layer)).Install((x, y) =>
             {

@@ -86,7 +86,8 @@ public abstract class MultiLayerEditorBase : LocateEditorBase, IKnowledgeEditor
             int layer = layers[i];
             var keys = Keys(model, tokenizer, requests, InputPoint(memory, layer));                 // [n, d_in]
             var current = LookupActivations.AtLookup(model, own, zPoint, input: false, PadId(tokenizer));
-            var residual = (z - current) / (layers.Count - i);                                    // [n, d]
+            using var remaining = ((long)(layers.Count - i)).ToScalar();                           // held for the call (HeldScalars)
+            var residual = (z - current).div(remaining);                                          // [n, d]
             UpdateLayer(model, tokenizer, requests, memory, layer, keys, residual);
         }
         AfterBatch(model, tokenizer, requests, memory);
@@ -101,7 +102,7 @@ public abstract class MultiLayerEditorBase : LocateEditorBase, IKnowledgeEditor
         var prompts = requests.SelectMany(r => templates.Select(t => EditPrompts.Build(model, tokenizer, t.Replace("{}", r.Prompt, StringComparison.Ordinal), r.Subject, null, Last))).ToList();
         var all = LookupActivations.AtLookup(model, prompts, point, input: true, PadId(tokenizer))
             .reshape(requests.Count, templates.Count, -1);                                         // [n, T, d_in]
-        var keys = templates.Count == 1 ? all[.., 0] : (all[.., 0] + all[.., 1..].mean([1])) / 2;
+        var keys = templates.Count == 1 ? all[.., 0] : all[.., 0].Plus(all[.., 1..].mean([1])).div(HeldScalars.Two);
         return keys.MoveToOuterDisposeScope();
     }
 }

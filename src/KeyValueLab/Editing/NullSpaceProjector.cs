@@ -36,8 +36,9 @@ public sealed class NullSpaceProjector : IDisposable
         if (moment.dim() != 2 || moment.shape[0] != moment.shape[1]) throw new ArgumentException("the second moment must be square", nameof(moment));
         using var scope = NewDisposeScope();
         var c = moment.to(ScalarType.Float64);
-        var (values, vectors) = linalg.eigh((c + c.t()) / 2);
-        var keep = values.lt(threshold).nonzero().flatten();
+        var (values, vectors) = linalg.eigh(c.Plus(c.t()).div(HeldScalars.Two));
+        using var below = threshold.ToScalar();  // held for the call (HeldScalars)
+        var keep = values.lt(below).nonzero().flatten();
         Kept = (int)keep.shape[0];
         Dim = (int)moment.shape[0];
         _basis = vectors.index_select(1, keep).to(ScalarType.Float32).contiguous().DetachFromDisposeScope();
@@ -68,9 +69,10 @@ public sealed class NullSpaceProjector : IDisposable
         if (Kept == 0) return zeros(residuals.shape[1], Dim).MoveToOuterDisposeScope();
         var projected = _basis.t().matmul(keys.t());                           // Ûᵀ K [k, n]
         var gram = projected.matmul(projected.t());                            // Ûᵀ K Kᵀ Û [k, k]
-        if (_gram is not null) gram = gram + _gram;
-        if (_projectedKeys is not null) gram = gram + _projectedKeys.matmul(_projectedKeys.t());
-        var a = gram + l2 * eye(Kept);
+        if (_gram is not null) gram = gram.Plus(_gram);
+        if (_projectedKeys is not null) gram = gram.Plus(_projectedKeys.matmul(_projectedKeys.t()));
+        using var ridge = l2.ToScalar();  // held for the call (HeldScalars)
+        var a = gram.add(eye(Kept), ridge);                                   // Ûᵀ M Û + L2·I
         var y = linalg.solve(a, projected.matmul(residuals));                   // (L2 I + Ûᵀ M Û)⁻¹ Ûᵀ K Rᵀ [k, d_out]
         return _basis.matmul(y).t().contiguous().MoveToOuterDisposeScope();     // (Û Y)ᵀ [d_out, d]
     }
@@ -81,7 +83,7 @@ public sealed class NullSpaceProjector : IDisposable
         if (Kept == 0) { HistoryCount += keys.shape[0]; return; }
         using var scope = NewDisposeScope();
         var projected = _basis.t().matmul(keys.t());                           // [k, n]
-        if (_gram is not null) _gram.add_(projected.matmul(projected.t()));
+        if (_gram is not null) _gram.PlusInPlace(projected.matmul(projected.t()));
         else
         {
             var all = _projectedKeys is null ? projected : cat([_projectedKeys, projected], 1);
