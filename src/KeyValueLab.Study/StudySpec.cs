@@ -195,7 +195,12 @@ public sealed record StudySpec
     public static StudySpec Load(string path)
     {
         string text;
-        try { text = File.ReadAllText(path); }
+        try
+        {
+            long length = new FileInfo(path).Length;
+            if (length > MaxFileBytes) throw new InputException(path, $"the study file is {length:N0} bytes; a study file is at most {MaxFileBytes:N0}");
+            text = File.ReadAllText(path);
+        }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new InputException(path, $"cannot read the study file: {e.Message}"); }
         JsonNode? node;
         bool yaml = path.EndsWith(".yaml", StringComparison.OrdinalIgnoreCase) || path.EndsWith(".yml", StringComparison.OrdinalIgnoreCase)
@@ -232,23 +237,45 @@ public sealed record StudySpec
         return spec;
     }
 
+    /// <summary>The largest study file read (a real grid is a few KB).</summary>
+    public const long MaxFileBytes = 1 << 20;
+
+    /// <summary>
+    /// The most nodes a YAML study file may expand to. Aliases point at shared nodes, which the conversion copies, so a
+    /// few hundred bytes of nested anchors ("billion laughs") would otherwise expand exponentially.
+    /// </summary>
+    public const int MaxYamlNodes = 100_000;
+
     /// <summary>YAML → JSON nodes: plain scalars become numbers/booleans/null when they read as such, quoted ones stay strings.</summary>
     internal static JsonNode? YamlToJson(string text)
     {
         var stream = new YamlStream();
         stream.Load(new StringReader(text));
         if (stream.Documents.Count == 0) return null;
+        int nodes = 0;
         return Convert(stream.Documents[0].RootNode);
 
-        static JsonNode? Convert(YamlNode node) => node switch
+        JsonNode? Convert(YamlNode node) => ++nodes > MaxYamlNodes
+            ? throw new YamlException(node.Start, node.End, $"the document expands to more than {MaxYamlNodes:N0} nodes (nested aliases?)")
+            : node switch
         {
-            YamlMappingNode map => new JsonObject(map.Children.Select(kv =>
-                KeyValuePair.Create(((YamlScalarNode)kv.Key).Value ?? "", Convert(kv.Value)))),
+            YamlMappingNode map => Mapping(map),
             YamlSequenceNode seq => new JsonArray([.. seq.Children.Select(Convert)]),
             YamlScalarNode s when s.Style is ScalarStyle.Plain => Plain(s.Value ?? ""),
             YamlScalarNode s => JsonValue.Create(s.Value ?? ""),
             _ => throw new YamlException($"unsupported YAML node at {node.Start}"),
         };
+
+        JsonObject Mapping(YamlMappingNode map)
+        {
+            var obj = new JsonObject();
+            foreach (var (key, value) in map.Children)  // YamlDotNet itself refuses a repeated key
+            {
+                string name = key is YamlScalarNode { Value: { } k } ? k : throw new YamlException(key.Start, key.End, "a mapping key must be a plain value");
+                obj[name] = Convert(value);
+            }
+            return obj;
+        }
 
         static JsonNode? Plain(string v)
         {

@@ -42,7 +42,7 @@ public sealed class EditRun
     public EvaluationOptions Evaluation { get; }
 
     /// <summary>Where case <paramref name="caseId"/>'s result goes.</summary>
-    public string CaseFile(string caseId) => Path.Combine(OutputDir, "cases", Sanitize(caseId) + ".json");
+    public string CaseFile(string caseId) => Path.Combine(OutputDir, "cases", FileName(caseId) + ".json");
 
     /// <summary>
     /// Runs every case not yet on disk, then summarises the whole slice. <paramref name="runParams"/> (dataset,
@@ -51,6 +51,7 @@ public sealed class EditRun
     public EditSummary Run(CausalLM model, ITokenizer tokenizer, IKnowledgeEditor editor, IReadOnlyList<EditCase> cases,
         JsonObject runParams, IProgress<WorkProgress>? progress = null, Action<string>? log = null, CancellationToken cancel = default)
     {
+        CheckFileNames(cases);
         Directory.CreateDirectory(Path.Combine(OutputDir, "cases"));
         var parameters = (JsonObject)runParams.DeepClone();
         parameters["method"] = editor.Method;
@@ -267,6 +268,29 @@ public sealed class EditRun
         File.Move(tmp, file, overwrite: true);
     }
 
-    private static string Sanitize(string id) =>
-        string.Concat(id.Select(ch => char.IsLetterOrDigit(ch) || ch is '-' or '_' or '.' ? ch : '_'));
+    /// <summary>
+    /// A case id as a file name: ASCII letters, digits, '-', '_' and '.' stay, every other UTF-8 byte becomes <c>%XX</c>,
+    /// so distinct ids never share a file ("a/b", "a_b" and "a b" give a_b, a%2Fb, a%20b).
+    /// </summary>
+    internal static string FileName(string id)
+    {
+        var name = new System.Text.StringBuilder(id.Length);
+        foreach (byte b in System.Text.Encoding.UTF8.GetBytes(id))
+            if (b is >= (byte)'a' and <= (byte)'z' or >= (byte)'A' and <= (byte)'Z' or >= (byte)'0' and <= (byte)'9' or (byte)'-' or (byte)'_' or (byte)'.') name.Append((char)b);
+            else name.Append('%').Append(b.ToString("X2", System.Globalization.CultureInfo.InvariantCulture));
+        return name.ToString();
+    }
+
+    /// <summary>Refuses a slice in which two case ids would share a file on a case-insensitive file system.</summary>
+    private void CheckFileNames(IReadOnlyList<EditCase> cases)
+    {
+        var owner = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
+        foreach (var c in cases)
+        {
+            string file = FileName(c.CaseId);
+            if (owner.TryGetValue(file, out string? other) && other != c.CaseId)
+                throw new InputException(Path.Combine(OutputDir, "cases"), $"case ids \"{other}\" and \"{c.CaseId}\" differ only in letter case and would share one case file");
+            owner[file] = c.CaseId;
+        }
+    }
 }

@@ -26,6 +26,30 @@ public class EditRunTests(StoriesModel f) : IClassFixture<StoriesModel>
     private static EvaluationOptions NoGe => new() { GenerationPrompts = 0 };
 
     [Fact]
+    public void CaseIdsThatDifferOnlyInPunctuationKeepTheirOwnFiles()
+    {
+        // Once, "a/b", "a_b" and "a b" all became cases/a_b.json: the last case won and the summary counted it three times.
+        using var dir = new TempDir();
+        string[] ids = ["a/b", "a_b", "a b"];
+        var cases = CounterFact.Take(3).Select((c, i) => c with { Request = c.Request with { CaseId = ids[i] } }).ToList();
+        var run = new EditRun(dir.Path, EditMode.Single, NoGe);
+        var summary = run.Run(f.Model, f.Tokenizer, Ft(steps: 1), cases, new JsonObject());
+        Assert.Equal(3, Directory.GetFiles(Path.Combine(dir.Path, "cases")).Length);
+        Assert.Equal(3, ids.Select(run.CaseFile).Distinct().Count());
+        foreach (string id in ids)
+            Assert.Equal(id, JsonNode.Parse(File.ReadAllText(run.CaseFile(id)))!["case_id"]!.GetValue<string>());
+        Assert.Equal(3, summary.Cases);
+        Assert.Equal("a%2Fb", EditRun.FileName("a/b"));
+
+        // Ids that differ only in letter case would share a file on macOS/Windows: refused before any work, naming both.
+        var clash = new List<EditCase> { cases[0] with { Request = cases[0].Request with { CaseId = "Q1" } }, cases[1] with { Request = cases[1].Request with { CaseId = "q1" } } };
+        using var other = new TempDir();
+        var e = Assert.Throws<InputException>(() => new EditRun(other.Path, EditMode.Single, NoGe).Run(f.Model, f.Tokenizer, Ft(steps: 1), clash, new JsonObject()));
+        Assert.Contains("\"Q1\" and \"q1\"", e.Message);
+        Assert.False(Directory.Exists(Path.Combine(other.Path, "cases")));
+    }
+
+    [Fact]
     public void MetricsRecomputedByHandFromLoggedLossesMatchTheSummary()
     {
         using var dir = new TempDir();
