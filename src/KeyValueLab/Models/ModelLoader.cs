@@ -73,6 +73,7 @@ public static class ModelLoader
         using var checkpoint = Checkpoint.Open(path);
         string configSource = checkpoint is HfCheckpoint hf ? Path.Combine(hf.SourcePath, HfCheckpoint.ConfigFile) : checkpoint.SourcePath;
         var config = Architectures.ParseConfig(checkpoint.Config, configSource);
+        CheckSizesFitTheTensors(config, checkpoint, configSource);
         long? maxShard = checkpoint is HfCheckpoint { Shards.Count: > 1 } sharded
             ? sharded.Shards.Max(s => s.Tensors.Sum(t => ByteCount(t)))
             : null;
@@ -90,6 +91,23 @@ public static class ModelLoader
             model.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// Refuses a config whose sizes the checkpoint cannot hold, before a model of that size is built (even on <c>meta</c>,
+    /// building 2³¹ layers would not end; the config readers already refuse sizes that are not positive). The smallest
+    /// model the sizes imply must fit in the values the checkpoint stores: every architecture has at least one
+    /// hidden × hidden matrix per layer (its query projection; with the FFN a layer holds several times that) and a
+    /// vocab × hidden embedding.
+    /// </summary>
+    private static void CheckSizesFitTheTensors(ModelConfig config, ITensorSource checkpoint, string configSource)
+    {
+        double stored = checkpoint.Tensors.Sum(t => t.Shape.Aggregate(1.0, (a, b) => a * b));
+        double least = (double)config.NumLayers * config.HiddenSize * config.HiddenSize + (double)config.VocabSize * config.HiddenSize;
+        if (least > stored)
+            throw new InputException(configSource,
+                $"{config.NumLayers:N0} layers of width {config.HiddenSize:N0} with a vocabulary of {config.VocabSize:N0} need at least {least:N0} values, " +
+                $"but the checkpoint stores {stored:N0}: the config does not describe these weights");
     }
 
     /// <summary>How one parameter is kept: an fp32 parameter, a linear weight kept in a narrow dtype, or NF4.</summary>
@@ -161,6 +179,7 @@ public static class ModelLoader
         using var checkpoint = Checkpoint.Open(path);
         string configSource = checkpoint is HfCheckpoint hf ? Path.Combine(hf.SourcePath, HfCheckpoint.ConfigFile) : checkpoint.SourcePath;
         var config = Architectures.ParseConfig(checkpoint.Config, configSource);
+        CheckSizesFitTheTensors(config, checkpoint, configSource);
         using var model = Architectures.Build(config, META);
         return Estimate(Plan(model, checkpoint, options));
     }

@@ -25,6 +25,22 @@ public class ModelInputErrorTests
         return e;
     }
 
+    [Theory]
+    [InlineData("tiny_gpt2", "n_layer", 2147483647L)]        // once "Out of memory." and exit 134
+    [InlineData("tiny_gpt2", "n_layer", 1000000000L)]        // once memory growing without end
+    [InlineData("tiny_gptj", "n_layer", 2147483647L)]
+    [InlineData("tiny_llama_gqa", "num_hidden_layers", 100000L)]
+    [InlineData("tiny_gptj", "vocab_size", 1000000000L)]
+    public void SizesTheTensorsCannotHoldAreRefusedBeforeBuilding(string fixture, string field, long value)
+    {
+        using var dir = CopyWithConfig(fixture, c => c[field] = value);
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var e = LoadFails(dir);
+        Assert.Equal(dir.File("config.json"), e.FilePath);
+        Assert.Contains("the config does not describe these weights", e.Message);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(10), $"{clock.Elapsed}");
+    }
+
     [Fact]
     public void UnsupportedModelTypeListsTheSupportedOnes()
     {
