@@ -60,7 +60,7 @@ public sealed class AlphaEditEditor(LocateEditHyperparameters hp, NullSpaceSetti
 {
     protected override HookPoint InputPoint(FfnMemory memory, int layer) => HookPoint.Linear(memory.ValuesName(layer), memory.ValueModule(layer));
 
-    protected override void UpdateLayer(CausalLM model, ITokenizer tokenizer, IReadOnlyList<EditRequest> requests, FfnMemory memory, int layer, Tensor keys, Tensor residual)
+    protected override void UpdateLayer(CausalLM model, ITokenizer tokenizer, IReadOnlyList<EditPrompt> own, FfnMemory memory, int layer, Tensor keys, Tensor residual)
     {
         using var scope = NewDisposeScope();
         var delta = Projector(layer).Delta(keys, residual, NullSpace.L2);                             // [d, d_ff]

@@ -42,11 +42,10 @@ public sealed class KeyAlphaEditEditor(LocateEditHyperparameters hp, NullSpaceSe
 {
     protected override HookPoint InputPoint(FfnMemory memory, int layer) => KeySideTargets.InputPoint(Scope, memory, layer);
 
-    protected override void UpdateLayer(CausalLM model, ITokenizer tokenizer, IReadOnlyList<EditRequest> requests, FfnMemory memory, int layer, Tensor keys, Tensor residual)
+    protected override void UpdateLayer(CausalLM model, ITokenizer tokenizer, IReadOnlyList<EditPrompt> own, FfnMemory memory, int layer, Tensor keys, Tensor residual)
     {
         using var scope = NewDisposeScope();
         var kinds = KeySideTargets.Kinds(Scope, memory);
-        var own = requests.Select(r => EditPrompts.Build(model, tokenizer, r.Prompt, r.Subject, null, Last)).ToList();
         var changes = KeySideTargets.PreActivationChanges(model, own, memory, layer, kinds, residual, PadId(tokenizer));
         for (int k = 0; k < kinds.Count; k++)
         {

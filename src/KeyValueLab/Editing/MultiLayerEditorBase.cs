@@ -38,8 +38,8 @@ public abstract class MultiLayerEditorBase : LocateEditorBase, IKnowledgeEditor
     /// <summary>The input of the matrices edited at <paramref name="layer"/>: the value module, or the (first) key module.</summary>
     protected abstract HookPoint InputPoint(FfnMemory memory, int layer);
 
-    /// <summary>Changes layer <paramref name="layer"/>'s matrices for keys <c>[n, d_in]</c> and residual shares <c>[n, d_model]</c>.</summary>
-    protected abstract void UpdateLayer(CausalLM model, ITokenizer tokenizer, IReadOnlyList<EditRequest> requests, FfnMemory memory, int layer, Tensor keys, Tensor residual);
+    /// <summary>Changes layer <paramref name="layer"/>'s matrices for keys <c>[n, d_in]</c> and residual shares <c>[n, d_model]</c> of the requests, whose rewrite prompts (read at the lookup token) are <paramref name="own"/>.</summary>
+    protected abstract void UpdateLayer(CausalLM model, ITokenizer tokenizer, IReadOnlyList<EditPrompt> own, FfnMemory memory, int layer, Tensor keys, Tensor residual);
 
     /// <summary>Called after every layer of a batch was updated (AlphaEdit: add the batch's keys to K_p).</summary>
     protected virtual void AfterBatch(CausalLM model, ITokenizer tokenizer, IReadOnlyList<EditRequest> requests, FfnMemory memory) { }
@@ -88,7 +88,7 @@ public abstract class MultiLayerEditorBase : LocateEditorBase, IKnowledgeEditor
             var current = LookupActivations.AtLookup(model, own, zPoint, input: false, PadId(tokenizer));
             using var remaining = ((long)(layers.Count - i)).ToScalar();                           // held for the call (HeldScalars)
             var residual = (z - current).div(remaining);                                          // [n, d]
-            UpdateLayer(model, tokenizer, requests, memory, layer, keys, residual);
+            UpdateLayer(model, tokenizer, own, memory, layer, keys, residual);
         }
         AfterBatch(model, tokenizer, requests, memory);
         return new EditReport(steps, loss / requests.Count);

@@ -70,10 +70,8 @@ public static class ModelLoader
     public static LoadedModel Load(string path, LoadOptions? options = null)
     {
         options ??= LoadOptions.Default;
-        using var checkpoint = Checkpoint.Open(path);
-        string configSource = checkpoint is HfCheckpoint hf ? Path.Combine(hf.SourcePath, HfCheckpoint.ConfigFile) : checkpoint.SourcePath;
-        var config = Architectures.ParseConfig(checkpoint.Config, configSource);
-        CheckSizesFitTheTensors(config, checkpoint, configSource);
+        var (checkpoint, config) = OpenChecked(path);
+        using var _ = checkpoint;
         long? maxShard = checkpoint is HfCheckpoint { Shards.Count: > 1 } sharded
             ? sharded.Shards.Max(s => s.Tensors.Sum(t => ByteCount(t)))
             : null;
@@ -89,6 +87,24 @@ public static class ModelLoader
         catch
         {
             model.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Opens a checkpoint and reads its config, refusing sizes its tensors cannot hold; the caller disposes the checkpoint.</summary>
+    private static (ICheckpoint Checkpoint, ModelConfig Config) OpenChecked(string path)
+    {
+        var checkpoint = Checkpoint.Open(path);
+        try
+        {
+            string configSource = checkpoint is HfCheckpoint hf ? Path.Combine(hf.SourcePath, HfCheckpoint.ConfigFile) : checkpoint.SourcePath;
+            var config = Architectures.ParseConfig(checkpoint.Config, configSource);
+            CheckSizesFitTheTensors(config, checkpoint, configSource);
+            return (checkpoint, config);
+        }
+        catch
+        {
+            checkpoint.Dispose();
             throw;
         }
     }
@@ -176,10 +192,8 @@ public static class ModelLoader
     public static long EstimateBytes(string path, LoadOptions? options = null)
     {
         options ??= LoadOptions.Default;
-        using var checkpoint = Checkpoint.Open(path);
-        string configSource = checkpoint is HfCheckpoint hf ? Path.Combine(hf.SourcePath, HfCheckpoint.ConfigFile) : checkpoint.SourcePath;
-        var config = Architectures.ParseConfig(checkpoint.Config, configSource);
-        CheckSizesFitTheTensors(config, checkpoint, configSource);
+        var (checkpoint, config) = OpenChecked(path);
+        using var _ = checkpoint;
         using var model = Architectures.Build(config, META);
         return Estimate(Plan(model, checkpoint, options));
     }
