@@ -19,13 +19,20 @@ public sealed record Shard(int Index, int Count)
 {
     public static Shard All { get; } = new(1, 1);
 
-    public static Shard Parse(string text)
+    /// <summary><c>k/n</c>, or <c>auto</c> / <c>auto/n</c> from the scheduler's environment (<see cref="SchedulerShard"/>).</summary>
+    public static Shard Parse(string text) => Parse(text, Environment.GetEnvironmentVariable, out _);
+
+    /// <summary>As <see cref="Parse(string)"/>, reading variables through <paramref name="environment"/>; <paramref name="origin"/> says where an automatic shard came from.</summary>
+    public static Shard Parse(string text, Func<string, string?> environment, out string? origin)
     {
+        origin = null;
+        if (text == "auto" || text.StartsWith("auto/", StringComparison.Ordinal))
+            return SchedulerShard.Resolve(text == "auto" ? null : text["auto/".Length..], environment, out origin);
         var parts = text.Split('/');
         if (parts.Length == 2 && int.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out int k)
             && int.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out int n) && n >= 1 && k >= 1 && k <= n)
             return new Shard(k, n);
-        throw new ArgumentException($"--shard must look like k/n with 1 <= k <= n, not \"{text}\"");
+        throw new ArgumentException($"--shard must look like k/n with 1 <= k <= n, auto or auto/n, not \"{text}\"");
     }
 
     /// <summary>Groups are dealt round-robin in plan order, so shards get a similar mix of editing and tuning.</summary>

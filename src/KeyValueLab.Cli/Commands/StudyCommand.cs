@@ -22,7 +22,7 @@ internal static class StudyCommand
         var tasks = new Option<string[]>("--task", "-t") { Description = "Tuning task NAME=PATH (repeat; replaces the study file's tasks).", AllowMultipleArgumentsPerToken = true };
         var seeds = new Option<string?>("--seeds") { Description = "Comma-separated seeds (overrides the study file), e.g. 1,2,3." };
         var output = new Option<string>("--out", "-o") { Description = "Run folder (results.db, report/, adapters/); re-running the same command resumes.", DefaultValueFactory = _ => "kvlab-study" };
-        var shard = new Option<string>("--shard") { Description = "Run only shard k of n of the grid (k/n); merge shards with kvlab report.", DefaultValueFactory = _ => "1/1" };
+        var shard = new Option<string>("--shard") { Description = "Run only shard k of n of the grid (k/n), or auto (a SLURM job array) / auto/N (a Kubernetes Indexed Job of N completions); merge shards with kvlab report.", DefaultValueFactory = _ => "1/1" };
         var threads = new Option<int>("--threads") { Description = "Torch CPU threads; 0 = libtorch's default.", DefaultValueFactory = _ => 0 };
         var noReport = new Option<bool>("--no-report") { Description = "Only run units; build the report later with kvlab report." };
         var plan = new Option<bool>("--plan") { Description = "Check the study and print its units without running anything." };
@@ -34,8 +34,10 @@ internal static class StudyCommand
         {
             var clock = Stopwatch.StartNew();
             Shard part;
-            try { part = Shard.Parse(parse.GetValue(shard)!); }
+            string? shardOrigin;
+            try { part = Shard.Parse(parse.GetValue(shard)!, Environment.GetEnvironmentVariable, out shardOrigin); }
             catch (ArgumentException e) { throw new UsageException(e.Message); }
+            if (shardOrigin is not null) stderr.WriteLine($"--shard auto: {shardOrigin} → shard {part}");
             if (parse.GetValue(threads) is > 0 and int n) TorchSharp.torch.set_num_threads(n);
             string file = parse.GetValue(studyFile) ?? "(built-in study)";
             var spec = Overridden(parse.GetValue(studyFile) is string path ? StudySpec.Load(path) : null, parse.GetValue(model), parse.GetValue(tokenizer),
