@@ -46,24 +46,31 @@ internal static class EditEvalCommand
             var cases = all.Skip(first).Take(n == 0 ? int.MaxValue : n).ToList();
 
             string modelPath = parse.GetValue(model)!;
-            using var loaded = ModelLoader.Load(modelPath, ModelOptions.Loading(parse, dtype, device));
+            using var loaded = ProgressRenderer.Run(stderr, (progress, _) => ModelLoader.Load(modelPath, ModelOptions.Loading(parse, dtype, device) with { Progress = progress }));
             var tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer));
-            var edit = editor.Create(parse, loaded.Model);
             var evaluation = new EvaluationOptions { GenerationPrompts = parse.GetValue(gePrompts), GenerationTokens = parse.GetValue(geTokens), Seed = parse.GetValue(seed) };
             var run = new EditRun(parse.GetValue(output)!, editMode, evaluation);
-            var runParams = new JsonObject
+            var summary = ProgressRenderer.Run(stderr, (progress, log) =>
             {
-                ["model"] = Path.GetFullPath(modelPath),
-                ["dataset"] = Path.GetFullPath(datasetPath),
-                ["dataset_format"] = cases[0].Format.ToString(),
-                ["zsre_target"] = cases[0].Format == EditDatasetFormat.Zsre ? target.ToString().ToLowerInvariant() : null,
-                ["start"] = first,
-                ["count"] = cases.Count,
-                ["scope"] = edit.Scope.Label(new Memory.FfnMemory(loaded.Model)),
-            };
-            stderr.WriteLine($"{edit.Method} {runParams["scope"]} on {cases.Count} cases of {Path.GetFileName(datasetPath)} ({cases[0].Format}), mode {editMode.ToString().ToLowerInvariant()} → {run.OutputDir}");
-            var summary = ProgressRenderer.Run(stderr, (progress, log) => run.Run(loaded.Model, tok, edit, cases, runParams, progress, log));
-            (edit as IDisposable)?.Dispose();
+                // Created here so that computing its statistics reports through the same progress and log.
+                var edit = editor.Create(parse, loaded.Model, progress, log);
+                try
+                {
+                    var runParams = new JsonObject
+                    {
+                        ["model"] = Path.GetFullPath(modelPath),
+                        ["dataset"] = Path.GetFullPath(datasetPath),
+                        ["dataset_format"] = cases[0].Format.ToString(),
+                        ["zsre_target"] = cases[0].Format == EditDatasetFormat.Zsre ? target.ToString().ToLowerInvariant() : null,
+                        ["start"] = first,
+                        ["count"] = cases.Count,
+                        ["scope"] = edit.Scope.Label(new Memory.FfnMemory(loaded.Model)),
+                    };
+                    log($"{edit.Method} {runParams["scope"]} on {cases.Count} cases of {Path.GetFileName(datasetPath)} ({cases[0].Format}), mode {editMode.ToString().ToLowerInvariant()} → {run.OutputDir}");
+                    return run.Run(loaded.Model, tok, edit, cases, runParams, progress, log);
+                }
+                finally { (edit as IDisposable)?.Dispose(); }
+            });
             stdout.Write(summary.ToTable());
             return ExitCodes.Ok;
         }));

@@ -17,15 +17,17 @@ internal sealed class EditorOptions
     public Option<int?> StatsSamples { get; } = new("--stats-samples") { Description = "Corpus samples for the statistics (published: 100000; small values take seconds)." };
     public Option<int?> StatsTokens { get; } = new("--stats-tokens") { Description = "Tokens per statistics sample (default 128)." };
     public Option<string?> StatsDir { get; } = new("--stats-dir") { Description = "Statistics cache folder (default: $KVLAB_CACHE/stats, else ~/.cache/keyvaluelab/stats)." };
+    public Option<string?> LayerStats { get; } = new("--layer-stats") { Description = "Folder of ROME/MEMIT/AlphaEdit layer_stats files ({module}_*mom2*.npz) used instead of computing the statistics." };
 
     public Option<int> Threads { get; } = new("--threads") { Description = "Torch CPU threads; 0 = libtorch's default. On a busy machine 1 is often much faster (OpenMP threads spin when cores are oversubscribed).", DefaultValueFactory = _ => 0 };
 
     public void AddTo(Command command)
     {
-        foreach (var o in new Option[] { Threads, Method, Side, Layers, KeyKinds, Hparams, Set, StatsCorpus, StatsSamples, StatsTokens, StatsDir }) command.Options.Add(o);
+        foreach (var o in new Option[] { Threads, Method, Side, Layers, KeyKinds, Hparams, Set, StatsCorpus, StatsSamples, StatsTokens, StatsDir, LayerStats }) command.Options.Add(o);
     }
 
-    public IKnowledgeEditor Create(ParseResult parse, CausalLM model)
+    /// <summary>The chosen editor; computing its statistics reports to <paramref name="progress"/> and says its estimate on <paramref name="notice"/>.</summary>
+    public IKnowledgeEditor Create(ParseResult parse, CausalLM model, IProgress<WorkProgress>? progress = null, Action<string>? notice = null)
     {
         int threads = parse.GetValue(Threads);
         if (threads < 0) throw new UsageException("--threads must be >= 0");
@@ -44,6 +46,9 @@ internal sealed class EditorOptions
                 StatsSamples = parse.GetValue(StatsSamples),
                 StatsTokens = parse.GetValue(StatsTokens),
                 StatsDir = parse.GetValue(StatsDir),
+                LayerStatsDir = parse.GetValue(LayerStats),
+                Progress = progress,
+                Notice = notice,
             });
             editor.ParameterNames(model);  // checks layers and key kinds against this model
             return editor;

@@ -16,6 +16,11 @@ public sealed record EditorChoice
     public int? StatsSamples { get; init; }
     public int? StatsTokens { get; init; }
     public string? StatsDir { get; init; }
+    /// <summary>A folder of ROME/MEMIT/AlphaEdit <c>layer_stats</c> .npz files (<see cref="SecondMoments.LayerStatsDir"/>).</summary>
+    public string? LayerStatsDir { get; init; }
+    /// <summary>Where computing statistics reports its samples, and its measured estimate (<see cref="SecondMoments"/>).</summary>
+    public IProgress<WorkProgress>? Progress { get; init; }
+    public Action<string>? Notice { get; init; }
 }
 
 /// <summary>Builds an editor from a method name, the model's family defaults and the user's choices.</summary>
@@ -57,7 +62,7 @@ public static class EditorFactory
         if (folder == "KeyROME" && side is EditSide.Values) throw new ArgumentException("Key-ROME edits the keys; use --method rome for the values");
         if (folder == "MEMIT" && side is EditSide.Keys) throw new ArgumentException("MEMIT edits the values");
         if (side is EditSide.Both && folder != "FT") throw new ArgumentException($"{folder} edits one side; --side both is for ft");
-        var stats = new SecondMoments(lhp.Mom2Corpus, lhp.Mom2NSamples, lhp.Mom2SampleTokens, choice.StatsDir ?? SecondMoments.DefaultCacheDir());
+        var stats = Statistics(lhp, choice);
         return folder switch
         {
             "ROME" => new RomeEditor(lhp with { Method = "ROME" }, Single(lhp), stats),
@@ -80,7 +85,7 @@ public static class EditorFactory
         var overrides = choice.Overrides.ToList();
         var (remaining, nullSpace) = NullSpaceSettings.Split(text, source, overrides);
         var hp = Chosen(HyperparameterFiles.Parse<LocateEditHyperparameters>(remaining, source, overrides), choice, layers) with { Method = folder };
-        var stats = new SecondMoments(hp.Mom2Corpus, hp.Mom2NSamples, hp.Mom2SampleTokens, choice.StatsDir ?? SecondMoments.DefaultCacheDir());
+        var stats = Statistics(hp, choice);
         var kinds = EditScope.ParseKeyKinds(hp.KeyKinds);
         return folder switch
         {
@@ -89,6 +94,12 @@ public static class EditorFactory
             _ => new KeyMemitEditor(hp, hp.Layers, kinds, stats),
         };
     }
+
+    private static SecondMoments Statistics(LocateEditHyperparameters hp, EditorChoice choice) =>
+        new(hp.Mom2Corpus, hp.Mom2NSamples, hp.Mom2SampleTokens, choice.StatsDir ?? SecondMoments.DefaultCacheDir())
+        {
+            LayerStatsDir = choice.LayerStatsDir, Progress = choice.Progress, Notice = choice.Notice,
+        };
 
     /// <summary>The file's hyperparameters with the user's typed choices on top.</summary>
     private static LocateEditHyperparameters Chosen(LocateEditHyperparameters hp, EditorChoice choice, int[]? layers) => hp with

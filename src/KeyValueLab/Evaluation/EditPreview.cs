@@ -15,8 +15,16 @@ public sealed record TokenGuess(string Token, double Probability);
 public sealed record PromptPreview(string Label, string Text, IReadOnlyList<TokenGuess> Before, IReadOnlyList<TokenGuess> After,
     double NewBefore, double NewAfter, double TrueBefore, double TrueAfter);
 
-/// <summary>What <see cref="EditPreview.Run"/> gave: the editor's report, the edit's seconds and every prompt's preview.</summary>
-public sealed record EditPreviewResult(EditReport Report, double Seconds, IReadOnlyList<PromptPreview> Prompts);
+/// <summary>
+/// What <see cref="EditPreview.Run"/> gave: the editor's report, the seconds of the edit itself (<see cref="IKnowledgeEditor.Apply"/>
+/// alone), of the editor's preparation (statistics, context templates) and of scoring the prompts before and after, and
+/// every prompt's preview.
+/// </summary>
+public sealed record EditPreviewResult(EditReport Report, double Seconds, IReadOnlyList<PromptPreview> Prompts)
+{
+    public double PrepareSeconds { get; init; }
+    public double ScoringSeconds { get; init; }
+}
 
 /// <summary><c>kvlab edit</c>'s engine: one request applied to the model, with what it changed on the rewrite prompt and others.</summary>
 public static class EditPreview
@@ -28,16 +36,25 @@ public static class EditPreview
     public static EditPreviewResult Run(CausalLM model, ITokenizer tokenizer, IKnowledgeEditor editor, EditRequest request,
         IReadOnlyList<(string Label, string Text)> prompts, int top, Action<string>? log = null)
     {
+        var scoring = Stopwatch.StartNew();
         var before = prompts.Select(p => NextTokens(model, tokenizer, p.Text, top)).ToList();
         var beforeScores = TargetScores(model, tokenizer, request, prompts);
+        scoring.Stop();
+        var preparing = Stopwatch.StartNew();
         foreach (string line in editor.Prepare(model, tokenizer)) log?.Invoke(line);
+        preparing.Stop();
         var watch = Stopwatch.StartNew();
         var report = editor.Apply(model, tokenizer, [request]);
         double seconds = watch.Elapsed.TotalSeconds;
+        scoring.Start();
         var after = prompts.Select(p => NextTokens(model, tokenizer, p.Text, top)).ToList();
         var afterScores = TargetScores(model, tokenizer, request, prompts);
+        scoring.Stop();
         return new EditPreviewResult(report, seconds, [.. prompts.Select((p, i) => new PromptPreview(p.Label, p.Text, before[i], after[i],
-            beforeScores[i].New, afterScores[i].New, beforeScores[i].True, afterScores[i].True))]);
+            beforeScores[i].New, afterScores[i].New, beforeScores[i].True, afterScores[i].True))])
+        {
+            PrepareSeconds = preparing.Elapsed.TotalSeconds, ScoringSeconds = scoring.Elapsed.TotalSeconds,
+        };
     }
 
     /// <summary>The <paramref name="k"/> likeliest next tokens after <paramref name="prompt"/>, likeliest first.</summary>

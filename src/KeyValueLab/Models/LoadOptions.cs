@@ -42,5 +42,11 @@ public sealed record LoadOptions
     /// <summary>False skips the memory check.</summary>
     public bool CheckMemory { get; init; } = true;
 
+    /// <summary>
+    /// Where reading (and quantising) reports how far it has come: counter <c>load</c>, in MiB of the checkpoint's
+    /// tensors read. Null: nowhere.
+    /// </summary>
+    public IProgress<WorkProgress>? Progress { get; init; }
+
     public static LoadOptions Default { get; } = new();
 }

@@ -240,6 +240,11 @@ public static class ModelLoader
         var layout = new Dictionary<string, StoredTensor>(StringComparer.Ordinal);
         var quantised = new List<string>();
         using var noGrad = no_grad();
+        const double MiB = 1 << 20;
+        int totalMiB = (int)Math.Ceiling(plan.Sum(p => ByteCount(p.Stored)) / MiB);
+        string stage = options.FourBit ? "reading, linears to NF4" : "reading";
+        long readBytes = 0;
+        options.Progress?.Report(new WorkProgress("load", 0, totalMiB, stage));
         // In file order, so shards and files are read front to back, one tensor in memory at a time.
         foreach (var p in plan)
         {
@@ -268,6 +273,8 @@ public static class ModelLoader
                     break;
             }
             layout[p.Name] = new StoredTensor(p.Stored.Name, p.Stored.DType, p.Stored.Shape, p.Transposed);
+            readBytes += ByteCount(p.Stored);
+            options.Progress?.Report(new WorkProgress("load", Math.Min(totalMiB, (int)Math.Ceiling(readBytes / MiB)), totalMiB, stage));
         }
         var left = model.named_parameters().Where(x => x.parameter.device_type == DeviceType.META && device.type != DeviceType.META).Select(x => x.name).ToList();
         if (left.Count > 0) throw new InvalidOperationException($"parameters left unfilled: {string.Join(", ", left)}");
