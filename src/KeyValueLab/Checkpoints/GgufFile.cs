@@ -96,7 +96,7 @@ public sealed class GgufFile : ITensorSource
     /// <exception cref="InputException">Missing, unreadable or malformed (the problem named on one line).</exception>
     public static GgufFile Open(string path)
     {
-        if (!File.Exists(path)) throw new InputException(path, "file not found");
+        RegularFile.Require(path);
         try
         {
             using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);

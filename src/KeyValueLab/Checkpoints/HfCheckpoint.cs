@@ -101,7 +101,7 @@ public sealed class HfCheckpoint : ICheckpoint
     /// <summary>Reads a JSON object file, turning every problem into an <see cref="InputException"/> naming it.</summary>
     internal static JsonObject ReadJsonObject(string path)
     {
-        if (!File.Exists(path)) throw new InputException(path, "file not found");
+        RegularFile.Require(path);
         JsonNode? node;
         try
         {

@@ -56,7 +56,7 @@ public sealed class Llama2cCheckpoint : ICheckpoint
     /// <exception cref="InputException">Missing file, inconsistent header, or a size that does not match.</exception>
     public static Llama2cCheckpoint Open(string path)
     {
-        if (!File.Exists(path)) throw new InputException(path, "file not found");
+        RegularFile.Require(path);
         long length;
         var raw = new int[7];
         try

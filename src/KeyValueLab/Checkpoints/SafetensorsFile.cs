@@ -51,7 +51,7 @@ public sealed class SafetensorsFile : ITensorSource
     /// <exception cref="InputException">The file is missing, unreadable or malformed.</exception>
     public static SafetensorsFile Open(string path)
     {
-        if (!File.Exists(path)) throw new InputException(path, "file not found");
+        RegularFile.Require(path);
         byte[] header;
         long fileLength;
         try

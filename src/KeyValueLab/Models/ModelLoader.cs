@@ -118,6 +118,7 @@ public static class ModelLoader
     /// </summary>
     private static void CheckSizesFitTheTensors(ModelConfig config, ITensorSource checkpoint, string configSource)
     {
+        CheckPositions(config, configSource);
         double stored = checkpoint.Tensors.Sum(t => t.Shape.Aggregate(1.0, (a, b) => a * b));
         double least = (double)config.NumLayers * config.HiddenSize * config.HiddenSize + (double)config.VocabSize * config.HiddenSize;
         if (least > stored)
@@ -339,12 +340,26 @@ public static class ModelLoader
         return layout;
     }
 
+    /// <summary>The most positions a config may name (Llama 4 Scout's 10M-token context fits).</summary>
+    public const int MaxPositionsLimit = 1 << 24;
+
+    /// <summary>
+    /// Refuses a context length nothing could use before a model is built: a learned position table of 2³¹ rows, or a
+    /// generation whose default length is the context, would allocate or run without end.
+    /// </summary>
+    private static void CheckPositions(ModelConfig config, string configSource)
+    {
+        if (config.MaxPositions > MaxPositionsLimit)
+            throw new InputException(configSource, $"a context of {config.MaxPositions:N0} positions (n_positions / max_position_embeddings) is above the {MaxPositionsLimit:N0} this product supports");
+    }
+
     /// <summary>
     /// A model with random weights for a config, initialised as Hugging Face does
     /// (weights ~ N(0, <c>initializer_range</c>, default 0.02), biases 0, norm scales 1), reproducibly from <paramref name="seed"/>.
     /// </summary>
     public static LoadedModel Create(ModelConfig config, long seed)
     {
+        CheckPositions(config, "config.json");
         var model = Architectures.Build(config);
         double std = new ConfigReader(config.Raw, "config.json").Double("initializer_range", 0.02);
         using var generator = new Generator((ulong)seed);
