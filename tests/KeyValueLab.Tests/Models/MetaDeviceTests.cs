@@ -9,7 +9,8 @@ namespace KeyValueLab.Tests.Models;
 /// </summary>
 /// <remarks>
 /// A forward pass on <c>meta</c> is not possible with libtorch 2.10's CPU build: it has no meta kernel for
-/// <c>index_select</c> (the embedding lookup), <c>max</c> or <c>logical_and</c> (the attention mask); see docs/performance.md.
+/// <c>index_select</c> (the embedding lookup), <c>max</c>, <c>logical_and</c>/<c>logical_not</c> (the attention mask),
+/// <c>where.self</c> (inside scaled_dot_product_attention) or <c>native_batch_norm</c> (reached by layer_norm); see docs/performance.md.
 /// </remarks>
 public class MetaDeviceTests
 {
