@@ -14,7 +14,7 @@ internal static class RegularFile
         var info = new FileInfo(path);
         if (!info.Exists) throw new InputException(path, "file not found");
         long length = info.Length;
-        if (length == 0) throw new InputException(path, "is empty or not a regular file (a FIFO, socket or device?); give the file itself");
+        if (length == 0) throw new InputException(path, "is 0 bytes: empty, or not a regular file (a FIFO, socket or device?); give the file itself");
         return length;
     }
 }
