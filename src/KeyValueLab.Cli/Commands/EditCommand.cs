@@ -37,7 +37,7 @@ internal static class EditCommand
             if (!template.Contains("{}", StringComparison.Ordinal)) throw new UsageException("--prompt needs {} where the subject goes");
             string modelPath = parse.GetValue(model)!;
             using var loaded = ModelLoader.Load(modelPath, ModelOptions.Loading(parse, dtype, device));
-            var tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer));
+            var tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer), loaded.Config);
             var edit = editor.Create(parse, loaded.Model);
             var request = new EditRequest("cli", template, subj, parse.GetValue(targetNew)!, parse.GetValue(targetTrue));
             var prompts = new List<(string Label, string Text)> { ("rewrite", request.FilledPrompt) };

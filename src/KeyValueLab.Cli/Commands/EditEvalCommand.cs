@@ -47,7 +47,7 @@ internal static class EditEvalCommand
 
             string modelPath = parse.GetValue(model)!;
             using var loaded = ModelLoader.Load(modelPath, ModelOptions.Loading(parse, dtype, device));
-            var tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer));
+            var tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer), loaded.Config);
             var edit = editor.Create(parse, loaded.Model);
             var evaluation = new EvaluationOptions { GenerationPrompts = parse.GetValue(gePrompts), GenerationTokens = parse.GetValue(geTokens), Seed = parse.GetValue(seed) };
             var run = new EditRun(parse.GetValue(output)!, editMode, evaluation);
