@@ -59,9 +59,9 @@ internal static class ModelOptions
         return new LoadOptions { DType = kept, Device = where, FourBit = fourBit is not null && parse.GetValue(fourBit) };
     }
 
-    /// <summary>The explicit tokenizer, else the model folder's, else tokenizer.bin next to a llama2.c file.</summary>
-    public static ITokenizer LoadTokenizer(string modelPath, string? tokenizerPath) =>
-        TokenizerLoader.ForModel(modelPath, tokenizerPath, "pass --tokenizer PATH");
+    /// <summary>The explicit tokenizer, else the model folder's, else tokenizer.bin next to a llama2.c file; refused when its ids exceed the model's vocabulary.</summary>
+    public static ITokenizer LoadTokenizer(string modelPath, string? tokenizerPath, ModelConfig model) =>
+        TokenizerLoader.ForModel(modelPath, tokenizerPath, "pass --tokenizer PATH", model.VocabSize);
 }
 
 /// <summary>A command-line value out of range; reported like a parse error (exit code 2).</summary>

@@ -66,7 +66,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
             var edits = mine.Where(g => g.Kind == UnitKind.Edit && g.UnitIds.Any(id => !stored.Contains(id))).ToList();
             if (edits.Count > 0)
             {
-                var tokenizer = LoadTokenizer();
+                var tokenizer = LoadTokenizer(loaded.Config.VocabSize);
                 foreach (var group in edits)
                 {
                     cancel.ThrowIfCancellationRequested();
@@ -93,7 +93,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
 
     private const string TokenizerHint = "set tokenizer in the study file";
 
-    private ITokenizer LoadTokenizer() => TokenizerLoader.ForModel(plan.Inputs.ModelPath, plan.Inputs.TokenizerPath, TokenizerHint);
+    private ITokenizer LoadTokenizer(int modelVocabSize) => TokenizerLoader.ForModel(plan.Inputs.ModelPath, plan.Inputs.TokenizerPath, TokenizerHint, modelVocabSize);
 
     private int RunEditGroup(CausalLM model, ITokenizer tokenizer, UnitGroup group, HashSet<string> stored, ResultsStore store,
         string host, string versions, ref int done, int total, CancellationToken cancel)

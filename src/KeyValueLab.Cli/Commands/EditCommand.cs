@@ -40,7 +40,7 @@ internal static class EditCommand
             string modelPath = parse.GetValue(model)!;
             var loading = Stopwatch.StartNew();
             using var loaded = ProgressRenderer.Run(stderr, (progress, _) => ModelLoader.Load(modelPath, ModelOptions.Loading(parse, dtype, device) with { Progress = progress }));
-            var tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer));
+            var tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer), loaded.Config);
             loading.Stop();
             var request = new EditRequest("cli", template, subj, parse.GetValue(targetNew)!, parse.GetValue(targetTrue));
             var prompts = new List<(string Label, string Text)> { ("rewrite", request.FilledPrompt) };

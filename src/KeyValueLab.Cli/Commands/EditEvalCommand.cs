@@ -47,7 +47,7 @@ internal static class EditEvalCommand
 
             string modelPath = parse.GetValue(model)!;
             using var loaded = ProgressRenderer.Run(stderr, (progress, _) => ModelLoader.Load(modelPath, ModelOptions.Loading(parse, dtype, device) with { Progress = progress }));
-            var tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer));
+            var tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer), loaded.Config);
             var evaluation = new EvaluationOptions { GenerationPrompts = parse.GetValue(gePrompts), GenerationTokens = parse.GetValue(geTokens), Seed = parse.GetValue(seed) };
             var run = new EditRun(parse.GetValue(output)!, editMode, evaluation);
             var summary = ProgressRenderer.Run(stderr, (progress, log) =>

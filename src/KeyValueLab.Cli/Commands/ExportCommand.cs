@@ -35,7 +35,7 @@ internal static class ExportCommand
             };
             if (!parse.GetValue(force) && File.Exists(output)) throw new UsageException($"{output} exists; pass --force to overwrite it");
             using var loaded = ModelLoader.Load(modelPath);
-            var tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer));
+            var tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer), loaded.Config);
             using var adapter = parse.GetValue(lora) is string folder ? LoraModel.Load(loaded.Model, folder) : null;
             adapter?.Merge();
             try { GgufExport.Write(loaded.Model, tok, output, ggmlType, overwrite: true); }

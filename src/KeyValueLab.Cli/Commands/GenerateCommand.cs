@@ -41,7 +41,7 @@ internal static class GenerateCommand
 
             string modelPath = parse.GetValue(model)!;
             using var loaded = ModelLoader.Load(modelPath, ModelOptions.Loading(parse, dtype, device));
-            ITokenizer tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer));
+            ITokenizer tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer), loaded.Config);
             var options = new GenerationOptions
             {
                 Steps = n, Temperature = t, TopK = k, TopP = p, Seed = parse.GetValue(seed), StopAtEos = !parse.GetValue(noStop),

@@ -32,7 +32,7 @@ internal static class InspectCommand
         {
             string modelPath = parse.GetValue(model)!;
             using var loaded = ModelLoader.Load(modelPath, ModelOptions.Loading(parse, dtype, device));
-            var tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer));
+            var tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer), loaded.Config);
             int layers = loaded.Config.NumLayers, l = parse.GetValue(layer);
             if (l < 0) l += layers;
             if (l < 0 || l >= layers) throw new UsageException($"--layer {parse.GetValue(layer)} is out of range: the model has {layers} layers (0..{layers - 1})");

@@ -31,7 +31,7 @@ internal static class TuneEvalCommand
             var taskSpecs = TuningOptions.ParseTasks(parse.GetValue(tasks));
             string modelPath = parse.GetValue(model)!;
             using var loaded = ModelLoader.Load(modelPath, ModelOptions.Loading(parse, dtype, device, fourBit));
-            var tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer));
+            var tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer), loaded.Config);
             var selection = new TaskSelection { MaxEval = parse.GetValue(maxEval) };
             var data = taskSpecs.Select(t => TaskLoader.Load(t.Name, t.Path, selection)).ToList();
 

@@ -13,17 +13,18 @@ namespace KeyValueLab.Checkpoints;
 /// (pairs 2i, 2i + 1): <c>w.reshape(heads, 2, d/2, in).swapaxes(1, 2)</c>. <see cref="ReadFloat32"/> undoes it
 /// (<see cref="Unpermute"/>); <see cref="Permute"/> redoes it for writing. GPT-2's Conv1D weights are stored
 /// <c>[out, in]</c> in GGUF and <c>[in, out]</c> in Hugging Face checkpoints; they are presented as the latter.
+/// Gemma's norms are stored as 1 + w and GPT-NeoX's fused q/k/v rows regrouped (<see cref="GgufLayout"/>).
 /// </remarks>
 public sealed class GgufCheckpoint : ICheckpoint
 {
-    private readonly Dictionary<string, (string Gguf, int PermuteHeads, bool Transpose)> _map;
+    private readonly Dictionary<string, (string Gguf, GgufLayout Layout, int Heads)> _map;
 
     public string SourcePath => File.SourcePath;
     public GgufFile File { get; }
     public JsonObject Config { get; }
     public IReadOnlyList<TensorInfo> Tensors { get; }
 
-    private GgufCheckpoint(GgufFile file, JsonObject config, Dictionary<string, (string, int, bool)> map, List<TensorInfo> tensors)
+    private GgufCheckpoint(GgufFile file, JsonObject config, Dictionary<string, (string, GgufLayout, int)> map, List<TensorInfo> tensors)
     {
         File = file;
         Config = config;
@@ -38,24 +39,31 @@ public sealed class GgufCheckpoint : ICheckpoint
         var file = GgufFile.Open(path);
         string archName = GgufMetadata.String(file, "general.architecture");
         var arch = GgufArchitecture.ForGguf(archName)
-            ?? throw new InputException(path, $"general.architecture \"{archName}\" is not supported (supported: {string.Join(", ", GgufArchitecture.All.Select(a => a.Name))})");
+            ?? throw new InputException(path, $"general.architecture \"{archName}\" is not supported (supported: {string.Join(", ", GgufArchitecture.All.Select(a => a.Name).Distinct())})");
         var config = MakeConfig(file, arch);
         int heads = (int)GgufMetadata.UInt(file, $"{arch.Name}.attention.head_count");
         int kvHeads = file.Metadata.ContainsKey($"{arch.Name}.attention.head_count_kv") ? (int)GgufMetadata.UInt(file, $"{arch.Name}.attention.head_count_kv") : heads;
 
-        var map = new Dictionary<string, (string, int, bool)>(StringComparer.Ordinal);
+        var map = new Dictionary<string, (string, GgufLayout, int)>(StringComparer.Ordinal);
         var tensors = new List<TensorInfo>();
         foreach (var t in file.GgufTensors)
         {
             string hf = arch.ToHf(t.Name) ?? throw new InputException(path, $"tensor {t.Name} is not part of a {arch.Name} model known here");
-            int permute = arch.PermutesQk && hf.EndsWith(".self_attn.q_proj.weight", StringComparison.Ordinal) ? heads
-                : arch.PermutesQk && hf.EndsWith(".self_attn.k_proj.weight", StringComparison.Ordinal) ? kvHeads : 0;
-            bool transpose = arch.IsHfTransposed(hf);
-            if (transpose && t.Shape.Length != 2) throw new InputException(path, $"tensor {t.Name}: expected 2 dimensions");
-            if (permute > 0 && (t.Shape.Length != 2 || t.Shape[0] % (2 * permute) != 0))
-                throw new InputException(path, $"tensor {t.Name}: shape [{string.Join(", ", t.Shape)}] cannot hold {permute} heads of even size");
-            map[hf] = (t.Name, permute, transpose);
-            tensors.Add(new TensorInfo(hf, GgufFile.DTypeName(t.Type), transpose ? [t.Shape[1], t.Shape[0]] : t.Shape));
+            var layout = arch.LayoutOf(hf);
+            int n = layout switch
+            {
+                GgufLayout.RotaryInterleaved => hf.EndsWith(".k_proj.weight", StringComparison.Ordinal) ? kvHeads : heads,
+                GgufLayout.QkvByHead => heads,
+                _ => 0,
+            };
+            string shape = $"[{string.Join(", ", t.Shape)}]";
+            if (layout == GgufLayout.Transposed && t.Shape.Length != 2) throw new InputException(path, $"tensor {t.Name}: shape {shape}, expected 2 dimensions");
+            if (layout == GgufLayout.RotaryInterleaved && (t.Shape.Length != 2 || heads == 0 || t.Shape[0] % (2 * n) != 0))
+                throw new InputException(path, $"tensor {t.Name}: shape {shape} cannot hold {n} heads of even size");
+            if (layout == GgufLayout.QkvByHead && (t.Shape.Length > 2 || heads == 0 || t.Shape[0] % (3 * n) != 0))
+                throw new InputException(path, $"tensor {t.Name}: shape {shape} cannot hold q, k and v of {n} heads");
+            map[hf] = (t.Name, layout, n);
+            tensors.Add(new TensorInfo(hf, GgufFile.DTypeName(t.Type), layout == GgufLayout.Transposed ? [t.Shape[1], t.Shape[0]] : t.Shape));
         }
         return new GgufCheckpoint(file, config, map, tensors);
     }
@@ -65,7 +73,7 @@ public sealed class GgufCheckpoint : ICheckpoint
         var config = new JsonObject
         {
             ["model_type"] = arch.ModelType,
-            ["architectures"] = new JsonArray(arch.ModelType switch { "gpt2" => "GPT2LMHeadModel", "qwen2" => "Qwen2ForCausalLM", _ => "LlamaForCausalLM" }),
+            ["architectures"] = new JsonArray(arch.HfClass),
         };
         foreach (var (key, suffix, type, required) in arch.Fields)
         {
@@ -75,27 +83,68 @@ public sealed class GgufCheckpoint : ICheckpoint
                 if (required) throw new InputException(file.SourcePath, $"metadata {metaKey} is missing");
                 continue;
             }
-            config[key] = type == GgufType.Float32 ? JsonValue.Create(Shortest(GgufMetadata.Float(file, metaKey))) : JsonValue.Create((int)GgufMetadata.UInt(file, metaKey));
+            config[key] = type switch
+            {
+                GgufType.Float32 => JsonValue.Create(Shortest(GgufMetadata.Float(file, metaKey))),
+                GgufType.Bool => JsonValue.Create(GgufMetadata.Bool(file, metaKey, false)),
+                _ => JsonValue.Create((int)GgufMetadata.UInt(file, metaKey)),
+            };
         }
         var embed = file.GgufTensors.FirstOrDefault(t => t.Name == "token_embd.weight")
             ?? throw new InputException(file.SourcePath, "tensor token_embd.weight is missing");
         config["vocab_size"] = (int)embed.Shape[0];
         config["tie_word_embeddings"] = file.GgufTensors.All(t => t.Name != "output.weight");
-        if (arch.IsLlamaFamily)
+        string Key(string suffix) => $"{arch.Name}.{suffix}";
+        int HeadDim() => file.Metadata.ContainsKey(Key("attention.key_length")) ? (int)GgufMetadata.UInt(file, Key("attention.key_length"))
+            : (int)GgufMetadata.UInt(file, Key("embedding_length")) / Math.Max(1, (int)GgufMetadata.UInt(file, Key("attention.head_count")));
+        // The rotated features of each head as a fraction of it (Phi-3's partial_rotary_factor, GPT-NeoX's rotary_pct).
+        double? RotaryFraction()
         {
-            config["hidden_act"] = "silu";
-            if (arch == GgufArchitecture.Qwen2) config["use_sliding_window"] = false;
-            string keyLength = $"{arch.Name}.attention.key_length";
-            if (file.Metadata.ContainsKey(keyLength)) config["head_dim"] = (int)GgufMetadata.UInt(file, keyLength);
-            string scaling = $"{arch.Name}.rope.scaling.type";
-            if (file.Metadata.ContainsKey(scaling))
-            {
-                string s = GgufMetadata.String(file, scaling);
-                if (s == "linear") config["rope_scaling"] = new JsonObject { ["type"] = "linear", ["factor"] = GgufMetadata.Float(file, $"{arch.Name}.rope.scaling.factor") };
-                else if (s != "none") throw new InputException(file.SourcePath, $"{scaling} \"{s}\" is not supported (supported: none, linear)");
-            }
+            if (!file.Metadata.ContainsKey(Key("rope.dimension_count"))) return null;
+            return (double)GgufMetadata.UInt(file, Key("rope.dimension_count")) / HeadDim();
         }
-        else config["activation_function"] = "gelu_new";
+        switch (arch.ModelType)
+        {
+            case "llama" or "qwen2" or "gemma" or "gemma2":
+                if (arch.ModelType is "llama" or "qwen2") config["hidden_act"] = "silu";
+                else
+                {
+                    // llama.cpp's Gemma MLPs use ggml_gelu, the tanh approximation.
+                    config["hidden_act"] = "gelu_pytorch_tanh";
+                    config["hidden_activation"] = "gelu_pytorch_tanh";
+                }
+                if (arch.ModelType == "qwen2") config["use_sliding_window"] = false;
+                if (file.Metadata.ContainsKey(Key("attention.key_length"))) config["head_dim"] = (int)GgufMetadata.UInt(file, Key("attention.key_length"));
+                else if (arch.ModelType is "gemma" or "gemma2") config["head_dim"] = HeadDim();
+                if (arch.ModelType == "gemma2")
+                {
+                    // Not stored: llama.cpp scales queries by 1/sqrt(head_dim), by 1/sqrt(hidden/heads) for the 27B model (46 layers).
+                    int layers = (int)GgufMetadata.UInt(file, Key(GgufArchitecture.LayerCountSuffix));
+                    config["query_pre_attn_scalar"] = layers == 46 ? (int)GgufMetadata.UInt(file, Key("embedding_length")) / (int)GgufMetadata.UInt(file, Key("attention.head_count")) : HeadDim();
+                }
+                string scaling = Key("rope.scaling.type");
+                if (file.Metadata.ContainsKey(scaling))
+                {
+                    string s = GgufMetadata.String(file, scaling);
+                    if (s == "linear") config["rope_scaling"] = new JsonObject { ["type"] = "linear", ["factor"] = GgufMetadata.Float(file, Key("rope.scaling.factor")) };
+                    else if (s != "none") throw new InputException(file.SourcePath, $"{scaling} \"{s}\" is not supported (supported: none, linear)");
+                }
+                break;
+            case "phi3":
+                config["hidden_act"] = "silu";
+                if (RotaryFraction() is double f) config["partial_rotary_factor"] = f;
+                if (!config.ContainsKey("sliding_window")) config["sliding_window"] = null;
+                break;
+            case "gpt_neox":
+                // Pythia's exact GELU (llama.cpp computes the tanh approximation; see docs/gguf.md).
+                config["hidden_act"] = "gelu";
+                config["attention_bias"] = true;
+                if (RotaryFraction() is double p) config["rotary_pct"] = p;
+                break;
+            default:
+                config["activation_function"] = "gelu_new";
+                break;
+        }
         foreach (var (key, meta) in new[] { ("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id") })
             if (file.Metadata.ContainsKey(meta)) config[key] = (int)GgufMetadata.UInt(file, meta);
         config["torch_dtype"] = "float32";
@@ -110,9 +159,39 @@ public sealed class GgufCheckpoint : ICheckpoint
     {
         if (!_map.TryGetValue(name, out var m)) throw new KeyNotFoundException($"{SourcePath}: no tensor named {name}");
         var value = File.ReadFloat32(m.Gguf);
-        if (m.PermuteHeads > 0) using (value) return Unpermute(value, m.PermuteHeads);
-        if (m.Transpose) using (value) return value.t().contiguous();
-        return value;
+        if (m.Layout == GgufLayout.AsIs) return value;
+        using (value) return ToHf(value, m.Layout, m.Heads);
+    }
+
+    /// <summary>A tensor as llama.cpp's converter stores it, back in Hugging Face layout (inverse of <see cref="FromHf"/>).</summary>
+    internal static torch.Tensor ToHf(torch.Tensor w, GgufLayout layout, int heads) => layout switch
+    {
+        GgufLayout.RotaryInterleaved => Unpermute(w, heads),
+        GgufLayout.Transposed => w.t().contiguous(),
+        GgufLayout.PlusOne => w - 1,
+        GgufLayout.QkvByHead => Regroup(w, 3, heads),
+        _ => w.alias(),
+    };
+
+    /// <summary>A Hugging Face tensor in the layout llama.cpp's converter writes.</summary>
+    internal static torch.Tensor FromHf(torch.Tensor w, GgufLayout layout, int heads) => layout switch
+    {
+        GgufLayout.RotaryInterleaved => Permute(w, heads),
+        GgufLayout.Transposed => w.t().contiguous(),
+        GgufLayout.PlusOne => w + 1,
+        GgufLayout.QkvByHead => Regroup(w, heads, 3),
+        _ => w.alias(),
+    };
+
+    // Rows [a][b][d] → [b][a][d] (and the trailing input dimension, if any, kept): GPT-NeoX's per-head q, k, v
+    // (convert_hf_to_gguf.py GPTNeoXModel: reshape(n_head, 3, d, in), then q, k, v of all heads concatenated).
+    private static torch.Tensor Regroup(torch.Tensor w, int a, int b)
+    {
+        long rows = w.shape[0];
+        long[] rest = w.shape[1..];
+        using var r = w.reshape([a, b, rows / a / b, .. rest]);
+        using var s = r.transpose(0, 1);
+        return s.reshape(w.shape).contiguous();
     }
 
     /// <summary>ggml's interleaved q/k rows back to Hugging Face's rotate-half rows (inverse of <see cref="Permute"/>).</summary>

@@ -28,15 +28,11 @@ public static class GgufExport
             foreach (var (name, p) in model.named_parameters())
             {
                 string gguf = arch.ToGguf(name) ?? throw new NotSupportedException($"parameter {name} has no GGUF name for {arch.Name}");
-                var value = p.detach();
-                int heads = name.EndsWith(".self_attn.q_proj.weight", StringComparison.Ordinal) ? config.NumHeads
-                    : name.EndsWith(".self_attn.k_proj.weight", StringComparison.Ordinal) ? config.NumKvHeads : 0;
-                if (arch.PermutesQk && heads > 0)
-                {
-                    var permuted = GgufCheckpoint.Permute(value, heads);
-                    value.Dispose();
-                    value = permuted;
-                }
+                // Our GPT-2 holds its Conv1D weights as [out, in] already (transposed at load), as GGUF does.
+                var layout = arch.LayoutOf(name) is var l && l == GgufLayout.Transposed ? GgufLayout.AsIs : l;
+                int heads = layout == GgufLayout.RotaryInterleaved && name.EndsWith(".k_proj.weight", StringComparison.Ordinal) ? config.NumKvHeads : config.NumHeads;
+                using var detached = p.detach();
+                var value = GgufCheckpoint.FromHf(detached, layout, heads);
                 tensors.Add(new GgufTensorToWrite(gguf, value, value.dim() == 1 ? GgmlType.F32 : type));
             }
             GgufWriter.Write(path, metadata, tensors, overwrite);
@@ -74,30 +70,72 @@ public static class GgufExport
         U("block_count", config.NumLayers);
         U("feed_forward_length", config.IntermediateSize);
         U("attention.head_count", config.NumHeads);
-        if (arch.IsLlamaFamily)
+        switch (config.ModelType)
         {
-            var options = arch == GgufArchitecture.Qwen2 ? Qwen2.Options(raw, config.NumLayers) : LlamaOptions.Read(raw);
-            if (options.RopePositionScale != 1.0) throw new NotSupportedException("rope_scaling is not exported to GGUF here");
-            if (options.QkvBias != (arch == GgufArchitecture.Qwen2) || options.OutputBias || options.MlpBias)
-                throw new NotSupportedException("attention_bias / mlp_bias Llama models are not exported to GGUF here");
-            if (options.Windows.Count > 0) throw new NotSupportedException("sliding-window attention is not exported to GGUF here");
-            if (raw.OptString("hidden_act") is { } act && act != "silu") throw new NotSupportedException($"hidden_act \"{act}\": llama.cpp's llama uses silu");
-            U("attention.head_count_kv", config.NumKvHeads);
-            U("rope.dimension_count", config.HeadDim);
-            if (config.HeadDim != config.HiddenSize / config.NumHeads)
+            case "llama" or "mistral" or "qwen2" or "gemma" or "gemma2":
             {
-                U("attention.key_length", config.HeadDim);
-                U("attention.value_length", config.HeadDim);
+                var options = config.ModelType switch
+                {
+                    "qwen2" => Qwen2.Options(raw, config.NumLayers),
+                    "mistral" => Mistral.Options(raw, config.NumLayers),
+                    "gemma" => Gemma.Options(raw),
+                    "gemma2" => Gemma2.Options(raw, config.NumLayers),
+                    _ => LlamaOptions.Read(raw),
+                };
+                bool gemma = config.ModelType is "gemma" or "gemma2";
+                if (options.RopePositionScale != 1.0) throw new NotSupportedException("rope_scaling is not exported to GGUF here");
+                if (options.QkvBias != (config.ModelType == "qwen2") || options.OutputBias || options.MlpBias)
+                    throw new NotSupportedException("attention_bias / mlp_bias Llama models are not exported to GGUF here");
+                if (gemma && !config.TieWordEmbeddings) throw new NotSupportedException($"an untied {config.ModelType} head: llama.cpp's {arch.Name} always uses the embedding");
+                string actField = gemma ? "hidden_activation" : "hidden_act";
+                string act = raw.OptString(actField) ?? (gemma ? "gelu_pytorch_tanh" : "silu");
+                if (gemma ? act is not ("gelu_pytorch_tanh" or "gelu_new") : act != "silu")
+                    throw new NotSupportedException($"{actField} \"{act}\": llama.cpp's {arch.Name} uses {(gemma ? "the tanh GELU" : "silu")}");
+                if (config.ModelType == "gemma2") Gemma2Metadata(config, options, F, U);
+                // llama.cpp's llama has no sliding window; its converter drops Mistral's (see docs/gguf.md).
+                else if (config.ModelType != "mistral" && options.Windows.Count > 0) throw new NotSupportedException("sliding-window attention is not exported to GGUF here");
+                U("attention.head_count_kv", config.NumKvHeads);
+                U("rope.dimension_count", config.HeadDim);
+                if (gemma || config.HeadDim != config.HiddenSize / config.NumHeads)
+                {
+                    U("attention.key_length", config.HeadDim);
+                    U("attention.value_length", config.HeadDim);
+                }
+                F("rope.freq_base", options.RopeTheta);
+                F("attention.layer_norm_rms_epsilon", options.RmsNormEps);
+                break;
             }
-            F("rope.freq_base", options.RopeTheta);
-            F("attention.layer_norm_rms_epsilon", options.RmsNormEps);
-        }
-        else
-        {
-            var options = Gpt2Options.Read(raw);
-            if (raw.OptString("activation_function") is { } act && act != "gelu_new") throw new NotSupportedException($"activation_function \"{act}\": llama.cpp's gpt2 uses gelu (tanh)");
-            if (!options.ScaleAttnWeights || options.ScaleAttnByInverseLayerIdx) throw new NotSupportedException("GPT-2 attention scaling other than 1/sqrt(head_dim) is not exported");
-            F("attention.layer_norm_epsilon", options.LayerNormEps);
+            case "phi3":
+            {
+                var options = Phi3Options.Read(raw, config.HeadDim);
+                if (raw.Raw["rope_scaling"] is System.Text.Json.Nodes.JsonObject) throw new NotSupportedException("phi3 rope_scaling is not exported to GGUF here");
+                if (raw.OptString("hidden_act") is { } act && act != "silu") throw new NotSupportedException($"hidden_act \"{act}\": llama.cpp's phi3 uses silu");
+                U("attention.head_count_kv", config.NumKvHeads);
+                U("rope.dimension_count", options.RotaryDim);
+                F("rope.freq_base", options.RopeTheta);
+                F("attention.layer_norm_rms_epsilon", options.RmsNormEps);
+                // Written as the converter does; llama.cpp ignores it ("Phi SWA is currently disabled").
+                if (options.SlidingWindow is int window) U("attention.sliding_window", window);
+                break;
+            }
+            case "gpt_neox":
+            {
+                var options = GptNeoxOptions.Read(raw, config.HeadDim);
+                if (!options.AttentionBias) throw new NotSupportedException("attention_bias false: llama.cpp's gptneox needs the q/k/v and dense biases");
+                U("rope.dimension_count", options.RotaryDim);
+                F("rope.freq_base", options.RotaryBase);
+                metadata.Add(new($"{arch.Name}.use_parallel_residual", GgufValue.OfBool(options.ParallelResidual)));
+                F("attention.layer_norm_epsilon", options.LayerNormEps);
+                break;
+            }
+            default:
+            {
+                var options = Gpt2Options.Read(raw);
+                if (raw.OptString("activation_function") is { } act && act != "gelu_new") throw new NotSupportedException($"activation_function \"{act}\": llama.cpp's gpt2 uses gelu (tanh)");
+                if (!options.ScaleAttnWeights || options.ScaleAttnByInverseLayerIdx) throw new NotSupportedException("GPT-2 attention scaling other than 1/sqrt(head_dim) is not exported");
+                F("attention.layer_norm_epsilon", options.LayerNormEps);
+                break;
+            }
         }
         U("vocab_size", config.VocabSize);
 
@@ -106,6 +144,25 @@ public static class GgufExport
         metadata.AddRange(vocab.ToMetadata());
 
         return metadata;
+    }
+
+    // llama.cpp's gemma2: softcaps always on, the window on even layers, queries scaled by 1/sqrt(head_dim)
+    // (1/sqrt(hidden/heads) for the 27B model's 46 layers); query_pre_attn_scalar is not stored.
+    private static void Gemma2Metadata(ModelConfig config, LlamaOptions options, Action<string, double> f, Action<string, int> u)
+    {
+        double expected = config.NumLayers == 46 ? (double)config.HiddenSize / config.NumHeads : config.HeadDim;
+        if (options.ScoreScale is not double scale || Math.Abs(scale - 1.0 / Math.Sqrt(expected)) > 1e-12 / Math.Sqrt(expected))
+            throw new NotSupportedException($"gemma2 query_pre_attn_scalar other than {expected}: llama.cpp derives the attention scale from the head size");
+        if (options.AttentionSoftCap is not double attnCap) throw new NotSupportedException("gemma2 without attn_logit_softcapping: llama.cpp always applies it");
+        if (config.Raw["final_logit_softcapping"] is null && config.Raw.ContainsKey("final_logit_softcapping"))
+            throw new NotSupportedException("gemma2 without final_logit_softcapping: llama.cpp always applies it");
+        var windows = options.LayerWindows;
+        int? window = windows.Count > 0 ? windows[0] : null;
+        if (window is not int w || Enumerable.Range(0, config.NumLayers).Any(i => options.WindowOf(i) != (i % 2 == 0 ? w : null)))
+            throw new NotSupportedException("gemma2 layers other than sliding on even and global on odd layers: llama.cpp's gemma2 alternates them so");
+        f("attn_logit_softcapping", attnCap);
+        f("final_logit_softcapping", new ConfigReader(config.Raw, "config.json").Double("final_logit_softcapping", 30.0));
+        u("attention.sliding_window", w);
     }
 
     // llama.cpp needs one vocabulary entry per embedding row; rows the tokenizer does not use become unused tokens.

@@ -14,6 +14,9 @@ public sealed record GgufVocabulary(
 {
     private const string P = "tokenizer.ggml.";
 
+    /// <summary>SentencePiece add_dummy_prefix (<c>tokenizer.ggml.add_space_prefix</c>; llama.cpp's default is true, Gemma's models false).</summary>
+    public bool AddSpacePrefix { get; init; } = true;
+
     // tokenizer.ggml.pre names (llama.cpp llama-vocab.cpp) of the split regexes this project implements.
     private static readonly (string Pre, string Pattern)[] PreTokenizers =
     [
@@ -32,6 +35,7 @@ public sealed record GgufVocabulary(
         foreach (var (key, id) in new[] { ("bos_token_id", BosId), ("eos_token_id", EosId), ("unknown_token_id", UnknownId), ("padding_token_id", PaddingId) })
             if (id is int x) m.Add(new(P + key, GgufValue.OfUInt32((uint)x)));
         m.Add(new(P + "add_bos_token", GgufValue.OfBool(AddBos)));
+        if (Model == "llama") m.Add(new(P + "add_space_prefix", GgufValue.OfBool(AddSpacePrefix)));
         return m;
     }
 
@@ -45,7 +49,7 @@ public sealed record GgufVocabulary(
             {
                 var pieces = sp.Pieces;
                 return new GgufVocabulary("llama", "default", pieces.Select(p => p.Piece).ToArray(), pieces.Select(p => p.Score).ToArray(),
-                    pieces.Select(p => p.Type).ToArray(), null, sp.BosId, sp.EosId, sp.UnknownId, null, AddBos: true);
+                    pieces.Select(p => p.Type).ToArray(), null, sp.BosId, sp.EosId, sp.UnknownId, null, AddBos: true) { AddSpacePrefix = sp.AddDummyPrefix };
             }
             case Llama2cTokenizer l2:
             {
@@ -112,7 +116,10 @@ public sealed record GgufVocabulary(
             return (int)id;
         }
         return new GgufVocabulary(model, pre, tokens, scores, types, merges, Id("bos_token_id"), Id("eos_token_id"), Id("unknown_token_id"),
-            Id("padding_token_id"), GgufMetadata.Bool(file, P + "add_bos_token", model == "llama"));
+            Id("padding_token_id"), GgufMetadata.Bool(file, P + "add_bos_token", model == "llama"))
+        {
+            AddSpacePrefix = GgufMetadata.Bool(file, P + "add_space_prefix", true),
+        };
     }
 
     /// <summary>The tokenizer this vocabulary describes; <paramref name="source"/> names the GGUF file in errors.</summary>
@@ -126,7 +133,7 @@ public sealed record GgufVocabulary(
                 if (Scores is null) throw new InputException(source, $"{P}scores is missing (needed by a SentencePiece vocabulary)");
                 var pieces = Tokens.Select((t, i) => new SentencePiece(t, Scores[i], Types[i])).ToArray();
                 bool byteFallback = Types.Contains(SentencePieceModelProto.Byte);
-                var bytes = SentencePieceModelProto.Build(pieces, UnknownId ?? 0, BosId ?? -1, EosId ?? -1, PaddingId ?? -1, addDummyPrefix: true, byteFallback);
+                var bytes = SentencePieceModelProto.Build(pieces, UnknownId ?? 0, BosId ?? -1, EosId ?? -1, PaddingId ?? -1, addDummyPrefix: AddSpacePrefix, byteFallback);
                 return SentencePieceTokenizer.FromModelBytes(source, bytes);
             }
             case "gpt2":

@@ -182,8 +182,16 @@ public sealed partial class Gpt2Tokenizer : ITokenizer
         {
             throw new InputException(path, "cannot build the tiktoken tokenizer: " + e.Message, e);
         }
+        var spelled = new Lazy<Dictionary<string, int>>(() =>
+        {
+            var d = new Dictionary<string, int>(ranks.Length, StringComparer.Ordinal);
+            for (int i = 0; i < ranks.Length; i++) d.TryAdd(ByteLevel.ToChars(ranks[i]), i);
+            return d;
+        });
+        var merges = new Lazy<IReadOnlyList<string>>(() => MergesFromRanks(ranks));
+        var longBpe = new Lazy<ByteLevelBpe>(() => new ByteLevelBpe(t => spelled.Value.TryGetValue(t, out int id) ? id : null, merges.Value));
         return new Gpt2Tokenizer(path, ranks, specials, bosToken, eosToken, null, pattern, nfc: false,
-            piece => tiktoken.EncodeToIds(piece), () => MergesFromRanks(ranks), ignoreMerges: true);
+            LongPiecesLinear(piece => tiktoken.EncodeToIds(piece), longBpe), () => merges.Value, ignoreMerges: true);
     }
 
     private static Gpt2Tokenizer FromBpe(string vocabSource, string mergesSource, Dictionary<string, int> vocab, List<Merge> merges,
@@ -223,11 +231,17 @@ public sealed partial class Gpt2Tokenizer : ITokenizer
             throw new InputException(mergesSource, "cannot build the BPE tokenizer: " + e.Message, e);
         }
         // ignore_merges (Llama 3): a piece that is itself in the vocabulary is that token, whatever the merges would make.
+        var longBpe = new Lazy<ByteLevelBpe>(() => new ByteLevelBpe(t => vocab.TryGetValue(t, out int id) ? id : null, usable));
+        Func<string, IReadOnlyList<int>> library = piece => bpe.EncodeToIds(piece);
         Func<string, IReadOnlyList<int>> encode = ignoreMerges
-            ? piece => vocab.TryGetValue(ByteLevel.ToChars(piece), out int id) ? [id] : bpe.EncodeToIds(piece)
-            : piece => bpe.EncodeToIds(piece);
+            ? piece => vocab.TryGetValue(ByteLevel.ToChars(piece), out int id) ? [id] : LongPiecesLinear(library, longBpe)(piece)
+            : LongPiecesLinear(library, longBpe);
         return new Gpt2Tokenizer(mergesSource, tokenBytes, specials, bosToken, eosToken, unknown, pattern, nfc, encode, () => usable, ignoreMerges);
     }
+
+    /// <summary>Pre-tokens longer than <see cref="ByteLevelBpe.LongPiece"/> characters through <see cref="ByteLevelBpe"/>, the rest through the library.</summary>
+    private static Func<string, IReadOnlyList<int>> LongPiecesLinear(Func<string, IReadOnlyList<int>> library, Lazy<ByteLevelBpe> longBpe) =>
+        piece => piece.Length > ByteLevelBpe.LongPiece && longBpe.Value.Encode(Encoding.UTF8.GetBytes(piece)) is { } ids ? ids : library(piece);
 
     /// <summary>
     /// BPE merges equivalent to tiktoken ranks (as transformers' TikTokenConverter makes them): every split of a
@@ -323,9 +337,7 @@ public sealed partial class Gpt2Tokenizer : ITokenizer
 
     private static JsonDocument ParseJson(string path)
     {
-        byte[] bytes;
-        try { bytes = File.ReadAllBytes(path); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new InputException(path, "cannot read: " + e.Message, e); }
+        byte[] bytes = Utf8Text.ReadBytes(path);
         try { return JsonDocument.Parse(bytes, new JsonDocumentOptions { MaxDepth = 64 }); }
         catch (JsonException e) { throw new InputException(path, "not valid JSON: " + e.Message, e); }
     }
@@ -359,9 +371,7 @@ public sealed partial class Gpt2Tokenizer : ITokenizer
 
     private static List<Merge> ReadMergesTxt(string path)
     {
-        string[] lines;
-        try { lines = File.ReadAllLines(path, Encoding.UTF8); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new InputException(path, "cannot read: " + e.Message, e); }
+        string[] lines = Utf8Text.ReadLines(path);
         var merges = new List<Merge>(lines.Length);
         for (int i = 0; i < lines.Length; i++)
         {

@@ -13,7 +13,7 @@ namespace KeyValueLab.Tokenization;
 /// Llama 2 "?!!!!!!!" (seven '!') becomes "▁?" "!!!" "!!" "!!" there (1577 21004 6824 6824) but "▁?" "!!" "!!" "!!!"
 /// in SentencePiece and llama.cpp (1577 6824 6824 21004); 59 of the 3,000 generated strings of
 /// SentencePieceAgreementTests differed that way. Encoding is therefore done here; the library still parses the
-/// model file.
+/// model file. User-defined pieces (Gemma's) are matched first, longest at each position, and never merged.
 /// </remarks>
 internal sealed class SentencePieceBpe
 {
@@ -21,6 +21,7 @@ internal sealed class SentencePieceBpe
     private readonly int[] _byteIds;   // [byte] → id of <0xXX>, or -1
     private readonly int _unknownId;
     private readonly bool _addDummyPrefix;
+    private readonly string[] _userDefined;  // longest first: matched whole before BPE and never merged (Gemma's <start_of_turn>, …)
 
     public SentencePieceBpe(IReadOnlyList<SentencePiece> pieces, int unknownId, bool addDummyPrefix, bool byteFallback)
     {
@@ -41,6 +42,19 @@ internal sealed class SentencePieceBpe
         }
         _unknownId = unknownId;
         _addDummyPrefix = addDummyPrefix;
+        _userDefined = [.. pieces.Where(p => p.Type == SentencePieceModelProto.UserDefined && p.Piece.Length > 0).Select(p => p.Piece)
+            .Distinct(StringComparer.Ordinal).OrderByDescending(p => p.Length)];
+    }
+
+    /// <summary>Whether text is given a leading "▁" (add_dummy_prefix: Llama yes, Gemma no).</summary>
+    public bool AddDummyPrefix => _addDummyPrefix;
+
+    // The longest user-defined piece at text[at..], or 0 (sentencepiece's PrefixMatcher over user_defined_symbols).
+    private int UserDefinedAt(string text, int at)
+    {
+        foreach (var u in _userDefined)
+            if (at + u.Length <= text.Length && string.CompareOrdinal(text, at, u, 0, u.Length) == 0) return u.Length;
+        return 0;
     }
 
     public List<int> Encode(string text)
@@ -49,9 +63,17 @@ internal sealed class SentencePieceBpe
         if (text.Length == 0) return ids;
         string normalized = (_addDummyPrefix ? "\u2581" : "") + text.Replace(' ', '\u2581');
 
-        // Symbols as a linked list over text ranges [start, start + length).
+        // Symbols as a linked list over text ranges [start, start + length): one per character, or one per
+        // user-defined piece found there (frozen: bpe_model.cc never merges it with a neighbour).
         var starts = new List<int>();
-        for (int i = 0; i < normalized.Length; i += char.IsSurrogatePair(normalized, i) ? 2 : 1) starts.Add(i);
+        var frozenAt = new HashSet<int>();
+        for (int i = 0; i < normalized.Length;)
+        {
+            starts.Add(i);
+            int user = _userDefined.Length == 0 ? 0 : UserDefinedAt(normalized, i);
+            if (user > 0) frozenAt.Add(starts.Count - 1);
+            i += user > 0 ? user : char.IsSurrogatePair(normalized, i) ? 2 : 1;
+        }
         int n = starts.Count;
         var start = starts.ToArray();
         var length = new int[n];
@@ -69,7 +91,7 @@ internal sealed class SentencePieceBpe
             Comparer<(float Score, int Left)>.Create((a, b) => a.Score != b.Score ? b.Score.CompareTo(a.Score) : a.Left.CompareTo(b.Left)));
         void TryAdd(int left, int right)
         {
-            if (left < 0 || right < 0) return;
+            if (left < 0 || right < 0 || frozenAt.Contains(left) || frozenAt.Contains(right)) return;
             int len = length[left] + length[right];
             if (_pieces.TryGetValue(normalized.Substring(start[left], len), out var piece))
                 agenda.Enqueue((left, right, len), (piece.Score, start[left]));

@@ -31,6 +31,9 @@ public sealed class SentencePieceTokenizer : ITokenizer
     /// <summary>Every piece with its score and type, by id, as the model file holds them.</summary>
     internal IReadOnlyList<SentencePiece> Pieces { get; }
 
+    /// <summary>Whether text gets a leading "▁" before encoding (the model's add_dummy_prefix).</summary>
+    internal bool AddDummyPrefix => _bpe.AddDummyPrefix;
+
     private SentencePieceTokenizer(MlSentencePiece sp, SentencePiece[] pieces)
     {
         Pieces = pieces;

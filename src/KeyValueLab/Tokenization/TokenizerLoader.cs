@@ -8,16 +8,21 @@ public static class TokenizerLoader
     /// <summary>
     /// The tokenizer of a model: <paramref name="tokenizerPath"/> when given, else the model folder's, else
     /// <c>tokenizer.bin</c> beside a llama2.c file. <paramref name="howToGive"/> ends the error when there is none
-    /// (e.g. "pass --tokenizer PATH").
+    /// (e.g. "pass --tokenizer PATH"). With <paramref name="modelVocabSize"/>, a tokenizer whose ids reach past the
+    /// model's embedding rows is refused here, before any id is looked up.
     /// </summary>
-    public static ITokenizer ForModel(string modelPath, string? tokenizerPath, string howToGive)
+    /// <exception cref="InputException">No tokenizer, a malformed one, or one with more ids than the model embeds (both named).</exception>
+    public static ITokenizer ForModel(string modelPath, string? tokenizerPath, string howToGive, int? modelVocabSize = null)
     {
-        if (!string.IsNullOrEmpty(tokenizerPath)) return Load(tokenizerPath);
-        if (Directory.Exists(modelPath)) return Load(modelPath);
-        if (modelPath.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase)) return Load(modelPath);
-        string beside = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(modelPath)) ?? ".", "tokenizer.bin");
-        if (File.Exists(beside)) return Load(beside);
-        throw new InputException(modelPath, $"no tokenizer given and no tokenizer.bin beside this llama2.c file; {howToGive}");
+        string source = !string.IsNullOrEmpty(tokenizerPath) ? tokenizerPath
+            : Directory.Exists(modelPath) || modelPath.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase) ? modelPath
+            : Path.Combine(Path.GetDirectoryName(Path.GetFullPath(modelPath)) ?? ".", "tokenizer.bin");
+        if (string.IsNullOrEmpty(tokenizerPath) && source != modelPath && !File.Exists(source))
+            throw new InputException(modelPath, $"no tokenizer given and no tokenizer.bin beside this llama2.c file; {howToGive}");
+        var tokenizer = Load(source);
+        if (modelVocabSize is int rows && tokenizer.VocabSize > rows)
+            throw new InputException(source, $"the tokenizer has ids up to {tokenizer.VocabSize - 1} but the model {modelPath} embeds only {rows} tokens (vocab_size {rows}); they do not belong together");
+        return tokenizer;
     }
 
     /// <summary>
@@ -125,7 +130,7 @@ public static class TokenizerLoader
         if (!File.Exists(config)) return (d, d, d, added, null);
         try
         {
-            using var doc = JsonDocument.Parse(File.ReadAllBytes(config));
+            using var doc = JsonDocument.Parse(Utf8Text.ReadBytes(config));
             var root = doc.RootElement;
             if (root.ValueKind != JsonValueKind.Object) throw new InputException(config, "expected a JSON object");
             string? Token(string key)

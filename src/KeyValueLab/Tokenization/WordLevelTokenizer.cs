@@ -77,7 +77,7 @@ public sealed partial class WordLevelTokenizer : ITokenizer
     public static WordLevelTokenizer FromTokenizerJson(string path, string? bosToken, string? eosToken)
     {
         JsonDocument doc;
-        try { doc = JsonDocument.Parse(File.ReadAllBytes(path)); }
+        try { doc = JsonDocument.Parse(Utf8Text.ReadBytes(path)); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new InputException(path, "cannot read: " + e.Message, e); }
         catch (JsonException e) { throw new InputException(path, "not valid JSON: " + e.Message, e); }
         using (doc)

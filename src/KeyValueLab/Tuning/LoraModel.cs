@@ -11,9 +11,16 @@ namespace KeyValueLab.Tuning;
 /// <summary>One adapted linear: A <c>[r, in]</c>, B <c>[out, r]</c>, y = W·x + scale·B·A·dropout(x).</summary>
 public sealed record LoraLayer(string Name, Linear Base, Parameter A, Parameter B)
 {
+    /// <summary>
+    /// The fused module (Phi-3's <c>model.layers.0.mlp.gate_up_proj</c>) when this layer is one of its parts and the
+    /// adapter targets the fused module as a whole: then its parts share one A and their B's are the row blocks of
+    /// PEFT's one <c>lora_B</c>, which is exactly PEFT's LoRA on the fused linear. Null otherwise.
+    /// </summary>
+    public string? FusedModule { get; init; }
+
     /// <summary>PEFT's key of A in <c>adapter_model.safetensors</c>, e.g. <c>base_model.model.model.layers.0.mlp.up_proj.lora_A.weight</c>.</summary>
-    public string KeyA => $"{LoraModel.PeftPrefix}{Name}.lora_A.weight";
-    public string KeyB => $"{LoraModel.PeftPrefix}{Name}.lora_B.weight";
+    public string KeyA => $"{LoraModel.PeftPrefix}{FusedModule ?? Name}.lora_A.weight";
+    public string KeyB => $"{LoraModel.PeftPrefix}{FusedModule ?? Name}.lora_B.weight";
 }
 
 /// <summary>
@@ -70,13 +77,14 @@ public sealed class LoraModel : IDisposable
         foreach (var p in model.parameters()) p.requires_grad = false;
         // The parts of a fused layer (Phi-3's gate_up_proj.gate and .up) are linears of their own, so an adapter on
         // one part changes only its rows; an adapter on the whole fused layer is an adapter on each part.
+        // A fused layer targeted by its own name (PEFT's "gate_up_proj") is PEFT's one adapter on it: one A shared by the parts.
         var linears = model.named_modules().SelectMany(m => m.module switch
         {
-            Linear linear => [(name: m.name, linear)],
-            FusedLinear fused => fused.Parts.Select(p => (name: $"{m.name}.{p.Name}", linear: p.Module)),
-            _ => Enumerable.Empty<(string name, Linear linear)>(),
+            Linear linear => [(name: m.name, linear, fused: (string?)null)],
+            FusedLinear fused => fused.Parts.Select(p => (name: $"{m.name}.{p.Name}", linear: p.Module, fused: config.Matches(m.name) ? m.name : null)),
+            _ => Enumerable.Empty<(string name, Linear linear, string? fused)>(),
         }).ToList();
-        var chosen = linears.Where(l => config.Matches(l.name)).ToList();
+        var chosen = linears.Where(l => l.fused is not null || config.Matches(l.name)).ToList();
         if (chosen.Count == 0)
         {
             string targets = config.TargetRegex ?? string.Join(", ", config.TargetModules);
@@ -85,15 +93,16 @@ public sealed class LoraModel : IDisposable
         }
         var generator = new Generator((ulong)seed);
         var layers = new List<LoraLayer>();
-        foreach (var (name, linear) in chosen)
+        foreach (var (name, linear, fused) in chosen)
         {
             long[] shape = Nf4Base.WeightShape(linear);  // [out, in]
             long outF = shape[0], inF = shape[1];
             // kaiming_uniform_(a=√5): gain √(2/(1+5)), bound gain·√(3/fan_in) = 1/√in.
             double bound = 1.0 / Math.Sqrt(inF);
-            var a = new Parameter((rand([config.R, inF], generator: generator) * (2 * bound) - bound).detach(), requires_grad: true);
+            var shared = fused is null ? null : layers.FirstOrDefault(l => l.FusedModule == fused)?.A;
+            var a = shared ?? new Parameter((rand([config.R, inF], generator: generator) * (2 * bound) - bound).detach(), requires_grad: true);
             var b = new Parameter(zeros(outF, config.R), requires_grad: true);
-            layers.Add(new LoraLayer(name, linear, a, b));
+            layers.Add(new LoraLayer(name, linear, a, b) { FusedModule = fused });
         }
         var lora = new LoraModel(model, config, layers);
         lora.Hook();
@@ -125,11 +134,11 @@ public sealed class LoraModel : IDisposable
         }
     }
 
-    /// <summary>The adapter parameters (A, B per layer), in a fixed order.</summary>
-    public IReadOnlyList<Parameter> Parameters() => [.. Layers.SelectMany(l => new[] { l.A, l.B })];
+    /// <summary>The adapter parameters (A, B per layer; a shared A once), in a fixed order.</summary>
+    public IReadOnlyList<Parameter> Parameters() => [.. Layers.SelectMany(l => new[] { l.A, l.B }).Distinct(ReferenceEqualityComparer.Instance).Cast<Parameter>()];
 
     /// <summary>Number of trainable (adapter) parameters.</summary>
-    public long TrainableCount => Layers.Sum(l => l.A.NumberOfElements + l.B.NumberOfElements);
+    public long TrainableCount => Parameters().Sum(p => p.NumberOfElements);
 
     /// <summary>Parameters of the base model (frozen 4-bit or stored-dtype weights counted as the weights they stand for) plus the adapters.</summary>
     public long AllCount
@@ -185,9 +194,15 @@ public sealed class LoraModel : IDisposable
             FanInFanOut = Architectures.Of(Model.Config.ModelType).FanInFanOut,
         };
         File.WriteAllText(Path.Combine(folder, ConfigFile), config.ToPeftJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
-        var tensors = Layers.SelectMany(l => new TensorToSave[] { new(l.KeyA, l.A.detach()), new(l.KeyB, l.B.detach()) })
+        // A fused module's parts as PEFT stores its one adapter: the shared A, and the parts' B stacked by rows.
+        var tensors = Layers.GroupBy(l => l.KeyA).SelectMany(g => new TensorToSave[]
+            {
+                new(g.Key, g.First().A.detach()),
+                new(g.First().KeyB, g.Count() == 1 ? g.First().B.detach() : cat(g.Select(l => l.B.detach()).ToArray(), 0)),
+            })
             .OrderBy(t => t.Name, StringComparer.Ordinal).ToList();
-        SafetensorsWriter.Write(Path.Combine(folder, WeightsFile), tensors, new Dictionary<string, string> { ["format"] = "pt" });
+        try { SafetensorsWriter.Write(Path.Combine(folder, WeightsFile), tensors, new Dictionary<string, string> { ["format"] = "pt" }); }
+        finally { foreach (var t in tensors) t.Tensor?.Dispose(); }
     }
 
     /// <summary>
@@ -227,14 +242,26 @@ public sealed class LoraModel : IDisposable
             throw new InputException(path, $"adapter keys do not fit the model: missing [{string.Join(", ", missing.Take(4))}{(missing.Count > 4 ? ", …" : "")}], " +
                                            $"unexpected [{string.Join(", ", unexpected.Take(4))}{(unexpected.Count > 4 ? ", …" : "")}]");
         using var noGrad = no_grad();
-        foreach (var layer in Layers)
-            foreach (var (key, target) in new[] { (layer.KeyA, layer.A), (layer.KeyB, layer.B) })
+        foreach (var group in Layers.GroupBy(l => l.KeyA))
+        {
+            var first = group.First();
+            // B of a fused module: the parts' row blocks, in order.
+            long rows = group.Sum(l => l.B.shape[0]);
+            foreach (var (key, shape) in new[] { (first.KeyA, first.A.shape), (first.KeyB, new[] { rows, first.B.shape[1] }) })
             {
                 using var stored = file.ReadFloat32(byName[key]);
-                if (!stored.shape.SequenceEqual(target.shape))
-                    throw new InputException(path, $"{key} has shape [{string.Join(", ", stored.shape)}], the model needs [{string.Join(", ", target.shape)}]");
-                target.copy_(stored);
+                if (!stored.shape.SequenceEqual(shape))
+                    throw new InputException(path, $"{key} has shape [{string.Join(", ", stored.shape)}], the model needs [{string.Join(", ", shape)}]");
+                if (key == first.KeyA) { first.A.copy_(stored); continue; }
+                long offset = 0;
+                foreach (var layer in group)
+                {
+                    using var block = stored.narrow(0, offset, layer.B.shape[0]);
+                    layer.B.copy_(block);
+                    offset += layer.B.shape[0];
+                }
             }
+        }
     }
 
     /// <summary>Removes the hooks (unmerging first) and frees the adapters.</summary>
@@ -243,7 +270,7 @@ public sealed class LoraModel : IDisposable
         if (Merged) Unmerge();
         foreach (var unhook in _unhook) unhook();
         _unhook.Clear();
-        foreach (var layer in Layers) { layer.A.Dispose(); layer.B.Dispose(); }
+        foreach (var p in Parameters()) p.Dispose();
         _scale.Dispose();
         _dropoutP.Dispose();
         _keepProbability.Dispose();

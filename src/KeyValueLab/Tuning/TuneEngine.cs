@@ -68,7 +68,7 @@ public static class TuneEngine
     public static TuneOutcome Run(TuneJob job, IProgress<WorkProgress>? progress = null, Action<string>? log = null, CancellationToken cancel = default)
     {
         using var loaded = ModelLoader.Load(job.ModelPath, job.Loading);
-        var tokenizer = TokenizerLoader.ForModel(job.ModelPath, job.TokenizerPath, job.TokenizerHint);
+        var tokenizer = TokenizerLoader.ForModel(job.ModelPath, job.TokenizerPath, job.TokenizerHint, loaded.Config.VocabSize);
         var data = job.Tasks.Select(t => TaskLoader.Load(t.Key, t.Value, job.Selection)).ToList();
         foreach (var d in data) log?.Invoke($"task {d.Name}: {d.Train.Count} train, {d.Eval.Count} eval ({d.SplitNote})");
         IReadOnlyList<string> modules;

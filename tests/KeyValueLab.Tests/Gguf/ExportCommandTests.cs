@@ -68,7 +68,13 @@ public class ExportCommandTests : IDisposable
         Assert.Contains("pass --force", stderr);
         Assert.Equal(0, new FileInfo(_tmp.File("exists.gguf")).Length);
 
+        // GPT-2's 50,257 tokens for tiny_gptj's 1,000 embedding rows: refused when the two are loaded, naming both.
         (code, _, stderr) = Kvlab.Run("export", "-m", TestData.Path("fixtures/tiny_gptj"), "-z", TestData.Path("gpt2_tokenizer"), "--gguf", _tmp.File("gptj.gguf"));
+        Assert.Equal(2, code);
+        Assert.Equal($"kvlab: {TestData.Path("gpt2_tokenizer")}: the tokenizer has ids up to 50256 but the model {TestData.Path("fixtures/tiny_gptj")} embeds only 1000 tokens (vocab_size 1000); they do not belong together", stderr.Trim());
+        Assert.False(File.Exists(_tmp.File("gptj.gguf")));
+
+        (code, _, stderr) = Kvlab.Run("export", "-m", TestData.Path("fixtures/tiny_gptj"), "-z", Path.Combine(Stories, "tok512.bin"), "--gguf", _tmp.File("gptj.gguf"));
         Assert.Equal(2, code);
         Assert.Contains("model_type \"gptj\" cannot be exported to GGUF", stderr);
         Assert.False(File.Exists(_tmp.File("gptj.gguf")));

@@ -33,12 +33,12 @@ internal static class LlamaCpp
         FlashAttention = false,
     };
 
-    /// <summary>llama.cpp's tokens for each text, no BOS, special tokens not parsed (as test-tokenizer-0).</summary>
-    public static int[][] Tokenize(string gguf, IEnumerable<string> texts)
+    /// <summary>llama.cpp's tokens for each text, no BOS, special tokens not parsed unless asked (test-tokenizer-0 does not).</summary>
+    public static int[][] Tokenize(string gguf, IEnumerable<string> texts, bool parseSpecial = false)
     {
         _ = Configured.Value;
         using var weights = LLamaWeights.LoadFromFile(Params(gguf, vocabOnly: true));
-        return texts.Select(text => weights.Tokenize(text, false, false, Encoding.UTF8).Select(t => (int)t).ToArray()).ToArray();
+        return texts.Select(text => weights.Tokenize(text, false, parseSpecial, Encoding.UTF8).Select(t => (int)t).ToArray()).ToArray();
     }
 
     /// <summary>Logits <c>[position][vocab]</c> for <paramref name="ids"/>, all positions in one batch.</summary>

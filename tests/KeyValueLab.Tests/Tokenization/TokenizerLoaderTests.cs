@@ -48,6 +48,37 @@ public class TokenizerLoaderTests
         return e;
     }
 
+    [Fact]
+    public void InvalidUtf8InTokenizerFilesIsNamedNotReplaced()
+    {
+        // System.Text.Json reads invalid UTF-8 inside a string without complaint and throws InvalidOperationException
+        // (exit 1) when the string is taken; File.ReadAllLines replaces it silently. Both are input errors here.
+        using var dir = new TempDir();
+        foreach (var f in new[] { "vocab.json", "merges.txt" }) File.Copy(TestData.Path("hf_fixtures/tiny_gpt2_lm_buddy/" + f), dir.File(f));
+        var config = Encoding.UTF8.GetBytes("{\"bos_token\": \"<s").Concat(new byte[] { 0xFF, 0xFE }).Concat(Encoding.UTF8.GetBytes(">\"}")).ToArray();
+        File.WriteAllBytes(dir.File("tokenizer_config.json"), config);
+        var e = Fails(dir.Path, dir.File("tokenizer_config.json"), "not valid UTF-8");
+        Assert.Contains("byte 0xFF at offset 17", e.Problem);
+        File.Delete(dir.File("tokenizer_config.json"));
+
+        var merges = File.ReadAllBytes(dir.File("merges.txt"));
+        File.WriteAllBytes(dir.File("merges.txt"), [.. merges, 0xC3, (byte)' ', (byte)'a', (byte)'\n']);
+        Fails(dir.Path, dir.File("merges.txt"), "not valid UTF-8");
+    }
+
+    [Fact]
+    public void TokenizerWithMoreIdsThanTheModelEmbedsIsRefusedNamingBoth()
+    {
+        // Llama 2's 32,000 pieces for stories260K's 512 embedding rows: any id past 511 would fail inside libtorch.
+        string model = TestData.Path("llama2c_stories260K/stories260K.bin"), tok = TestData.Path("llama2_tokenizer/tokenizer.model");
+        var e = Assert.Throws<InputException>(() => TokenizerLoader.ForModel(model, tok, "unused", modelVocabSize: 512));
+        Assert.Equal(tok, e.FilePath);
+        Assert.Contains("ids up to 31999", e.Problem);
+        Assert.Contains(model, e.Problem);
+        Assert.DoesNotContain('\n', e.Message);
+        Assert.Equal(32000, TokenizerLoader.ForModel(model, tok, "unused", modelVocabSize: 32000).VocabSize);
+    }
+
     private static byte[] Prefix(string relative, int length) => File.ReadAllBytes(TestData.Path(relative))[..length];
 
     [Fact]
