@@ -87,23 +87,28 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
         }
 
         var work = models.Select(m => (Model: m, Groups: mine.Where(g => g.Organism == m.Organism).ToList())).Where(w => w.Groups.Count > 0).ToList();
+        if (work.Count == 0) kept?.Dispose();
         if (!SideBySide || work.Count < 2)
         {
             foreach (var w in work) RunModel(w.Model, w.Groups, kept, state, cancel);
-            kept?.Dispose();
         }
         else
         {
-            kept?.Dispose();
+            // A worker that fails stops the others at their next unit.
+            using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancel);
             var errors = new Exception?[work.Count];
             var threads = work.Select((w, i) => new Thread(() =>
             {
                 try
                 {
                     TorchSharp.torch.set_num_threads(1);  // per thread: each worker's ops stay on its own core
-                    RunModel(w.Model, w.Groups, null, state, cancel);
+                    RunModel(w.Model, w.Groups, null, state, stop.Token);
                 }
-                catch (Exception e) { errors[i] = e; }
+                catch (Exception e)
+                {
+                    errors[i] = e;
+                    stop.Cancel();
+                }
             }) { Name = $"study {w.Model.Organism}" }).ToList();
             foreach (var t in threads) t.Start();
             foreach (var t in threads) t.Join();
@@ -147,27 +152,30 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
         }
     }
 
-    /// <summary>One model's groups: its editing units on one load of it (<paramref name="loaded"/> when given), then its tuning runs.</summary>
+    /// <summary>
+    /// One model's groups: its editing units on one load of it (<paramref name="loaded"/>, owned and freed here, else a
+    /// load of its own), freed before its tuning runs, each of which quantises a fresh copy.
+    /// </summary>
     private void RunModel(StudyModel model, IReadOnlyList<UnitGroup> groups, LoadedModel? loaded, RunState state, CancellationToken cancel)
     {
         string host = Environment.MachineName, versions = Versions();
-        var edits = groups.Where(g => g.Kind == UnitKind.Edit && g.UnitIds.Any(id => !state.IsStored(id))).ToList();
-        if (edits.Count > 0)
+        try
         {
-            var own = loaded is null ? ModelLoader.Load(model.ModelPath) : null;
-            try
+            var edits = groups.Where(g => g.Kind == UnitKind.Edit && g.UnitIds.Any(id => !state.IsStored(id))).ToList();
+            if (edits.Count > 0)
             {
+                loaded ??= ModelLoader.Load(model.ModelPath);
                 var tokenizer = LoadTokenizer(model);
                 foreach (var group in edits)
                 {
                     cancel.ThrowIfCancellationRequested();
-                    RunEditGroup((loaded ?? own)!.Model, tokenizer, group, state, host, versions, cancel);
+                    RunEditGroup(loaded.Model, tokenizer, group, state, host, versions, cancel);
                 }
             }
-            finally
-            {
-                own?.Dispose();
-            }
+        }
+        finally
+        {
+            loaded?.Dispose();
         }
         foreach (var group in groups.Where(g => g.Kind == UnitKind.Tune && !state.IsStored(g.UnitIds[0])))
         {

@@ -29,7 +29,12 @@ public class ReplicateTests
     {
         using var dir = new TempDir();
         int[] seeds = [1, 2, 3, 4, 5];
-        var plan = Studies.Plan(Studies.Write(dir, FtOnly(4, seeds)));
+        // 20 records for 5 seeds × 4 cases: independent draws per seed would overlap almost surely (P(none) < 1e-6).
+        string data = dir.File("twenty.json");
+        File.WriteAllText(data, new JsonArray([.. JsonNode.Parse(File.ReadAllText(Studies.CounterFact))!.AsArray().Take(20).Select(n => n!.DeepClone())]).ToJsonString());
+        var study = FtOnly(4, seeds);
+        study["edit_data"] = data;
+        var plan = Studies.Plan(Studies.Write(dir, study));
         var bySeed = plan.Groups.GroupBy(g => g.Seed).ToDictionary(g => g.Key, g => g.ToList());
         Assert.Equal(seeds, bySeed.Keys.Order());
         foreach (var groups in bySeed.Values)
@@ -45,7 +50,7 @@ public class ReplicateTests
         // The order is random per seed (not the file's order everywhere) and the same on every build of the plan.
         var orders = bySeed.Values.Select(g => string.Join(" ", g.Select(x => x.Condition!.Id))).ToList();
         Assert.True(orders.Distinct().Count() > 1, string.Join(" | ", orders));
-        var again = Studies.Plan(Studies.Write(dir, FtOnly(4, seeds), "again.json"));
+        var again = Studies.Plan(Studies.Write(dir, study, "again.json"));
         Assert.Equal(plan.Groups.Select(g => g.GroupId), again.Groups.Select(g => g.GroupId));
     }
 
@@ -167,5 +172,22 @@ public class ReplicateTests
         Assert.All(editing.Differences, d => Assert.Equal(organisms.Order(StringComparer.Ordinal), d.Organisms));
         Assert.Contains(organisms[0], store.Get("organisms"));
         Assert.Equal(plan.Groups.Select(g => g.GroupId), System.Text.Json.JsonSerializer.Deserialize<string[]>(store.Get("run_order")!));
+    }
+
+    /// <summary>studies/full.yaml reads, is the default grid with more organisms and cases, and its organisms' case
+    /// blocks fit in the organism's CounterFact export without shrinking (so every organism gets all its cases).</summary>
+    [Fact]
+    public void ShippedFullStudyIsTheDefaultGridScaledUp()
+    {
+        string root = AppContext.BaseDirectory;
+        while (!File.Exists(Path.Combine(root, "KeyValueLab.slnx"))) root = Path.GetDirectoryName(root) ?? throw new InvalidOperationException("repository root not found");
+        var full = StudySpec.Load(Path.Combine(root, "studies", "full.yaml"));
+        var standard = StudySpec.Default();
+        Assert.Equal(standard.Model, full.Model);
+        Assert.True(full.Seeds.Count >= 3 && full.Seeds.Count > standard.Seeds.Count);
+        Assert.True(full.Editing!.Cases > standard.Editing!.Cases);
+        Assert.True(full.Seeds.Count * full.Editing.Cases <= new WorldConfig().CounterFactCases);
+        Assert.Equal(standard.Editing.Conditions.Select(c => c.Id + string.Join(";", c.Overrides)), full.Editing.Conditions.Select(c => c.Id + string.Join(";", c.Overrides)));
+        Assert.Equal(standard.Tuning!.Targets, full.Tuning!.Targets);
     }
 }
