@@ -251,8 +251,8 @@ public sealed class StudyPlan
     {
         var same = all.Where(c => c.Id == condition.Id).ToList();
         if (same.Count < 2) return "";
-        var common = same.Skip(1).Aggregate(same[0].Overrides.ToHashSet(StringComparer.Ordinal), (h, c) => { h.IntersectWith(c.Overrides); return h; });
-        return string.Join(",", condition.Overrides.Where(o => !common.Contains(o)));
+        var common = same.Skip(1).Aggregate(same[0].Overrides.Texts.ToHashSet(StringComparer.Ordinal), (h, c) => { h.IntersectWith(c.Overrides.Texts); return h; });
+        return string.Join(",", condition.Overrides.Texts.Where(o => !common.Contains(o)));
     }
 
     /// <summary>The paper's names for target sets: "q,v" stays, "q,v,X" becomes "+X".</summary>

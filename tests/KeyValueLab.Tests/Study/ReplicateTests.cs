@@ -20,7 +20,7 @@ public class ReplicateTests
         study.Remove("tasks");
         study["editing"]!["runs"] = new JsonArray(
             new JsonObject { ["method"] = "ft", ["sides"] = new JsonArray("keys", "values"), ["layers"] = "1", ["set"] = new JsonArray("steps=3") },
-            new JsonObject { ["method"] = "ft", ["sides"] = new JsonArray("keys", "values"), ["layers"] = "0", ["set"] = new JsonArray("steps=3") });
+            new JsonObject { ["method"] = "ft", ["sides"] = new JsonArray("keys", "values"), ["layers"] = "1", ["set"] = new JsonArray("steps=3", "lr=0.01") });
         return study;
     }
 
@@ -41,17 +41,19 @@ public class ReplicateTests
         {
             // Every condition of a seed edits the same cases (the pairs), each condition once.
             Assert.All(groups, g => Assert.Equal(groups[0].Cases.Select(c => c.CaseId), g.Cases.Select(c => c.CaseId)));
-            Assert.Equal(4, groups.Select(g => g.Condition!.Id).Distinct().Count());
+            Assert.Equal(4, groups.Select(g => g.Condition!.Id + g.Variant).Distinct().Count());
         }
         // No case is drawn under two seeds, so none is counted twice.
         var drawn = bySeed.Values.SelectMany(g => g[0].Cases.Select(c => c.CaseId)).ToList();
         Assert.Equal(drawn.Count, drawn.Distinct().Count());
         Assert.Equal(5 * 4, drawn.Count);
         // The order is random per seed (not the file's order everywhere) and the same on every build of the plan.
-        var orders = bySeed.Values.Select(g => string.Join(" ", g.Select(x => x.Condition!.Id))).ToList();
+        var orders = bySeed.Values.Select(g => string.Join(" ", g.Select(x => x.Condition!.Id + x.Variant))).ToList();
         Assert.True(orders.Distinct().Count() > 1, string.Join(" | ", orders));
         var again = Studies.Plan(Studies.Write(dir, study, "again.json"));
         Assert.Equal(plan.Groups.Select(g => g.GroupId), again.Groups.Select(g => g.GroupId));
+        // Two FT budgets are two conditions, told apart by the setting they do not share.
+        Assert.Equal(["", "lr=0.01"], plan.Groups.Select(g => g.Variant).Distinct().Order(StringComparer.Ordinal));
     }
 
     [Fact]
@@ -90,6 +92,9 @@ public class ReplicateTests
             }
         // The edit moved the rewrite prompt's losses: post differs from pre on some unit.
         Assert.Contains(results.Edits, u => u.PostLosses!.Rewrite[0].New != u.PreLosses!.Rewrite[0].New);
+        // The report pairs keys with values within each budget: two FT comparisons.
+        var editing = EditingAnalysis.Analyze(results.Edits, new ReportOptions());
+        Assert.Equal(["FT", "FT [lr=0.01]"], editing.Differences.Where(d => d.Metric == "ES").Select(d => d.Keys.Method).Order(StringComparer.Ordinal));
     }
 
     /// <summary>Tiny organisms (seconds to train) with the tiny world of <see cref="PretrainerTests"/>.</summary>
@@ -187,7 +192,7 @@ public class ReplicateTests
         Assert.True(full.Seeds.Count >= 3 && full.Seeds.Count > standard.Seeds.Count);
         Assert.True(full.Editing!.Cases > standard.Editing!.Cases);
         Assert.True(full.Seeds.Count * full.Editing.Cases <= new WorldConfig().CounterFactCases);
-        Assert.Equal(standard.Editing.Conditions.Select(c => c.Id + string.Join(";", c.Overrides)), full.Editing.Conditions.Select(c => c.Id + string.Join(";", c.Overrides)));
+        Assert.Equal(standard.Editing.Conditions.Select(c => c.Id + c.Overrides), full.Editing.Conditions.Select(c => c.Id + c.Overrides));
         Assert.Equal(standard.Tuning!.Targets, full.Tuning!.Targets);
     }
 }
