@@ -189,8 +189,9 @@ public sealed record EditingFile
         var conditions = new List<EditCondition>();
         for (int i = 0; i < Runs.Count; i++)
             conditions.AddRange((Runs[i] ?? throw error($"{p}runs[{i}]", "must be a mapping")).Validate($"{p}runs[{i}].", error));
-        var dup = conditions.GroupBy(c => c.Id).FirstOrDefault(g => g.Count() > 1);
-        if (dup is not null) throw error(p + "runs", $"condition {dup.Key} appears twice");
+        // The same method, side and layers may appear with different settings (FT at two budgets): a condition is its id and its overrides.
+        var dup = conditions.GroupBy(c => (c.Id, string.Join("\n", c.Overrides.Texts))).FirstOrDefault(g => g.Count() > 1);
+        if (dup is not null) throw error(p + "runs", $"condition {dup.Key.Id} appears twice with the same settings");
         return spec with { Conditions = conditions };
     }
 }

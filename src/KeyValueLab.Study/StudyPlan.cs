@@ -12,7 +12,20 @@ namespace KeyValueLab.Study;
 public enum UnitKind { Edit, Tune }
 
 /// <summary>A group of units that run together: one editing condition × seed (its cases), or one tuning run (targets × seed).</summary>
-public sealed record UnitGroup(string GroupId, UnitKind Kind, int Seed, EditCondition? Condition, string? Targets, IReadOnlyList<string> UnitIds, IReadOnlyList<EditCase> Cases);
+public sealed record UnitGroup(string GroupId, UnitKind Kind, int Seed, EditCondition? Condition, string? Targets, IReadOnlyList<string> UnitIds, IReadOnlyList<EditCase> Cases)
+{
+    /// <summary>The organism (<see cref="StudyModel.Organism"/>) the group runs on; "" for a study of one given model.</summary>
+    public string Organism { get; init; } = "";
+    /// <summary>What tells this editing condition from another of the same method, side, layers and mode (<see cref="StudyPlan.Variant"/>).</summary>
+    public string Variant { get; init; } = "";
+}
+
+/// <summary>
+/// One model a study runs every condition on. For the built-in study, one of its K organisms: same world, training seed
+/// <see cref="Seed"/>; <see cref="Organism"/> names it in unit ids and in the report ("s1-&lt;hash&gt;"). For a given model,
+/// the one entry has Organism "" and no seed (the study's seeds then only draw cases and seed tuning runs).
+/// </summary>
+public sealed record StudyModel(string Organism, string ModelPath, string Label, int? Seed, OrganismBuild? Build);
 
 /// <summary>Which part of a grid this process runs: shard <c>Index</c> of <c>Count</c> (1-based, as <c>--shard k/n</c>).</summary>
 public sealed record Shard(int Index, int Count)
@@ -41,10 +54,31 @@ public sealed record Shard(int Index, int Count)
     public override string ToString() => $"{Index}/{Count}";
 }
 
-/// <summary>Where a study's inputs are once resolved: model, tokenizer, edit data, tasks and statistics corpus.</summary>
+/// <summary>Where a study's inputs are once resolved: the model(s), tokenizer, edit data, tasks and statistics corpus.</summary>
 public sealed record StudyInputs(
-    string ModelPath, string? TokenizerPath, string? EditDataPath, IReadOnlyDictionary<string, string> TaskPaths, string? StatsCorpus,
-    string ModelLabel, OrganismBuild? Organism);
+    IReadOnlyList<StudyModel> Models, string? TokenizerPath, string? EditDataPath, IReadOnlyDictionary<string, string> TaskPaths, string? StatsCorpus,
+    string ModelLabel)
+{
+    /// <summary>The first model: the one whose config every condition is checked against (all organisms share one shape).</summary>
+    public string ModelPath => Models[0].ModelPath;
+
+    public bool HasOrganisms => Models[0].Build is not null;
+}
+
+/// <summary>How the built-in study's organisms are made: <see cref="Threads"/> torch threads each (part of their cache key; 1 trains
+/// them side by side), from <see cref="Template"/> (null = <see cref="OrganismSpec.Default"/> of the architecture).</summary>
+public sealed record OrganismOptions
+{
+    public int Threads { get; init; } = 1;
+    public OrganismSpec? Template { get; init; }
+
+    /// <summary>One spec per seed: the template with that training seed and thread count; the world stays the template's.</summary>
+    public IReadOnlyList<OrganismSpec> Specs(string architecture, IReadOnlyList<int> seeds)
+    {
+        var template = Template ?? OrganismSpec.Default(architecture);
+        return [.. seeds.Select(seed => template with { Training = template.Training with { Seed = seed, Threads = Threads } })];
+    }
+}
 
 /// <summary>
 /// The study's units in a fixed order, checked against the model and data before anything runs: unknown editors,
@@ -56,6 +90,7 @@ public sealed class StudyPlan
         IReadOnlyList<TaskData> tasks, string studyFile)
     {
         (Spec, Inputs, Config, Groups, AllCases, Tasks, StudyFile) = (spec, inputs, config, groups, allCases, tasks, studyFile);
+        order = new(() => groups.Select((g, i) => (g.GroupId, i)).ToDictionary(x => x.GroupId, x => x.i, StringComparer.Ordinal));
     }
 
     public StudySpec Spec { get; }
@@ -68,32 +103,56 @@ public sealed class StudyPlan
 
     public int UnitCount => Groups.Sum(g => g.UnitIds.Count);
 
-    /// <summary>Resolves "organism" inputs (building the organism when <paramref name="buildOrganism"/> says so).</summary>
-    public static StudyInputs Resolve(StudySpec spec, Func<OrganismSpec, OrganismBuild> buildOrganism)
+    /// <summary>A group's place in the run order (0-based), as stored with its units.</summary>
+    public int Order(UnitGroup group) => order.Value[group.GroupId];
+
+    private readonly Lazy<Dictionary<string, int>> order;
+
+    /// <summary>
+    /// Resolves "organism" inputs: with <c>model: organism</c>, every seed of the study is one organism (same world, that
+    /// training seed), built by <paramref name="buildOrganisms"/> (all at once, so they can train side by side). The
+    /// organisms' data ("organism" edit data, tasks, statistics corpus) is the shared world's, read from the first.
+    /// </summary>
+    public static StudyInputs Resolve(StudySpec spec, Func<IReadOnlyList<OrganismSpec>, IReadOnlyList<OrganismBuild>> buildOrganisms,
+        OrganismOptions? organisms = null)
     {
-        OrganismBuild? organism = null;
-        string modelPath, label;
+        List<StudyModel> models;
+        string label;
         if (spec.Model is "organism" or "organism:llama" or "organism:gpt2")
         {
             string arch = spec.Model == "organism:gpt2" ? "gpt2" : "llama";
-            organism = buildOrganism(OrganismSpec.Default(arch));
-            (modelPath, label) = (organism.ModelFolder, $"built-in organism ({arch}, {organism.Hash})");
+            var builds = buildOrganisms((organisms ?? new OrganismOptions()).Specs(arch, spec.Seeds));
+            models = [.. spec.Seeds.Zip(builds, (seed, b) => new StudyModel($"s{seed}-{b.Hash}", b.ModelFolder, $"built-in organism ({arch}, seed {seed}, {b.Hash})", seed, b))];
+            label = models.Count == 1 ? models[0].Label
+                : $"{models.Count} built-in organisms ({arch}, training seeds {string.Join(", ", spec.Seeds)}: {string.Join(", ", builds.Select(b => b.Hash))})";
         }
-        else (modelPath, label) = (spec.Model, spec.Model);
+        else
+        {
+            models = [new StudyModel("", spec.Model, spec.Model, null, null)];
+            label = spec.Model;
+        }
+        var first = models[0].Build;
 
         string? FromOrganism(string? value, Func<OrganismBuild, string> path, string field)
         {
             if (value != "organism") return value;
-            if (organism is null) throw new InputException(field, "\"organism\" data needs the organism model (model: organism)");
-            return path(organism);
+            if (first is null) throw new InputException(field, "\"organism\" data needs the organism model (model: organism)");
+            return path(first);
         }
         string? editData = spec.Editing is null ? null : FromOrganism(spec.EditData, o => Path.Combine(o.DataFolder, "counterfact.json"), "edit_data");
         var tasks = spec.Tuning is null
             ? new Dictionary<string, string>()
             : spec.Tasks.ToDictionary(t => t.Key, t => FromOrganism(t.Value, o => Path.Combine(o.DataFolder, "tasks", t.Key), "tasks." + t.Key)!);
         string? stats = spec.Editing?.StatsCorpus is null ? null : FromOrganism(spec.Editing.StatsCorpus, o => Path.Combine(o.DataFolder, "corpus.txt"), "editing.stats_corpus");
-        return new StudyInputs(modelPath, spec.Tokenizer, editData, tasks, stats, label, organism);
+        return new StudyInputs(models, spec.Tokenizer, editData, tasks, stats, label);
     }
+
+    /// <summary>
+    /// The replicates of a study: one per organism (its seed), or, for a given model, one per seed. Each replicate
+    /// gets its own block of cases, so no case is counted twice.
+    /// </summary>
+    private static List<(StudyModel Model, int Seed)> Replicates(StudySpec spec, StudyInputs inputs) =>
+        inputs.HasOrganisms ? [.. inputs.Models.Select(m => (m, m.Seed!.Value))] : [.. spec.Seeds.Select(seed => (inputs.Models[0], seed))];
 
     /// <summary>Checks everything that can be checked without running, and lays out the units.</summary>
     public static StudyPlan Build(StudySpec spec, StudyInputs inputs, string studyFile)
@@ -130,14 +189,29 @@ public sealed class StudyPlan
                     throw new InputException(studyFile, $"editing run {condition.Id}: {e.Message}");
                 }
             }
-            foreach (int seed in spec.Seeds)
+            var variants = editing.Conditions.Select(c => Variant(c, editing.Conditions)).ToList();
+            var ids = editing.Conditions.Select((c, i) => c.Id + (variants[i].Length == 0 ? "" : $"[{variants[i]}]")).ToList();
+            if (ids.GroupBy(id => id).FirstOrDefault(g => g.Count() > 1) is { } twice)
+                throw new InputException(studyFile, $"editing run {twice.Key} appears twice with the same settings");
+            // One permutation of the data, cut into one block of cases per replicate: a case is drawn at most once.
+            var replicates = Replicates(spec, inputs);
+            int perReplicate = Math.Min(editing.Cases, all.Count / replicates.Count);
+            if (perReplicate == 0)
+                throw new InputException(data, $"edit_data holds {all.Count} records, too few for one case per seed ({replicates.Count} seeds)");
+            var permutation = TaskLoader.Permutation(all.Count, spec.Seeds[0]);
+            for (int r = 0; r < replicates.Count; r++)
             {
-                var order = TaskLoader.Permutation(all.Count, seed);
-                var cases = order.Take(Math.Min(editing.Cases, all.Count)).Select(i => all[i]).ToList();
-                foreach (var condition in editing.Conditions)
+                var (model, seed) = replicates[r];
+                var cases = permutation.Skip(r * perReplicate).Take(perReplicate).Select(i => all[i]).ToList();
+                // Timed conditions run in a seeded random order per replicate, so run order cannot favour one side.
+                foreach (int c in TaskLoader.Permutation(editing.Conditions.Count, seed))
                 {
-                    string group = $"edit/{condition.Id}/s{seed}";
-                    groups.Add(new UnitGroup(group, UnitKind.Edit, seed, condition, null, [.. cases.Select(c => $"{group}/{c.CaseId}")], cases));
+                    string group = $"edit/{Prefix(model)}{ids[c]}/s{seed}";
+                    groups.Add(new UnitGroup(group, UnitKind.Edit, seed, editing.Conditions[c], null, [.. cases.Select(x => $"{group}/{x.CaseId}")], cases)
+                    {
+                        Organism = model.Organism,
+                        Variant = variants[c],
+                    });
                 }
             }
         }
@@ -161,14 +235,31 @@ public sealed class StudyPlan
                 // Evaluation rows do not depend on the seed; training rows do (shuffled), so the plan loads with the first seed.
                 tasks.Add(TaskLoader.Load(name, path, Selection(tuning, spec.Seeds[0])));
             }
-            foreach (int seed in spec.Seeds)
-                foreach (string targets in tuning.Targets)
+            // Runs of one replicate share its seed (pairs by seed); their order is random per replicate, as for editing.
+            foreach (var (model, seed) in Replicates(spec, inputs))
+                foreach (int t in TaskLoader.Permutation(tuning.Targets.Count, seed))
                 {
-                    string group = $"tune/{Label(targets)}/s{seed}";
-                    groups.Add(new UnitGroup(group, UnitKind.Tune, seed, null, targets, [group], []));
+                    string targets = tuning.Targets[t];
+                    string group = $"tune/{Prefix(model)}{Label(targets)}/s{seed}";
+                    groups.Add(new UnitGroup(group, UnitKind.Tune, seed, null, targets, [group], []) { Organism = model.Organism });
                 }
         }
         return new StudyPlan(spec, inputs, config, groups, all, tasks, studyFile);
+    }
+
+    private static string Prefix(StudyModel model) => model.Organism.Length == 0 ? "" : model.Organism + "/";
+
+    /// <summary>
+    /// What tells <paramref name="condition"/> from the other conditions of <paramref name="all"/> with the same
+    /// <see cref="EditCondition.Id"/> (method, side, layers): its overrides that not all of them share, e.g. "lr=5e-3"
+    /// for FT at a second budget. "" when no other condition has its id.
+    /// </summary>
+    public static string Variant(EditCondition condition, IReadOnlyList<EditCondition> all)
+    {
+        var same = all.Where(c => c.Id == condition.Id).ToList();
+        if (same.Count < 2) return "";
+        var common = same.Skip(1).Aggregate(same[0].Overrides.Texts.ToHashSet(StringComparer.Ordinal), (h, c) => { h.IntersectWith(c.Overrides.Texts); return h; });
+        return string.Join(",", condition.Overrides.Texts.Where(o => !common.Contains(o)));
     }
 
     /// <summary>The paper's names for target sets: "q,v" stays, "q,v,X" becomes "+X".</summary>

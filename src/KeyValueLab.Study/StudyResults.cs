@@ -21,8 +21,15 @@ public sealed record EditUnitResult
     public required string CaseId { get; init; }
     /// <summary>The model organism (replication unit) the unit ran on; empty when the study has one model.</summary>
     public string Organism { get; init; } = "";
+    /// <summary>What tells this condition from others of the same method, side, layers and mode (e.g. "lr=5e-3" for a
+    /// second FT budget); empty when nothing does.</summary>
+    public string Variant { get; init; } = "";
     public required CaseMetrics Pre { get; init; }
     public required CaseMetrics Post { get; init; }
+    /// <summary>Per-prompt L(new) and L(true) before and after the edit, from which Pre/Post ES, PS and NS can be
+    /// recomputed (null in stores written before they were kept).</summary>
+    public CaseLosses? PreLosses { get; init; }
+    public CaseLosses? PostLosses { get; init; }
     /// <summary>Wall seconds of the edit itself (a batch's time divided by its size).</summary>
     public required double Seconds { get; init; }
     public long ParametersChanged { get; init; }

@@ -38,73 +38,176 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
         return $"kvlab {kvlab}; TorchSharp {torchSharp} (libtorch 2.10 cpu); {RuntimeInformation.FrameworkDescription}; {RuntimeInformation.OSDescription}";
     }
 
+    /// <summary>
+    /// With several organisms, run them side by side: one .NET thread per organism, each with one torch thread, so a
+    /// 2-core machine keeps both cores busy on small models whose ops are too short to split (set by the caller).
+    /// </summary>
+    public bool SideBySide { get; init; }
+
     /// <summary>Runs this shard's missing units. Returns how many ran now.</summary>
     public int Run(CancellationToken cancel = default)
     {
         using var store = ResultsStore.Open(RunFolder, create: true);
-        // One load serves the fingerprint (of the tensors as loaded, so a changed checkpoint at the same path is caught)
-        // and every editing unit; it is freed before tuning, whose units each quantise a fresh copy.
-        var loaded = ModelLoader.Load(plan.Inputs.ModelPath);
-        int ran = 0, done, total;
-        List<UnitGroup> mine;
-        HashSet<string> stored;
-        string host = Environment.MachineName, versions = Versions();
+        var models = plan.Inputs.Models;
+        // Fingerprints of the tensors as loaded (a changed checkpoint at the same path is caught). A study of one model
+        // keeps that load for its editing units; organisms are small and are loaded again by their own worker.
+        LoadedModel? kept = null;
+        var fingerprints = new List<string>();
+        var mine = plan.Groups.Where((g, i) => shard.Takes(i)).ToList();
+        var state = new RunState(store, [], mine.Sum(g => g.UnitIds.Count), logLock) { Progress = sink };
         try
         {
-            store.Bind(plan.Spec, ParameterHash.Sha256(loaded.Model));
+            foreach (var m in models)
+            {
+                var loaded = ModelLoader.Load(m.ModelPath);
+                fingerprints.Add(ParameterHash.Sha256(loaded.Model));
+                if (models.Count == 1) kept = loaded;
+                else loaded.Dispose();
+            }
+            string fingerprint = models.Count == 1 ? fingerprints[0]
+                : Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(
+                    System.Text.Encoding.UTF8.GetBytes(string.Concat(models.Select((m, i) => $"{m.Organism}={fingerprints[i]}\n")))));
+            store.Bind(plan.Spec, fingerprint);
             store.Set("model", plan.Inputs.ModelLabel);
             store.Set("model_type", plan.Config.ModelType);
             store.Set("edit_data", plan.Inputs.EditDataPath ?? "");
             store.Set("units_total", plan.UnitCount.ToString(CultureInfo.InvariantCulture));
-            stored = store.UnitIds();
-            mine = plan.Groups.Where((g, i) => shard.Takes(i)).ToList();
-            total = mine.Sum(g => g.UnitIds.Count);
-            done = mine.Sum(g => g.UnitIds.Count(stored.Contains));
-            log?.Invoke($"study {plan.Spec.Name} ({plan.Spec.Hash()}): shard {shard}, {total} units, {done} already stored in {store.Path}");
-            progress?.Report(new WorkProgress("study", done, total, "starting"));
+            store.Set("organisms", JsonSerializer.Serialize(models.Where(m => m.Organism.Length > 0).Select(m => m.Organism)));
+            store.Set("run_order", JsonSerializer.Serialize(plan.Groups.Select(g => g.GroupId)));
+            state.Stored.UnionWith(store.UnitIds());
+            state.Done = mine.Sum(g => g.UnitIds.Count(state.Stored.Contains));
+            Log($"study {plan.Spec.Name} ({plan.Spec.Hash()}): shard {shard}, {state.Total} units, {state.Done} already stored in {store.Path}");
+            Log($"run order (seeded per replicate): {string.Join(" ", mine.Select(g => g.GroupId))}");
+            state.Report("starting");
+        }
+        catch
+        {
+            kept?.Dispose();
+            throw;
+        }
 
-            var edits = mine.Where(g => g.Kind == UnitKind.Edit && g.UnitIds.Any(id => !stored.Contains(id))).ToList();
+        var work = models.Select(m => (Model: m, Groups: mine.Where(g => g.Organism == m.Organism).ToList())).Where(w => w.Groups.Count > 0).ToList();
+        if (work.Count == 0) kept?.Dispose();
+        if (!SideBySide || work.Count < 2)
+        {
+            foreach (var w in work) RunModel(w.Model, w.Groups, kept, state, cancel);
+        }
+        else
+        {
+            // A worker that fails stops the others at their next unit.
+            using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancel);
+            var errors = new Exception?[work.Count];
+            var threads = work.Select((w, i) => new Thread(() =>
+            {
+                try
+                {
+                    TorchSharp.torch.set_num_threads(1);  // per thread: each worker's ops stay on its own core
+                    RunModel(w.Model, w.Groups, null, state, stop.Token);
+                }
+                catch (Exception e)
+                {
+                    errors[i] = e;
+                    stop.Cancel();
+                }
+            }) { Name = $"study {w.Model.Organism}" }).ToList();
+            foreach (var t in threads) t.Start();
+            foreach (var t in threads) t.Join();
+            if ((errors.FirstOrDefault(e => e is not null and not OperationCanceledException) ?? errors.FirstOrDefault(e => e is not null)) is { } error)
+                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(error);
+        }
+        store.Set("last_run_finished_utc", Now());
+        return state.Ran;
+    }
+
+    /// <summary>What the workers share: the store, the stored ids, the counters; every use holds the lock.</summary>
+    private sealed class RunState(ResultsStore store, HashSet<string> stored, int total, object gate)
+    {
+        public readonly object Lock = gate;
+        public ResultsStore Store { get; } = store;
+        public HashSet<string> Stored { get; } = stored;
+        public int Total { get; } = total;
+        public int Done;
+        public int Ran;
+        public IProgress<WorkProgress>? Progress { get; init; }
+
+        public void Report(string stage)
+        {
+            lock (Lock) Progress?.Report(new WorkProgress("study", Done, Total, stage));
+        }
+
+        public void Add(IReadOnlyList<UnitRecord> records, string stage)
+        {
+            lock (Lock)
+            {
+                Store.Add(records);
+                Done += records.Count;
+                Ran += records.Count;
+                Progress?.Report(new WorkProgress("study", Done, Total, stage));
+            }
+        }
+
+        public bool IsStored(string id)
+        {
+            lock (Lock) return Stored.Contains(id);
+        }
+    }
+
+    /// <summary>
+    /// One model's groups: its editing units on one load of it (<paramref name="loaded"/>, owned and freed here, else a
+    /// load of its own), freed before its tuning runs, each of which quantises a fresh copy.
+    /// </summary>
+    private void RunModel(StudyModel model, IReadOnlyList<UnitGroup> groups, LoadedModel? loaded, RunState state, CancellationToken cancel)
+    {
+        string host = Environment.MachineName, versions = Versions();
+        try
+        {
+            var edits = groups.Where(g => g.Kind == UnitKind.Edit && g.UnitIds.Any(id => !state.IsStored(id))).ToList();
             if (edits.Count > 0)
             {
-                var tokenizer = LoadTokenizer(loaded.Config.VocabSize);
+                loaded ??= ModelLoader.Load(model.ModelPath);
+                var tokenizer = LoadTokenizer(model, loaded.Config.VocabSize);
                 foreach (var group in edits)
                 {
                     cancel.ThrowIfCancellationRequested();
-                    ran += RunEditGroup(loaded.Model, tokenizer, group, stored, store, host, versions, ref done, total, cancel);
+                    RunEditGroup(loaded.Model, tokenizer, group, state, host, versions, cancel);
                 }
             }
         }
         finally
         {
-            loaded.Dispose();
+            loaded?.Dispose();
         }
-        foreach (var group in mine.Where(g => g.Kind == UnitKind.Tune && !stored.Contains(g.UnitIds[0])))
+        foreach (var group in groups.Where(g => g.Kind == UnitKind.Tune && !state.IsStored(g.UnitIds[0])))
         {
             cancel.ThrowIfCancellationRequested();
-            progress?.Report(new WorkProgress("study", done, total, $"tuning {group.GroupId}"));
-            store.Add([RunTuneGroup(group, host, versions, cancel)]);
-            done++;
-            ran++;
-            progress?.Report(new WorkProgress("study", done, total, group.GroupId));
+            state.Report($"tuning {group.GroupId}");
+            state.Add([RunTuneGroup(model, group, host, versions, cancel)], group.GroupId);
         }
-        store.Set("last_run_finished_utc", Now());
-        return ran;
     }
 
     private const string TokenizerHint = "set tokenizer in the study file";
 
-    private ITokenizer LoadTokenizer(int modelVocabSize) => TokenizerLoader.ForModel(plan.Inputs.ModelPath, plan.Inputs.TokenizerPath, TokenizerHint, modelVocabSize);
+    /// <summary>One lock for the log, the progress sink and the store, which the workers share.</summary>
+    private readonly object logLock = new();
+    private readonly IProgress<WorkProgress>? sink = progress;
 
-    private int RunEditGroup(CausalLM model, ITokenizer tokenizer, UnitGroup group, HashSet<string> stored, ResultsStore store,
-        string host, string versions, ref int done, int total, CancellationToken cancel)
+    private void Log(string line)
+    {
+        lock (logLock) log?.Invoke(line);
+    }
+
+    private ITokenizer LoadTokenizer(StudyModel model, int modelVocabSize) =>
+        TokenizerLoader.ForModel(model.ModelPath, plan.Inputs.TokenizerPath, TokenizerHint, modelVocabSize);
+
+    private void RunEditGroup(CausalLM model, ITokenizer tokenizer, UnitGroup group, RunState state, string host, string versions, CancellationToken cancel)
     {
         var condition = group.Condition!;
         var editing = plan.Spec.Editing!;
         var editor = EditorFactory.Create(model, StudyPlan.Choice(condition, plan.Inputs, editing));
         try
         {
-            progress?.Report(new WorkProgress("study", done, total, $"preparing {group.GroupId}"));
-            foreach (string line in editor.Prepare(model, tokenizer)) log?.Invoke(line);
+            state.Report($"preparing {group.GroupId}");
+            foreach (string line in editor.Prepare(model, tokenizer)) Log(line);
             var evaluation = new EvaluationOptions
             {
                 GenerationPrompts = editing.GenerationPrompts,
@@ -120,19 +223,21 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
                 ["layers"] = string.Join(",", editor.Scope.Layers),
                 ["mode"] = Name(condition.Mode),
                 ["seed"] = group.Seed,
+                ["organism"] = group.Organism,
+                ["variant"] = group.Variant,
+                ["order"] = plan.Order(group),
                 ["hyperparameters"] = editor.Hyperparameters.DeepClone(),
                 ["evaluation"] = JsonSerializer.SerializeToNode(evaluation, Json),
             };
             var names = editor.ParameterNames(model);
             string before = ParameterHash.Sha256(model), edited = ParameterHash.Sha256(model, names);
             using var snapshot = WeightSnapshot.Take(model, names);
-            int ran = 0;
             if (condition.Mode == EditMode.Batch)
             {
                 // A batch edit depends on all its requests: a group with any unit missing re-runs the whole batch
                 // (deterministically) and stores the missing cases together.
                 var started = DateTime.UtcNow;
-                var missing = Enumerable.Range(0, group.Cases.Count).Where(i => !stored.Contains(group.UnitIds[i])).ToList();
+                var missing = Enumerable.Range(0, group.Cases.Count).Where(i => !state.IsStored(group.UnitIds[i])).ToList();
                 var scored = new List<(int Case, CaseScores Pre, CaseScores Post)>();
                 var cost = EditRun.EditBatch(model, tokenizer, editor, evaluator, group.Cases, [.. missing.Select(i => group.Cases[i])], snapshot,
                     (k, pre, post, _) => scored.Add((missing[k], pre, post)), cancel: cancel);
@@ -140,29 +245,22 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
                 double share = (DateTime.UtcNow - started).TotalSeconds / group.Cases.Count;
                 var records = scored.Select(x => EditRecord(group, x.Case, condition, editor, x.Pre, x.Post, cost.Seconds / group.Cases.Count, cost.Changed,
                     config, started, share, host, versions)).ToList();
-                store.Add(records);
-                done += records.Count;
-                ran += records.Count;
-                progress?.Report(new WorkProgress("study", done, total, group.GroupId));
+                state.Add(records, group.GroupId);
             }
             else
             {
                 for (int i = 0; i < group.Cases.Count; i++)
                 {
                     cancel.ThrowIfCancellationRequested();
-                    if (stored.Contains(group.UnitIds[i])) continue;
+                    if (state.IsStored(group.UnitIds[i])) continue;
                     var started = DateTime.UtcNow;
                     var e = EditRun.EditOnce(model, tokenizer, editor, evaluator, group.Cases[i], snapshot, names, edited);
-                    store.Add([EditRecord(group, i, condition, editor, e.Pre, e.Post, e.Seconds, e.Changed, config, started,
-                        (DateTime.UtcNow - started).TotalSeconds, host, versions)]);
-                    done++;
-                    ran++;
-                    progress?.Report(new WorkProgress("study", done, total, group.UnitIds[i]));
+                    state.Add([EditRecord(group, i, condition, editor, e.Pre, e.Post, e.Seconds, e.Changed, config, started,
+                        (DateTime.UtcNow - started).TotalSeconds, host, versions)], group.UnitIds[i]);
                 }
             }
             if (ParameterHash.Sha256(model) != before)
                 throw new InvalidOperationException($"after {group.GroupId} the model's parameter hash differs from the original's");
-            return ran;
         }
         finally
         {
@@ -182,8 +280,12 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
             Seed = group.Seed,
             Mode = Name(condition.Mode),
             CaseId = c.CaseId,
+            Organism = group.Organism,
+            Variant = group.Variant,
             Pre = CaseMetrics.From(pre, c.Format),
             Post = CaseMetrics.From(post, c.Format),
+            PreLosses = CaseLosses.From(pre),
+            PostLosses = CaseLosses.From(post),
             Seconds = seconds,
             ParametersChanged = changed,
         };
@@ -193,7 +295,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
             wallSeconds, Stamp(started), Now(), host, versions, "");
     }
 
-    private UnitRecord RunTuneGroup(UnitGroup group, string host, string versions, CancellationToken cancel)
+    private UnitRecord RunTuneGroup(StudyModel model, UnitGroup group, string host, string versions, CancellationToken cancel)
     {
         var tuning = plan.Spec.Tuning!;
         var started = DateTime.UtcNow;
@@ -202,9 +304,9 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
         string folder = Path.Combine(RunFolder, "tune", Safe(group.GroupId)), adapter = Path.Combine(RunFolder, "adapters", Safe(group.GroupId));
         var job = new TuneJob
         {
-            ModelPath = plan.Inputs.ModelPath, TokenizerPath = plan.Inputs.TokenizerPath, TokenizerHint = TokenizerHint,
+            ModelPath = model.ModelPath, TokenizerPath = plan.Inputs.TokenizerPath, TokenizerHint = TokenizerHint,
             Tasks = [.. plan.Inputs.TaskPaths], Selection = StudyPlan.Selection(tuning, group.Seed), Targets = group.Targets!,
-            Lora = new LoraConfig { R = tuning.R, Alpha = tuning.Alpha, Dropout = tuning.Dropout, BaseModel = plan.Inputs.ModelLabel },
+            Lora = new LoraConfig { R = tuning.R, Alpha = tuning.Alpha, Dropout = tuning.Dropout, BaseModel = model.Label },
             Loading = new LoadOptions { FourBit = tuning.FourBit },  // NF4 as it is read
             Training = new TrainOptions
             {
@@ -214,12 +316,13 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
             },
             AdapterFolder = adapter, EvalBatch = tuning.EvalBatch, LabelLikelihood = tuning.LabelLikelihood,
         };
-        var outcome = TuneEngine.Run(job, progress, log is null ? null : line => log($"{group.GroupId}: {line}"), cancel);
+        var outcome = TuneEngine.Run(job, sink is null ? null : new LockedProgress(this), log is null ? null : line => Log($"{group.GroupId}: {line}"), cancel);
         var result = new TuneUnitResult
         {
             Label = StudyPlan.Label(group.Targets!),
             Targets = outcome.Targets,
             Seed = group.Seed,
+            Organism = group.Organism,
             FourBit = outcome.FourBit,
             TrainableParameters = outcome.TrainableParameters,
             AllParameters = outcome.AllParameters,
@@ -238,6 +341,8 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
             ["targets"] = group.Targets,
             ["target_modules"] = new JsonArray([.. outcome.Targets.Select(m => (JsonNode?)m)]),
             ["seed"] = group.Seed,
+            ["organism"] = group.Organism,
+            ["order"] = plan.Order(group),
             ["tuning"] = JsonSerializer.SerializeToNode(tuning, StudySpec.Json),
             ["tasks"] = new JsonArray([.. outcome.Data.Select(d => (JsonNode?)new JsonObject { ["task"] = d.Name, ["train"] = d.Train.Count, ["eval"] = d.Eval.Count, ["split"] = d.SplitNote })]),
             ["adapter"] = Path.GetRelativePath(RunFolder, adapter),
@@ -245,6 +350,15 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
         if (Directory.Exists(job.Training.CheckpointDir)) Directory.Delete(job.Training.CheckpointDir, recursive: true);
         return new UnitRecord(group.UnitIds[0], Name(UnitKind.Tune), group.GroupId, group.Seed, unitConfig.ToJsonString(), JsonSerializer.Serialize(result, Json),
             clock.Elapsed.TotalSeconds, Stamp(started), Now(), host, versions, "");
+    }
+
+    /// <summary>The tuner's progress records, drawn one at a time when organisms run side by side.</summary>
+    private sealed class LockedProgress(StudyRunner runner) : IProgress<WorkProgress>
+    {
+        public void Report(WorkProgress value)
+        {
+            lock (runner.logLock) runner.sink?.Report(value);
+        }
     }
 
     /// <summary>An enum as the store writes it: "edit", "tune", "single", "batch".</summary>

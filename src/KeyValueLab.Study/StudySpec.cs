@@ -28,7 +28,8 @@ public sealed record EditCondition(string Method, string Side, string? Layers, E
 public sealed record EditingSpec
 {
     public IReadOnlyList<EditCondition> Conditions { get; init; } = [];
-    /// <summary>Cases per seed, drawn from the dataset by a permutation seeded with the seed.</summary>
+    /// <summary>Cases per seed (per organism on the built-in study): one permutation of the dataset, seeded by the first seed,
+    /// is cut into one block per seed, so no case is drawn under two seeds (shorter blocks when the data is too short).</summary>
     public int Cases { get; init; } = 50;
     /// <summary>zsRE: insert answers[0] (answer, ROME/MEMIT) or alt (EasyEdit).</summary>
     public ZsreTarget ZsreTarget { get; init; } = ZsreTarget.Answer;
@@ -142,10 +143,11 @@ public sealed record StudySpec
     }
 
     /// <summary>
-    /// The study <c>kvlab study</c> runs without a file: the default organism, FT on keys (up, gate) vs values at
-    /// layer 1, ROME vs Key-ROME at layer 1 and a MEMIT batch over layers 0–1 (keyed on the last token, which this
-    /// 4-layer model needs, see docs/editing.md), and the paper's four LoRA runs on a 4-bit base; two seeds.
-    /// Sized to finish in about ten minutes on two cores from a cold cache.
+    /// The study <c>kvlab study</c> runs without a file: three organisms (one world, training seeds 1–3), 30 cases
+    /// each; FT on keys (up, gate) vs values at layer 1 at the published budget and keys:up vs values at a tenfold
+    /// learning rate (so "values edit better" does not rest on one budget), ROME vs Key-ROME at layer 1 and a MEMIT
+    /// batch over layers 0–1 (keyed on the last token, which this 4-layer model needs, see docs/editing.md), and the
+    /// paper's four LoRA runs on a 4-bit base on each organism. Sized for two cores (docs/report.md, "Organisms").
     /// </summary>
     public static StudySpec Default() => new()
     {
@@ -153,10 +155,10 @@ public sealed record StudySpec
         Model = "organism",
         EditData = "organism",
         Tasks = new Dictionary<string, string> { ["boolq"] = "organism", ["copa"] = "organism", ["cb"] = "organism" },
-        Seeds = [1, 2],
+        Seeds = [1, 2, 3],
         Editing = new EditingSpec
         {
-            Cases = 40,
+            Cases = 30,
             GenerationPrompts = 1,
             GenerationTokens = 40,
             StatsCorpus = "organism",
@@ -166,6 +168,8 @@ public sealed record StudySpec
                 new("ft", "keys:up", "1", EditMode.Single, HyperparameterOverrides.None),
                 new("ft", "keys:gate", "1", EditMode.Single, HyperparameterOverrides.None),
                 new("ft", "values", "1", EditMode.Single, HyperparameterOverrides.None),
+                new("ft", "keys:up", "1", EditMode.Single, HyperparameterOverrides.Parse("ft", ["lr=5e-3"])),
+                new("ft", "values", "1", EditMode.Single, HyperparameterOverrides.Parse("ft", ["lr=5e-3"])),
                 new("rome", "values", "1", EditMode.Single, HyperparameterOverrides.Parse("rome", ["fact_token=\"last\""])),
                 new("keyrome", "keys:up", "1", EditMode.Single, HyperparameterOverrides.Parse("keyrome", ["fact_token=\"last\""])),
                 new("memit", "values", "0-1", EditMode.Batch, HyperparameterOverrides.Parse("memit", ["fact_token=\"last\"", "mom2_update_weight=350"])),

@@ -114,6 +114,24 @@ internal static class OrganismCommand
         o.WriteLine(string.Create(inv, $"unedited on its CounterFact export ({cf.Cases} cases): ES {cf.EfficacyScore:F1}  PS {cf.ParaphraseScore:F1}  NS {cf.NeighborhoodScore:F1}"));
     }
 
+    /// <summary>Builds (or reuses) several organisms (side by side when each trains on one thread), one progress bar each.</summary>
+    internal static IReadOnlyList<OrganismBuild> BuildManyWithProgress(IReadOnlyList<OrganismSpec> specs, string? cache, TextWriter stderr)
+    {
+        if (specs.Count == 1) return [BuildWithProgress(specs[0], cache, false, stderr)];
+        foreach (var spec in specs) stderr.WriteLine($"organism {spec.Hash()} (training seed {spec.TrainingSeed}, {spec.Training.Threads} thread(s)): building or reusing in {OrganismBuilder.FolderOf(spec, cache)}");
+        var gate = new object();
+        var builds = ProgressRenderer.Run(stderr, (progress, log) => OrganismBuilder.BuildMany(specs, cache,
+            (i, line) => { lock (gate) log($"organism {specs[i].Hash()}: {line}"); },
+            (i, p) =>
+            {
+                lock (gate)
+                    progress.Report(new WorkProgress($"train {specs[i].Hash()[..8]}", p.Step, p.TotalSteps, "organism")
+                    { Loss = p.Loss, LearningRate = p.LearningRate, TokensPerSecond = p.TokensPerSecond });
+            }));
+        foreach (var b in builds) stderr.WriteLine(b.Reused ? $"organism reused ({b.Folder})" : $"organism built in {b.BuildSeconds:F0} s ({b.Folder})");
+        return builds;
+    }
+
     /// <summary>Builds (or reuses) an organism, drawing its training progress and log on <paramref name="stderr"/>.</summary>
     internal static OrganismBuild BuildWithProgress(OrganismSpec spec, string? cache, bool force, TextWriter stderr)
     {

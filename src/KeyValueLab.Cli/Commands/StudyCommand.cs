@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
+using KeyValueLab.Organism;
 using KeyValueLab.Study;
 
 namespace KeyValueLab.Cli.Commands;
@@ -24,11 +25,18 @@ internal static class StudyCommand
         var output = new Option<string>("--out", "-o") { Description = "Run folder (results.db, report/, adapters/); re-running the same command resumes.", DefaultValueFactory = _ => "kvlab-study" };
         var shard = new Option<string>("--shard") { Description = "Run only shard k of n of the grid (k/n), or auto (a SLURM job array) / auto/N (a Kubernetes Indexed Job of N completions); merge shards with kvlab report.", DefaultValueFactory = _ => "1/1" };
         var threads = new Option<int>("--threads") { Description = "Torch CPU threads; 0 = libtorch's default.", DefaultValueFactory = _ => 0 };
+        var organismThreads = new Option<int>("--organism-threads")
+        {
+            Description = "Torch threads for training each organism (part of its cache key). 1 (default): the organisms train side by side, " +
+                "one per core, and run their units side by side; 2 or more: one after another on that many threads.",
+            DefaultValueFactory = _ => 1,
+        };
+        organismThreads.Validators.Add(r => { if (r.GetValueOrDefault<int>() < 1) r.AddError("--organism-threads must be at least 1"); });
         var noReport = new Option<bool>("--no-report") { Description = "Only run units; build the report later with kvlab report." };
         var plan = new Option<bool>("--plan") { Description = "Check the study and print its units without running anything." };
         var command = new Command("study", "Run the key-versus-value study (editing: FT keys vs values, ROME vs Key-ROME, MEMIT; LoRA: q,v vs +keys vs +values) and write a report.")
         {
-            studyFile, model, tokenizer, editData, tasks, seeds, output, shard, threads, noReport, plan,
+            studyFile, model, tokenizer, editData, tasks, seeds, output, shard, threads, organismThreads, noReport, plan,
         };
         command.SetAction(parse => CommandRunner.Run(stderr, () =>
         {
@@ -42,7 +50,8 @@ internal static class StudyCommand
             string file = parse.GetValue(studyFile) ?? "(built-in study)";
             var spec = Overridden(parse.GetValue(studyFile) is string path ? StudySpec.Load(path) : null, parse.GetValue(model), parse.GetValue(tokenizer),
                 parse.GetValue(editData), parse.GetValue(tasks), parse.GetValue(seeds));
-            var inputs = StudyPlan.Resolve(spec, organism => OrganismCommand.BuildWithProgress(organism, null, false, stderr));
+            var inputs = StudyPlan.Resolve(spec, organisms => OrganismCommand.BuildManyWithProgress(organisms, null, stderr),
+                new OrganismOptions { Threads = parse.GetValue(organismThreads) });
             var studyPlan = StudyPlan.Build(spec, inputs, file);
             if (parse.GetValue(plan))
             {
@@ -57,7 +66,10 @@ internal static class StudyCommand
             Console.CancelKeyPress += onCancel;
             try
             {
-                int ran = ProgressRenderer.Run(stderr, (progress, log) => new StudyRunner(studyPlan, outDir, part, log, progress).Run(cancel.Token));
+                // Organisms trained on one thread each also run their units side by side, one thread each.
+                bool sideBySide = inputs.HasOrganisms && parse.GetValue(organismThreads) == 1;
+                int ran = ProgressRenderer.Run(stderr, (progress, log) =>
+                    new StudyRunner(studyPlan, outDir, part, log, progress) { SideBySide = sideBySide }.Run(cancel.Token));
                 stderr.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{ran} units run now; study command took {clock.Elapsed.TotalSeconds:F0} s"));
             }
             finally { Console.CancelKeyPress -= onCancel; }

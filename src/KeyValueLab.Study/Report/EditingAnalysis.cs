@@ -96,7 +96,7 @@ public static class EditingAnalysis
         var headline = HeadlineMetrics.For(edits);
         var metrics = EditMetric.All.Where(m => edits.Any(e => m.Select(e.Post) is not null)).ToList();
         var groups = edits
-            .GroupBy(e => new EditCondition(e.Method, e.Side, e.Layers, e.Mode))
+            .GroupBy(e => new EditCondition(MethodLabel(e), e.Side, e.Layers, e.Mode))
             .OrderBy(g => g.Key.Method, StringComparer.Ordinal)
             .ThenBy(g => g.Key.Layers, StringComparer.Ordinal)
             .ThenBy(g => g.Key.Mode, StringComparer.Ordinal)
@@ -133,6 +133,10 @@ public static class EditingAnalysis
         }
         return new EditingResults(headline, metrics, summary, differences, costs, seconds);
     }
+
+    /// <summary>The method as the report names a condition: with its variant when it has one ("FT [lr=5e-3]", a second
+    /// FT budget), so that each budget is its own condition and keys are paired with values at the same budget.</summary>
+    public static string MethodLabel(EditUnitResult e) => e.Variant.Length == 0 ? e.Method : $"{e.Method} [{e.Variant}]";
 
     /// <summary>The editor family used to pair keys with values: KeyROME pairs with ROME, every other method with itself.</summary>
     public static string Family(string method) => method is "KeyROME" or "Key-ROME" ? "ROME" : method;

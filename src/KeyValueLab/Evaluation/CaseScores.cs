@@ -76,6 +76,23 @@ public sealed record CaseMetrics
     }
 }
 
+/// <summary>L(p, o_new) and L(p, o_true) of one prompt (mean per-token NLL; <see cref="True"/> null on zsRE).</summary>
+public sealed record PromptLoss(double New, double? True);
+
+/// <summary>
+/// The per-prompt losses behind ES/PS/NS (rewrite, paraphrase and neighbourhood prompts, in the case's order), kept
+/// with each stored unit so that the metrics can be recomputed from the store: ES = 100·mean(L_true &gt; L_new) over
+/// <see cref="Rewrite"/>, PS the same over <see cref="Paraphrase"/>, NS = 100·mean(L_true &lt; L_new) over <see cref="Neighborhood"/>.
+/// </summary>
+public sealed record CaseLosses(IReadOnlyList<PromptLoss> Rewrite, IReadOnlyList<PromptLoss> Paraphrase, IReadOnlyList<PromptLoss> Neighborhood)
+{
+    public static CaseLosses From(CaseScores s)
+    {
+        static IReadOnlyList<PromptLoss> Of(IReadOnlyList<PromptScore> prompts) => [.. prompts.Select(p => new PromptLoss(p.LossNew, p.LossTrue))];
+        return new CaseLosses(Of(s.Rewrite), Of(s.Paraphrase), Of(s.Neighborhood));
+    }
+}
+
 /// <summary>
 /// EasyEdit's numbers, kept apart because they differ from ROME's (SPEC §3): reliability and generalisation
 /// are teacher-forced token accuracies of the new object; locality is the share of argmax tokens at the

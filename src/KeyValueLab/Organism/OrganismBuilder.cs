@@ -4,6 +4,7 @@ using System.Text;
 using System.Text.Json.Nodes;
 using KeyValueLab.Models;
 using KeyValueLab.Tokenization;
+using TorchSharp;
 
 namespace KeyValueLab.Organism;
 
@@ -112,6 +113,49 @@ public static class OrganismBuilder
         var build = new OrganismBuild(folder, modelDir, dataDir, spec.Hash(), false, recall, cf, trained.Elapsed.TotalSeconds, clock.Elapsed.TotalSeconds);
         WorldJson.WriteJson(report, ToJson(build, ParameterHash.Sha256(model.Model)));
         return build;
+    }
+
+    /// <summary>
+    /// Builds (or reuses) several organisms. When each trains on one torch thread (<see cref="TrainingConfig.Threads"/> = 1),
+    /// they train side by side, one .NET thread each: the organism's ops are too small to gain from a second intra-op
+    /// thread, but two organisms keep two cores busy, and one thread per organism keeps its weights what a lone
+    /// one-thread build gives (tested). Otherwise they are built one after another. The callbacks get the spec's index
+    /// and may be called from several threads at once.
+    /// </summary>
+    public static IReadOnlyList<OrganismBuild> BuildMany(IReadOnlyList<OrganismSpec> specs, string? cacheRoot = null,
+        Action<int, string>? log = null, Action<int, TrainingProgress>? onProgress = null, CancellationToken cancel = default)
+    {
+        ArgumentNullException.ThrowIfNull(specs);
+        OrganismBuild One(int i) => Build(specs[i], cacheRoot, false, log is null ? null : line => log(i, line),
+            onProgress is null ? null : p => onProgress(i, p), cancel);
+        // Two specs of one hash would share a folder: build each hash once.
+        var first = specs.Select((s, i) => (Hash: s.Hash(), i)).GroupBy(x => x.Hash).ToDictionary(g => g.Key, g => g.First().i);
+        var distinct = first.Values.Order().ToList();
+        var built = new Dictionary<int, OrganismBuild>();
+        if (distinct.Count < 2 || distinct.Any(i => specs[i].Training.Threads != 1))
+        {
+            foreach (int i in distinct) built[i] = One(i);
+        }
+        else
+        {
+            var results = new OrganismBuild?[specs.Count];
+            var errors = new Exception?[specs.Count];
+            var threads = distinct.Select(i => new Thread(() =>
+            {
+                try
+                {
+                    torch.set_num_threads(1);
+                    results[i] = One(i);
+                }
+                catch (Exception e) { errors[i] = e; }
+            }) { Name = $"organism {specs[i].Hash()}" }).ToList();
+            foreach (var t in threads) t.Start();
+            foreach (var t in threads) t.Join();
+            if ((errors.FirstOrDefault(e => e is not null and not OperationCanceledException) ?? errors.FirstOrDefault(e => e is not null)) is { } error)
+                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(error);
+            foreach (int i in distinct) built[i] = results[i]!;
+        }
+        return [.. specs.Select(s => built[first[s.Hash()]])];
     }
 
     /// <summary>Token ids of each training document: [BOS] (Llama only, as prompts are encoded) + text + EOS.</summary>

@@ -193,13 +193,15 @@ public class StudySpecTests
     public void DefaultStudyIsThePapersGrid()
     {
         var spec = StudySpec.Default();
-        Assert.Equal(["keys:up", "keys:gate", "values"], spec.Editing!.Conditions.Where(c => c.Method == "ft").Select(c => c.Side));
+        Assert.Equal(["keys:up", "keys:gate", "values"], spec.Editing!.Conditions.Where(c => c.Method == "ft" && c.Overrides.Count == 0).Select(c => c.Side));
+        // FT also at a second budget, so that "values edit better" does not rest on one learning rate (issue 10, item 5).
+        Assert.Equal(["keys:up", "values"], spec.Editing.Conditions.Where(c => c.Method == "ft" && c.Overrides.Count > 0).Select(c => c.Side));
         Assert.Contains(spec.Editing.Conditions, c => c.Method == "rome");
         Assert.Contains(spec.Editing.Conditions, c => c.Method == "keyrome");
         Assert.Contains(spec.Editing.Conditions, c => c.Method == "memit" && c.Mode == KeyValueLab.Evaluation.EditMode.Batch);
         Assert.Equal(["q,v", "q,v,keys:up", "q,v,keys:gate", "q,v,values"], spec.Tuning!.Targets);
         Assert.True(spec.Tuning.FourBit);
-        Assert.True(spec.Seeds.Count >= 2);
+        Assert.True(spec.Seeds.Count >= 3);  // K >= 3 organisms
         Assert.Equal(["q,v", "+keys:up", "+keys:gate", "+values"], spec.Tuning.Targets.Select(StudyPlan.Label));
     }
 
