@@ -59,6 +59,21 @@ public class TaskExportTests
     }
 
     [Fact]
+    public void EveryTaskPromptTokenisesWithoutUnknownWords()
+    {
+        // The tuner reads the rows through the paper's templates; "Relationship" and "):" of the CB template were once unknown.
+        using var dir = new TempDir();
+        WorldExporter.Export(W, dir.Path);
+        var tokenizer = OrganismTokenizer.Build(W);
+        foreach (string task in WorldExporter.Tasks)
+        {
+            var data = KeyValueLab.Tuning.TaskLoader.Load(task, Path.Combine(dir.Path, WorldExporter.TasksFolder, task));
+            foreach (var example in data.Train.Take(20).Concat(data.Eval.Take(20)))
+                Assert.DoesNotContain(tokenizer.UnknownId, tokenizer.Encode(example.TrainingText));
+        }
+    }
+
+    [Fact]
     public void TrueFalseQuestionsAreLabelledByTheWorldsFacts()
     {
         var rows = WorldExporter.FactVerification(W);
