@@ -36,8 +36,14 @@ public sealed record EditUnitResult
 }
 
 /// <summary>One task's evaluation inside a tuning unit; <see cref="Correct"/> is per evaluation example, in a fixed order
-/// (the same examples in the same order for every target of one seed, so targets can be compared pairwise).</summary>
-public sealed record TaskOutcome(string Task, int Count, double Accuracy, double MacroF1, double? LabelLikelihoodAccuracy, IReadOnlyList<bool> Correct);
+/// (the same examples in the same order for every target and seed, so targets can be compared pairwise and seeds paired).</summary>
+public sealed record TaskOutcome(string Task, int Count, double Accuracy, double MacroF1, double? LabelLikelihoodAccuracy, IReadOnlyList<bool> Correct)
+{
+    /// <summary>Gold label of every example, in <see cref="Correct"/>'s order (empty in stores written before it was kept).</summary>
+    public IReadOnlyList<string> Gold { get; init; } = [];
+    /// <summary>The trimmed generation of every example, in the same order: enough to tell an adapter that always gives one answer.</summary>
+    public IReadOnlyList<string> Predicted { get; init; } = [];
+}
 
 /// <summary>One finished tuning unit: one LoRA training run (targets × seed) and its evaluation on every task.</summary>
 public sealed record TuneUnitResult

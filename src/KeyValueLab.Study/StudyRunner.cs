@@ -333,7 +333,11 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
             BaseBytesStored = outcome.BaseBytesStored,
             EpochLosses = outcome.Training.EpochLosses,
             Tasks = [.. outcome.Tasks.Select(t => new TaskOutcome(t.Metrics.Task, t.Metrics.Count, t.Metrics.Accuracy, t.Metrics.MacroF1,
-                t.Metrics.LabelLikelihoodAccuracy, [.. t.Predictions.Select(p => p.ExactMatch)]))],
+                t.Metrics.LabelLikelihoodAccuracy, [.. t.Predictions.Select(p => p.ExactMatch)])
+            {
+                Gold = [.. t.Predictions.Select(p => p.Example.Label)],
+                Predicted = [.. t.Predictions.Select(p => p.Generated.Trim())],
+            })],
         };
         var unitConfig = new JsonObject
         {

@@ -48,12 +48,18 @@ public sealed record ClaimResult(string Id, string Claim, string OppositeText, V
 /// <para>A comparison holds when its 95% interval excludes 0 in the claim's direction, its Holm-adjusted p &lt; alpha,
 /// and, with several organisms, every organism's own difference points the claimed way; the opposite when all three
 /// point the other way; it is not testable when no pair differs at all (both sides at the same floor or ceiling,
-/// e.g. both always right, always wrong, or always giving the same label); otherwise inconclusive.</para>
+/// e.g. both always right, always wrong, or always giving the same label) or, in tuning, when both sides sit at their
+/// baselines (each gives a constant answer, or no better than the majority class: see <see cref="TuningAnalysis.AtBaseline"/>),
+/// even if their constants differ; otherwise inconclusive.</para>
 /// </summary>
 public static class PaperClaims
 {
     private sealed record Candidate(string Comparison, string Unit, int Pairs, string Noun, Estimate Difference, TestResult Test,
-        int Direction, IReadOnlyList<string> Organisms, IReadOnlyList<double> PerOrganism, int Differing, bool PreferredPrimary);
+        int Direction, IReadOnlyList<string> Organisms, IReadOnlyList<double> PerOrganism, int Differing, bool PreferredPrimary)
+    {
+        /// <summary>Why the comparison is not testable although pairs differ (both sides at their baselines); "" when it is testable.</summary>
+        public string NotTestable { get; init; } = "";
+    }
 
     public static IReadOnlyList<ClaimResult> Judge(EditingResults? editing, TuningResults? tuning, ReportOptions options)
     {
@@ -79,7 +85,7 @@ public static class PaperClaims
             foreach (var p in tuning.Pairs.Where(p => TuningAnalysis.IsKeysLabel(p.A) && p.B == TuningResults.Values
                 && (p.Task == TuningResults.MeanOverTasks || tuning.Tasks.Count == 1)))
                 tuningCandidates.Add(new Candidate($"{p.A} vs {p.B}, {p.Task}", "points", p.Pairs, "paired examples", p.Difference, p.Test, +1,
-                    p.Organisms, p.PerOrganism, p.AOnly + p.BOnly, PreferredPrimary: true));
+                    p.Organisms, p.PerOrganism, p.AOnly + p.BOnly, PreferredPrimary: true) { NotTestable = p.NotTestable });
         claims.Add(("d", "Keys better than values in LoRA tuning (mean accuracy over tasks)", "values better", tuningCandidates));
 
         var timeCandidates = new List<Candidate>();
@@ -100,7 +106,7 @@ public static class PaperClaims
         {
             var family = all.Where(x => x.Primary == primary).ToList();
             // A comparison in which no pair differs has nothing to test: it stays out of the family.
-            var p = MultipleTesting.Holm([.. family.Select(x => x.Candidate.Differing == 0 ? double.NaN : x.Candidate.Test.P)]);
+            var p = MultipleTesting.Holm([.. family.Select(x => x.Candidate.Differing == 0 || x.Candidate.NotTestable.Length > 0 ? double.NaN : x.Candidate.Test.P)]);
             for (int i = 0; i < family.Count; i++) adjusted[(family[i].Claim, family[i].Index)] = p[i];
         }
 
@@ -133,6 +139,11 @@ public static class PaperClaims
         {
             verdict = Verdict.NotTestable;
             reason = $"no pair differs: both sides give the same result on all {c.Pairs} {c.Noun}";
+        }
+        else if (c.NotTestable.Length > 0)
+        {
+            verdict = Verdict.NotTestable;
+            reason = c.NotTestable;
         }
         else if (sign == 0) reason = "interval includes 0";
         else if (!(adjustedP < options.Alpha)) reason = "test not significant after Holm correction";

@@ -8,6 +8,9 @@ namespace KeyValueLab.Study.Report;
 /// points to mark (single seeds); and a role ("keys:up", "values", "q,v", …) that picks a colour the reader can follow across figures.</summary>
 public sealed record BarSeries(string Name, IReadOnlyList<Estimate?> Values, IReadOnlyList<IReadOnlyList<double>>? Points = null, string? Role = null);
 
+/// <summary>A reference level per group (e.g. a task's majority-class rate), drawn as a horizontal line across the group's bars.</summary>
+public sealed record GroupReference(string Name, IReadOnlyList<double?> Values, bool Dashed);
+
 /// <summary>
 /// The report's figures, drawn with ScottPlot: grouped bars with 95% interval whiskers, a legend outside the plot on
 /// the right, a sans-serif font when the machine has one. Rendering depends only on the data, so equal results give
@@ -32,7 +35,8 @@ public static class ReportFigures
     /// starts the axis at 0 (scores, seconds). Series with <see cref="BarSeries.Points"/> also mark each point (seeds).
     /// </summary>
     public static byte[] GroupedBars(string title, string xLabel, string yLabel, IReadOnlyList<string> groups, IReadOnlyList<BarSeries> series,
-        int width, int height, bool zeroLine = false, bool yFromZero = false, double? yMax = null, double minHalfRange = 0)
+        int width, int height, bool zeroLine = false, bool yFromZero = false, double? yMax = null, double minHalfRange = 0,
+        IReadOnlyList<GroupReference>? references = null)
     {
         var plot = new Plot();
         if (SansFont is not null) plot.Font.Set(SansFont);
@@ -83,6 +87,24 @@ public static class ReportFigures
         plot.Add.Bars(bars);
         foreach (var w in whiskers) plot.Add.Plottable(w);
         if (markers.Count > 0) plot.Add.Markers(markers, MarkerShape.OpenCircle, 7, Colors.Black);
+        foreach (var reference in references ?? [])
+        {
+            var pattern = reference.Dashed ? LinePattern.Dashed : LinePattern.Dotted;
+            bool drawn = false;
+            for (int g = 0; g < groups.Count && g < reference.Values.Count; g++)
+            {
+                if (reference.Values[g] is not double y || !double.IsFinite(y)) continue;
+                var line = plot.Add.Line(g * slot - 0.5, y, g * slot + s - 0.5, y);
+                line.LineColor = Colors.Black;
+                line.LineWidth = 1.5f;
+                line.LinePattern = pattern;
+                top = Math.Max(top, y);
+                bottom = Math.Min(bottom, y);
+                drawn = true;
+            }
+            if (drawn)
+                plot.Legend.ManualItems.Add(new LegendItem { LabelText = reference.Name, LineColor = Colors.Black, LineWidth = 1.5f, LinePattern = pattern });
+        }
         if (series.Any(x => x.Points is not null))
             plot.Legend.ManualItems.Add(new LegendItem { LabelText = "one seed", MarkerShape = MarkerShape.OpenCircle, MarkerColor = Colors.Black, MarkerSize = 7 });
 

@@ -55,27 +55,29 @@ public static class ReportTables
 
     public static ReportTable TuningTasks(TuningResults r)
     {
-        var table = new ReportTable("tuning_tasks", "Accuracy per target set and task, seeds pooled (×100)",
+        var table = new ReportTable("tuning_tasks", "Accuracy per target set and task (×100; each example once, averaged over seeds) beside the task's majority-class and chance rates",
         [
             new("label", Text), new("task", Text), new("seeds", Integer), new("examples", Integer), new("accuracy", Score),
-            new("accuracy_low", Score), new("accuracy_high", Score), new("interval", Text), new("macro_f1", Score), new("label_likelihood_accuracy", Score),
+            new("accuracy_low", Score), new("accuracy_high", Score), new("interval", Text), new("majority_class", Score), new("chance", Score),
+            new("runs", Integer), new("constant_runs", Integer), new("at_baseline", Text), new("macro_f1", Score), new("label_likelihood_accuracy", Score),
         ]);
         foreach (var t in r.PerTask)
-            table.Add(t.Label, t.Task, t.Seeds, t.Examples, t.Accuracy.Value, t.Accuracy.Low, t.Accuracy.High, t.Interval, t.MacroF1, t.LabelLikelihoodAccuracy);
+            table.Add(t.Label, t.Task, t.Seeds, t.Examples, t.Accuracy.Value, t.Accuracy.Low, t.Accuracy.High, t.Interval, t.Majority, t.Chance,
+                t.Runs, t.ConstantRuns, t.AtBaseline, t.MacroF1, t.LabelLikelihoodAccuracy);
         return table;
     }
 
     public static ReportTable TuningPairs(TuningResults r)
     {
-        var table = new ReportTable("tuning_pairs", "Target set A − B on the same examples and seeds (accuracy ×100)",
+        var table = new ReportTable("tuning_pairs", "Target set A − B on the same examples, paired by seed (accuracy ×100; pairs = distinct examples, a/b_only over seed × example)",
         [
-            new("a", Text), new("b", Text), new("task", Text), new("pairs", Integer), new("accuracy_a", Score), new("accuracy_b", Score),
+            new("a", Text), new("b", Text), new("task", Text), new("pairs", Integer), new("seeds", Integer), new("accuracy_a", Score), new("accuracy_b", Score),
             new("difference", Score), new("difference_low", Score), new("difference_high", Score), new("a_only_correct", Integer),
-            new("b_only_correct", Integer), new("test", Text), new("p", P),
+            new("b_only_correct", Integer), new("test", Text), new("p", P), new("not_testable", Text),
         ]);
         foreach (var p in r.Pairs)
-            table.Add(p.A, p.B, p.Task, p.Pairs, p.AccuracyA, p.AccuracyB, p.Difference.Value, p.Difference.Low, p.Difference.High,
-                p.AOnly, p.BOnly, p.Test.Test, p.Test.P);
+            table.Add(p.A, p.B, p.Task, p.Pairs, p.Seeds, p.AccuracyA, p.AccuracyB, p.Difference.Value, p.Difference.Low, p.Difference.High,
+                p.AOnly, p.BOnly, p.Test.Test, p.Test.P, p.NotTestable);
         return table;
     }
 

@@ -300,15 +300,24 @@ public static class StudyReport
             bool fourBit = results.Tunes.Any(t => t.FourBit);
             _doc.Paragraph($"{results.Tunes.Count} LoRA run{S(results.Tunes.Count)}{(fourBit ? " on a 4-bit (NF4) base" : "")}: the baseline targets "
                 + "`q,v` (attention query and value projections) and variants that add one FFN matrix (`+keys…` the first FFN matrix, "
-                + "`+values` the second). Accuracy is the paper's exact match of the greedy generation with the gold label, ×100, pooled "
-                + "over seeds with **Wilson** 95% score intervals over all seeds' examples; the mean over tasks is unweighted, with a "
-                + "bootstrap interval that resamples examples within each task and seed.");
+                + "`+values` the second). Accuracy is the paper's exact match of the greedy generation with the gold label, ×100. Every "
+                + "evaluation example counts once: with several seeds (paired: they score the same examples) an example's outcome is its "
+                + "mean over the seeds, and the 95% interval resamples examples (organisms first, when there are several; one run: "
+                + "**Wilson**'s score interval); the mean over tasks is unweighted. Each accuracy stands beside its task's "
+                + "**majority-class** rate (always answering the evaluation set's most common label) and **chance** rate (1 / labels); "
+                + $"a target set whose runs all give one answer on ≥ {TuningAnalysis.ConstantShare * 100:F0}% of the examples, or whose "
+                + "interval does not rise above the majority class, is marked as sitting at its baseline.");
             Tables.Add(ReportTables.TuningTasks(tuning));
             var taskGroups = tuning.Tasks.Concat(tuning.Tasks.Count > 1 ? [TuningResults.MeanOverTasks] : []).ToList();
             TuneTaskRow? Find(string label, string task) => tuning.PerTask.FirstOrDefault(r => r.Label == label && r.Task == task);
-            _doc.Add(Table("Accuracy per task and target set, mean [95% CI]. Source: tables/tuning_tasks.csv.",
-                ["Task", .. tuning.Labels],
-                [.. taskGroups.Select(t => (IReadOnlyList<string>)[t, .. tuning.Labels.Select(l => Find(l, t) is { } r ? WithInterval(r.Accuracy) : Missing)])], 1));
+            string Cell(TuneTaskRow r) => WithInterval(r.Accuracy) + (r.AtBaseline.Length > 0 ? " (baseline)" : "")
+                + (r.Runs > 0 && r.ConstantRuns > 0 ? $" {r.ConstantRuns}/{r.Runs} constant" : "");
+            TuneTaskRow? AnyRow(string task) => tuning.PerTask.FirstOrDefault(r => r.Task == task);
+            _doc.Add(Table("Accuracy per task and target set, mean [95% CI], beside the task's majority-class and chance rates; \"(baseline)\" marks a "
+                + "target set that did not learn the task beyond them, \"k/n constant\" the runs that gave one answer throughout. Source: tables/tuning_tasks.csv.",
+                ["Task", "Majority", "Chance", .. tuning.Labels],
+                [.. taskGroups.Select(t => (IReadOnlyList<string>)[t, Score(AnyRow(t)?.Majority ?? double.NaN), Score(AnyRow(t)?.Chance ?? double.NaN),
+                    .. tuning.Labels.Select(l => Find(l, t) is { } r ? Cell(r) : Missing)])], 1));
             bool likelihood = tuning.PerTask.Any(r => r.LabelLikelihoodAccuracy is not null);
             _doc.Add(Table(likelihood ? "Macro-F1 / label-likelihood accuracy (the label with the highest likelihood after the prompt) per task and target set."
                     : "Macro-F1 per task and target set.",
@@ -318,10 +327,16 @@ public static class StudyReport
             Figure("tuning_accuracy", tuning.PerTask.Count > 0, () =>
             {
                 var series = tuning.Labels.Select(l => new BarSeries(l, [.. taskGroups.Select(t => Find(l, t)?.Accuracy)], Role: l)).ToList();
+                List<GroupReference> references =
+                [
+                    new("majority class", [.. taskGroups.Select(t => AnyRow(t)?.Majority)], Dashed: true),
+                    new("chance", [.. taskGroups.Select(t => AnyRow(t)?.Chance)], Dashed: false),
+                ];
                 return ReportFigures.GroupedBars("Accuracy after LoRA tuning", "task", "accuracy (%)", taskGroups, series,
-                    options.FigureWidth, options.FigureHeight, yFromZero: true, yMax: 100);
-            }, "Accuracy per task for each LoRA target set, with 95% intervals",
-            "Exact-match accuracy per task for each LoRA target set (Wilson 95% intervals; for the mean over tasks, a bootstrap interval).");
+                    options.FigureWidth, options.FigureHeight, yFromZero: true, yMax: 100, references: references);
+            }, "Accuracy per task for each LoRA target set, with 95% intervals and the majority-class and chance rates",
+            "Exact-match accuracy per task for each LoRA target set (95% intervals over examples, organisms first when there are several), "
+            + "with each task's majority-class rate (dashed line) and chance rate (dotted line) across its bars.");
 
             _doc.Heading(3, "Target sets compared example by example");
             if (tuning.Pairs.Count == 0)
@@ -329,13 +344,15 @@ public static class StudyReport
             else
             {
                 Tables.Add(ReportTables.TuningPairs(tuning));
-                _doc.Paragraph("Each pair of target sets is compared on the same examples of the same seeds: A − B accuracy with a 95% bootstrap "
-                    + "interval over examples, and the **exact McNemar test** on the examples exactly one of them got right. For the mean over "
-                    + $"tasks the p-value is a **paired permutation test** ({Count(options.Permutations)} random swaps of A's and B's outcome per example, fixed seed).");
-                _doc.Add(Table("A − B per task; \"A only\" counts examples only A got right. Source: tables/tuning_pairs.csv.",
-                    ["A vs B", "Task", "Pairs", "A", "B", "A − B [95% CI]", "A only", "B only", "Test", "p"],
+                _doc.Paragraph("Each pair of target sets is compared on the same examples, paired by seed: an example's A − B is its mean over "
+                    + "the seeds, so it counts once; the 95% bootstrap interval resamples examples (organisms first). With one seed the test is "
+                    + "the **exact McNemar test** on the examples exactly one of them got right; with several, and for the mean over tasks, a "
+                    + $"**paired permutation test** ({Count(options.Permutations)} random sign flips of the examples' differences, fixed seed; exact when few differ). "
+                    + "A comparison whose two sides both sit at their baselines is not testable, whatever its p-value.");
+                _doc.Add(Table("A − B per task; Pairs counts distinct examples, \"A only\" the seed × example pairs only A got right. Source: tables/tuning_pairs.csv.",
+                    ["A vs B", "Task", "Pairs", "A", "B", "A − B [95% CI]", "A only", "B only", "Test", "p", "Testable"],
                     [.. tuning.Pairs.Select(p => (IReadOnlyList<string>)[$"{p.A} vs {p.B}", p.Task, Count(p.Pairs), Score(p.AccuracyA), Score(p.AccuracyB),
-                        SignedWithInterval(p.Difference), Count(p.AOnly), Count(p.BOnly), p.Test.Test, P(p.Test.P)])], 2, [8]));
+                        SignedWithInterval(p.Difference), Count(p.AOnly), Count(p.BOnly), p.Test.Test, P(p.Test.P), p.NotTestable.Length > 0 ? "no: " + p.NotTestable : "yes"])], 2, [8, 10]));
             }
             foreach (string note in tuning.Notes) Note(note);
             var tuningPower = PowerAnalysis.Tuning(tuning);

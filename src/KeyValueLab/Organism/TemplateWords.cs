@@ -16,6 +16,9 @@ public static class TemplateWords
         "entailment contradiction neutral not_entailment A B C D E yes no Yes No True False",
         "nq question: ? . , ; ' \" ( ) - !",
         "0 1 2 3 4 5 6 7 8 9",
+        // The templates themselves, so that words such as "Relationship" and "):" (one pre-token) are not unknown tokens.
+        Tuning.TaskPrompts.BoolQ("", ""), Tuning.TaskPrompts.Copa("", "", "", ""), Tuning.TaskPrompts.Nli3("", ""),
+        Tuning.TaskPrompts.Nli2("", ""), Tuning.TaskPrompts.Newsgroups(""),
     ];
 
     /// <summary>All words of <see cref="Texts"/>, as the tokenizer splits them.</summary>

@@ -9,8 +9,9 @@ namespace KeyValueLab.Organism;
 /// <list type="bullet">
 /// <item><c>counterfact.json</c>: CounterFact, ROME's original schema (SPEC §2).</item>
 /// <item><c>zsre_mend.json</c>: zsRE in MEND's format; <c>answers[0]</c> is the true object, <c>alt</c> another object.</item>
-/// <item><c>tasks/{boolq,copa,cb}/{train,val,test}.jsonl</c>: fact verification (BoolQ fields), two-choice (COPA fields),
-/// three-way entailment (CB fields), read with the paper's prompt templates.</item>
+/// <item><c>tasks/{boolq,copa,cb}/{train,val,test}.jsonl</c>: true/false questions about facts (BoolQ fields), multiple choice
+/// over objects (COPA fields), entailment between two stated facts (CB fields), with balanced labels, read with the paper's
+/// prompt templates; validation and test ask about facts the training rows do not.</item>
 /// <item><c>world.json</c> (facts, and per fact which phrasings were trained and which held out), <c>corpus.txt</c>
 /// (the training corpus, one document a line), <c>README.md</c>.</item>
 /// </list>
@@ -134,79 +135,77 @@ public static class WorldExporter
     }
 
     /// <summary>
-    /// Fact verification with BoolQ's fields (question, passage, idx, label "true"/"false" as the SuperGLUE file writes it). The passage states two
-    /// other facts about the subject, never the one asked about: the answer has to come from the model's memory.
+    /// True/false questions about the world's facts, with BoolQ's fields (question, passage, idx, label "true"/"false" as the
+    /// SuperGLUE file writes it). The question asks whether the subject has an object (the true one for half the rows); the passage
+    /// states the same claim in one of the phrasings the model was trained on for that fact, so the claim's object follows a
+    /// context the model completes from memory. Whether the claim is true comes from the model's memory alone.
     /// </summary>
-    public static List<JsonObject> FactVerification(World world)
-    {
-        var random = WorldRandom.For(world.Config.Seed, "task-boolq");
-        var rows = new List<JsonObject>();
-        foreach (var fact in TaskFacts(world, random))
+    public static List<JsonObject> FactVerification(World world) =>
+        TaskRows(world, "task-boolq", (fact, i, random) =>
         {
             var rel = world.Relations[fact.Relation];
-            bool label = random.Next(2) == 0;
+            bool label = i % 2 == 0;
             int obj = label ? fact.Object : OtherObject(random, rel, fact.Object);
             string question = rel.Definition.YesNoQuestion.Replace("{s}", world.SubjectOf(fact)).Replace("{o}", rel.Objects[obj]);
-            var context = OtherRelations(world, random, fact, 2).Select(f => world.Sentence(f, random.Pick(f.TrainedStatements)));
-            rows.Add(new JsonObject { ["question"] = question, ["passage"] = string.Join(' ', context), ["idx"] = 0, ["label"] = label ? "true" : "false" });
-        }
-        return rows;
-    }
+            string passage = $"{world.Prompt(fact, random.Pick(fact.TrainedStatements))} {rel.Objects[obj]}.";
+            return new JsonObject { ["question"] = question, ["passage"] = passage, ["idx"] = 0, ["label"] = label ? "true" : "false" };
+        });
 
-    /// <summary>Two choices with COPA's fields (premise, choice1, choice2, question "effect", label 0/1, idx); the right effect follows from the subject's fact.</summary>
-    public static List<JsonObject> TwoChoice(World world)
-    {
-        var random = WorldRandom.For(world.Config.Seed, "task-copa");
-        var rows = new List<JsonObject>();
-        foreach (var fact in TaskFacts(world, random))
+    /// <summary>
+    /// Multiple choice over objects, with COPA's fields (premise, choice1, choice2, question "effect", label 0/1, idx): the premise
+    /// names the relation, the two choices state it about the subject in one trained phrasing, one with the true object and one with
+    /// another object of the relation (the true one first for half the rows). The right choice comes from the model's memory.
+    /// </summary>
+    public static List<JsonObject> TwoChoice(World world) =>
+        TaskRows(world, "task-copa", (fact, i, random) =>
         {
             var rel = world.Relations[fact.Relation];
             string s = world.SubjectOf(fact);
-            string Effect(int o) => rel.Definition.Effect.Replace("{s}", s).Replace("{o}", rel.Objects[o]);
+            int phrasing = random.Pick(fact.TrainedStatements);
+            string Choice(int o) => $"{world.Prompt(fact, phrasing)} {rel.Objects[o]}.";
             int wrong = OtherObject(random, rel, fact.Object);
-            int label = random.Next(2);
-            rows.Add(new JsonObject
+            int label = i % 2;
+            return new JsonObject
             {
                 ["premise"] = rel.Definition.CausePremise.Replace("{s}", s),
-                ["choice1"] = Effect(label == 0 ? fact.Object : wrong),
-                ["choice2"] = Effect(label == 0 ? wrong : fact.Object),
+                ["choice1"] = Choice(label == 0 ? fact.Object : wrong),
+                ["choice2"] = Choice(label == 0 ? wrong : fact.Object),
                 ["question"] = "effect",
                 ["label"] = label,
                 ["idx"] = 0,
-            });
-        }
-        return rows;
-    }
+            };
+        });
 
     /// <summary>
-    /// Three-way entailment with CB's fields (premise, hypothesis, label, idx): the premise states facts about a subject;
-    /// the hypothesis restates one (entailment), gives the same relation another object (contradiction), or states a
-    /// relation the premise does not mention (neutral). Labels follow from the premise alone.
+    /// Entailment between two stated facts, with CB's fields (premise, hypothesis, label, idx); labels in turn, a third each. The
+    /// premise states one fact about a subject; the hypothesis restates it in another phrasing (entailment), gives the same relation
+    /// another object (contradiction), or states another relation of the same subject (neutral: the premise says nothing about it).
+    /// The label follows from the two sentences; the world agrees with every premise.
     /// </summary>
-    public static List<JsonObject> Entailment(World world)
-    {
-        var random = WorldRandom.For(world.Config.Seed, "task-cb");
-        var rows = new List<JsonObject>();
-        string[] labels = ["entailment", "contradiction", "neutral"];
-        foreach (var fact in TaskFacts(world, random))
+    public static List<JsonObject> Entailment(World world) =>
+        TaskRows(world, "task-cb", (fact, i, random) =>
         {
             var rel = world.Relations[fact.Relation];
-            var stated = OtherRelations(world, random, fact, world.Relations.Count >= 3 ? 1 : 0).Prepend(fact).ToList();
-            random.Shuffle(stated);
-            string premise = string.Join(' ', stated.Select(f => world.Sentence(f, random.Pick(f.TrainedStatements))));
-            string label = labels[random.Next(3)];
-            var about = label == "neutral" && world.Relations.Count > stated.Count
-                ? world.FactOf(fact.Subject, random.Pick(Enumerable.Range(0, world.Relations.Count).Where(r => stated.All(f => f.Relation != r)).ToArray()))
-                : fact;
-            if (about == fact && label == "neutral") label = "entailment";
-            var aboutRel = world.Relations[about.Relation];
-            int obj = label == "contradiction" ? OtherObject(random, aboutRel, about.Object) : about.Object;
-            int phrasing = random.Next(aboutRel.Definition.Statements.Length);
-            string hypothesis = $"{world.Prompt(about, phrasing)} {aboutRel.Objects[obj]}";
-            rows.Add(new JsonObject { ["premise"] = premise, ["hypothesis"] = hypothesis, ["label"] = label, ["idx"] = 0 });
-        }
-        return rows;
-    }
+            int stated = random.Pick(fact.TrainedStatements);
+            string premise = world.Sentence(fact, stated);
+            string label = world.Relations.Count > 1 ? TaskPromptsLabels[i % 3] : TaskPromptsLabels[i % 2];
+            string hypothesis;
+            if (label == "neutral")
+            {
+                var other = OtherRelations(world, random, fact, 1).First();
+                hypothesis = world.Sentence(other, random.Next(world.Relations[other.Relation].Definition.Statements.Length));
+            }
+            else
+            {
+                int phrasing = random.Next(rel.Definition.Statements.Length - 1);
+                if (phrasing >= stated) phrasing++;
+                int obj = label == "contradiction" ? OtherObject(random, rel, fact.Object) : fact.Object;
+                hypothesis = $"{world.Prompt(fact, phrasing)} {rel.Objects[obj]}.";
+            }
+            return new JsonObject { ["premise"] = premise, ["hypothesis"] = hypothesis, ["label"] = label, ["idx"] = 0 };
+        });
+
+    private static readonly string[] TaskPromptsLabels = ["entailment", "contradiction", "neutral"];
 
     /// <summary>A JSON object describing the world: config, relations with all phrasings, subjects, and each fact's trained/held-out phrasings.</summary>
     public static JsonObject WorldDescription(World world)
@@ -271,10 +270,13 @@ public static class WorldExporter
             - `zsre_mend.json`: `src` is the trained question form, `rephrase` the held-out one; `answers[0]` = `pred` =
               the true object, `alt` another object of the relation; `loc` is a trained question about another fact,
               prefixed `nq question: ` as in zsRE, `loc_ans` its true object.
-            - `tasks/boolq`: BoolQ fields; `question` asks whether a fact holds (half true); the passage states two other
-              facts about the same subject, never the one asked, so the answer comes from the model's memory.
-            - `tasks/copa`: COPA fields; premise and the two effects differ only in the object, the right one is the true object.
-            - `tasks/cb`: CB fields; the label follows from the premise alone (entailment / contradiction / neutral).
+            - `tasks/boolq`: BoolQ fields; `question` asks whether the subject has an object (true for half the rows), the
+              passage states that claim in a phrasing trained for the fact; whether it is true comes from the model's memory.
+            - `tasks/copa`: COPA fields; the premise names the relation, the two choices state it in one trained phrasing with
+              the true object and with another one (the true one first in half the rows): multiple choice over objects.
+            - `tasks/cb`: CB fields; the premise states a fact, the hypothesis restates it in another phrasing (entailment),
+              gives the relation another object (contradiction) or states another relation of the subject (neutral), a third each.
+            - In every task the validation and test rows ask about other facts than the training rows.
 
             ## Relations and phrasings
 
@@ -326,11 +328,26 @@ public static class WorldExporter
         return list.Take(n).ToList();
     }
 
-    /// <summary>Facts for one task's examples (train + val + test), cycling through a seeded order of all facts.</summary>
-    private static IEnumerable<Fact> TaskFacts(World world, WorldRandom random)
+    /// <summary>
+    /// One task's rows, train then validation then test. The evaluation facts (validation and test) are kept apart from the
+    /// training facts, so an adapter is scored on facts its training never asked about; each split cycles through its facts in a
+    /// seeded order and the row's index within its split (<c>i</c>) balances the labels.
+    /// </summary>
+    private static List<JsonObject> TaskRows(World world, string purpose, Func<Fact, int, WorldRandom, JsonObject> row)
     {
-        int total = world.Config.TaskTrainExamples + 2 * world.Config.TaskEvalExamples;
+        var random = WorldRandom.For(world.Config.Seed, purpose);
         int[] order = random.Permutation(world.Facts.Count);
-        for (int i = 0; i < total; i++) yield return world.Facts[order[i % order.Length]];
+        var (trainFacts, evalFacts) = SplitTaskFacts(world, order);
+        var rows = new List<JsonObject>();
+        foreach (var (facts, count) in new[] { (trainFacts, world.Config.TaskTrainExamples), (evalFacts, world.Config.TaskEvalExamples), (evalFacts, world.Config.TaskEvalExamples) })
+            for (int i = 0; i < count; i++) rows.Add(row(world.Facts[facts[i % facts.Length]], i, random));
+        return rows;
+    }
+
+    /// <summary>Evaluation facts: the first third of the order at most (and at most one per evaluation row); the rest train.</summary>
+    public static (int[] Train, int[] Eval) SplitTaskFacts(World world, int[] order)
+    {
+        int eval = Math.Clamp(Math.Min(world.Config.TaskEvalExamples, order.Length / 3), 1, Math.Max(1, order.Length - 1));
+        return (order[eval..], order[..eval]);
     }
 }
