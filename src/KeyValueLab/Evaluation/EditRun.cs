@@ -66,7 +66,7 @@ public sealed class EditRun
 
     /// <summary>
     /// <paramref name="sequential"/>: chunk size, checkpoints and generation-based scoring (<see cref="SequentialOptions.Generation"/>,
-    /// in every mode); its chunk size and checkpoints are for <see cref="EditMode.SequentialFinal"/> only (sequential-immediate edits
+    /// in every mode; null = chunks of 1 and no generation-based scores); its chunk size and checkpoints are for <see cref="EditMode.SequentialFinal"/> only (sequential-immediate edits
     /// one case at a time). <paramref name="retained"/>: cases never edited whose true objects are asked for after the edits (what
     /// the model still knows; sequential modes only), written to retained.json.
     /// </summary>
@@ -74,7 +74,7 @@ public sealed class EditRun
         IReadOnlyList<EditCase>? retained = null)
     {
         (OutputDir, Mode, Evaluation) = (outputDir, mode, evaluation ?? new EvaluationOptions());
-        Sequential = sequential ?? new SequentialOptions { ChunkSize = 1 };
+        Sequential = sequential ?? new SequentialOptions { ChunkSize = 1, Generation = false };
         Retained = retained ?? [];
         if (mode != EditMode.SequentialFinal && (Sequential.ChunkSize != 1 || Sequential.CheckpointEvery is not null))
             throw new ArgumentException("chunks and checkpoints are for mode sequential-final");

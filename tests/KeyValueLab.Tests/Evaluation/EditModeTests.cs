@@ -111,7 +111,7 @@ public class EditModeTests(StoriesModel f) : IClassFixture<StoriesModel>
         var cases = CounterFact.Skip(40).Take(2).ToList();
         using var dir = new TempDir();
         var editor = new Recording(Ft());
-        var summary = new EditRun(dir.Path, EditMode.Single, NoGe).Run(f.Model, f.Tokenizer, editor, cases, new JsonObject());
+        var summary = new EditRun(dir.Path, EditMode.Single, NoGe, new SequentialOptions { ChunkSize = 1 }).Run(f.Model, f.Tokenizer, editor, cases, new JsonObject());
         Assert.True(editor.Resets >= 2 * cases.Count, $"{editor.Resets} resets for {cases.Count} cases");
         Assert.Equal(0, editor.HistoryCount);
         Assert.Contains(summary.Post, m => m.Name == "gen_es" && m.Cases == 2);
