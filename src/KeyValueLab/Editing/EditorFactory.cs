@@ -45,12 +45,12 @@ public static class EditorFactory
         {
             // Llama-family models without their own file take Llama-3-8B's (LocFT ships Llama-3, Qwen2.5 and Mistral).
             string bfFamily = family is "gemma" or "gemma2" or "phi3" ? "llama" : family;
-            var hp = HyperparameterFiles.Load<BreadthFirstFtHyperparameters>(choice.HparamsFile, "FT-BF", bfFamily, choice.Overrides);
+            var hp = choice.Overrides.ApplyTo(HyperparameterFiles.Load<BreadthFirstFtHyperparameters>(choice.HparamsFile, "FT-BF", bfFamily));
             hp = hp with
             {
                 Layers = layers ?? hp.Layers,
                 KeyKinds = choice.KeyKinds ?? hp.KeyKinds,
-                Side = choice.Side is null ? hp.Side : EditScope.ParseSide(choice.Side).ToString().ToLowerInvariant(),
+                Side = choice.Side is { } chosen ? chosen.ToString().ToLowerInvariant() : hp.Side,
             };
             return new BreadthFirstFtEditor(hp);
         }

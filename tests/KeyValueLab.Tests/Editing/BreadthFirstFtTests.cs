@@ -140,7 +140,7 @@ public sealed class BreadthFirstFtTests : IClassFixture<EditorTests.Stories>
     public void FactoryLoadsThePublishedSettingsAndRefusesBothSides()
     {
         var model = _f.Loaded.Model;
-        var editor = EditorFactory.Create(model, new EditorChoice { Method = "ft-bf", Layers = "3", Side = "keys", KeyKinds = "up" });
+        var editor = EditorFactory.Create(model, new EditorChoice { Method = "ft-bf", Layers = "3", Side = EditSide.Keys, KeyKinds = "up" });
         Assert.Equal("FT-BF", editor.Method);
         var hp = editor.Hyperparameters;
         Assert.Equal(25, (int)hp["epochs"]!);       // ICT-STAR/LocFT hparams/llama3-8b.yaml
@@ -148,7 +148,7 @@ public sealed class BreadthFirstFtTests : IClassFixture<EditorTests.Stories>
         Assert.Equal(5e-4, (double)hp["lr"]!);
         Assert.Equal("keys", (string)hp["side"]!);
         Assert.Equal([new FfnMemory(model).KeysName(3, KeyKind.Up)], editor.ParameterNames(model));
-        Assert.Throws<ArgumentException>(() => EditorFactory.Create(model, new EditorChoice { Method = "ft-bf", Layers = "3", Side = "both" }));
+        Assert.Throws<ArgumentException>(() => EditorFactory.Create(model, new EditorChoice { Method = "ft-bf", Layers = "3", Side = EditSide.Both }));
         Assert.Throws<ArgumentException>(() => EditorFactory.Create(model, new EditorChoice { Method = "ft-bf", Layers = "1,2" }));
     }
 }
