@@ -19,6 +19,8 @@ namespace KeyValueLab.Benchmarks;
 ///                             fixed steps), each ÷ the time its floating-point work takes at the measured matmul rate
 ///   memory [--row R --layers N] the paper's models at real widths from a checkpoint written with synthetic weights: peak RSS
 ///                             and time against the goals of issue 12 (see MemoryBenchmark)
+///   lifelong [--n B --history N --kept F] AlphaEdit's and Key-AlphaEdit's per-layer update at GPT-2 XL shape: seconds per
+///                             edit, ratio to the matmul rate, bytes of P and the key store (see LifelongBenchmark)
 ///   bdn                       the same forward and matmul under BenchmarkDotNet (slower, with statistics)
 ///   lora [--base both|fp32|nf4 --steps N --batch B --tokens T --targets q,v --config FILE]
 ///                             LoRA training tokens/s and peak memory on a GPT-2-medium-shaped random model; "both"
@@ -50,6 +52,7 @@ public static class Program
             return 0;
         }
         if (mode == "memory") return MemoryBenchmark.Run(args[1..]);
+        if (mode == "lifelong") return LifelongBenchmark.Run(args[1..]);
         if (mode == "edit")
         {
             EditBenchmark.Run(Int(args, "--steps", 10), Int(args, "--layer", 12), Int(args, "--repeats", 3));
@@ -57,7 +60,7 @@ public static class Program
         }
         if (mode != "runtime")
         {
-            Console.Error.WriteLine("usage: KeyValueLab.Benchmarks [runtime [--stories DIR] | edit [--steps N] [--layer L] | lora [--base both|fp32|nf4] | memory [--row R] [--layers N] | bdn]");
+            Console.Error.WriteLine("usage: KeyValueLab.Benchmarks [runtime [--stories DIR] | edit [--steps N] [--layer L] | lora [--base both|fp32|nf4] | memory [--row R] [--layers N] | lifelong [--n B] [--history N] [--kept F] | bdn]");
             return 2;
         }
         string? stories = Option(args, "--stories");

@@ -23,7 +23,16 @@ internal static class EditEvalCommand
         var start = new Option<int>("--start") { Description = "First record of the slice (0-based).", DefaultValueFactory = _ => 0 };
         var count = new Option<int>("--count", "-n") { Description = "Records in the slice; 0 = to the end.", DefaultValueFactory = _ => 0 };
         EvaluationOptions defaults = new();
-        var mode = new Option<EditMode>("--mode") { Description = "Single (restore after each case), Batch (one edit with every request) or Sequential.", DefaultValueFactory = _ => EditMode.Single };
+        var mode = new Option<string>("--mode")
+        {
+            Description = "single (restore after each case), batch (one edit with every request), sequential-final (edit all in chunks, score once on the final model: "
+                + "the published lifelong protocol) or sequential-immediate (each case scored right after its own edit; 'sequential' is its deprecated name).",
+            DefaultValueFactory = _ => "single",
+        };
+        var chunk = new Option<int>("--chunk-size") { Description = "sequential-final: requests per editor call (B; AlphaEdit's protocol: 100).", DefaultValueFactory = _ => 1 };
+        var checkpoints = new Option<int?>("--checkpoint-every") { Description = "sequential-final: also score the cases edited so far after every M edits (a multiple of --chunk-size), for curves." };
+        var generation = new Option<bool>("--gen-scores") { Description = "Score greedy generations too (gen_es, gen_ps, gen_ns).", DefaultValueFactory = _ => true };
+        var retained = new Option<int>("--retained") { Description = "Sequential modes: this many records after the slice, never edited, whose true objects are asked for before and after (retained.json).", DefaultValueFactory = _ => 0 };
         var output = new Option<string>("--out", "-o") { Description = "Output folder (cases/, params.json, summary.json, summary.txt); rerun to resume.", Required = true };
         var gePrompts = new Option<int>("--ge-prompts") { Description = "Generation prompts per case for GE (0 = skip GE).", DefaultValueFactory = _ => defaults.GenerationPrompts };
         var geTokens = new Option<int>("--ge-tokens") { Description = "Tokens per generation, prompt included.", DefaultValueFactory = _ => defaults.GenerationTokens };
@@ -32,24 +41,33 @@ internal static class EditEvalCommand
         var editor = new EditorOptions();
         var command = new Command("edit-eval", "Evaluate an editor on a dataset slice (ROME/MEMIT metrics, per case, resumable).")
         {
-            model, dtype, device, tokenizer, dataset, start, count, mode, output, gePrompts, geTokens, seed, zsreTarget,
+            model, dtype, device, tokenizer, dataset, start, count, mode, chunk, checkpoints, generation, retained, output, gePrompts, geTokens, seed, zsreTarget,
         };
         editor.AddTo(command);
         command.SetAction(parse => CommandRunner.Run(stderr, () =>
         {
-            var (editMode, target) = (parse.GetValue(mode), parse.GetValue(zsreTarget));
-            int first = parse.GetValue(start), n = parse.GetValue(count);
-            if (first < 0 || n < 0) throw new UsageException("--start and --count must be >= 0");
+            var target = parse.GetValue(zsreTarget);
+            EditMode editMode;
+            try { editMode = EditModes.Parse(parse.GetValue(mode)!, note => stderr.WriteLine($"kvlab: {note}")); }
+            catch (ArgumentException e) { throw new UsageException(e.Message); }
+            int first = parse.GetValue(start), n = parse.GetValue(count), keep = parse.GetValue(retained);
+            if (first < 0 || n < 0 || keep < 0) throw new UsageException("--start, --count and --retained must be >= 0");
+            if (parse.GetValue(chunk) < 1) throw new UsageException("--chunk-size must be at least 1");
             string datasetPath = parse.GetValue(dataset)!;
             var all = EditDatasets.Load(datasetPath, target);
             if (first >= all.Count) throw new UsageException($"--start {first} is past the dataset's {all.Count} records");
             var cases = all.Skip(first).Take(n == 0 ? int.MaxValue : n).ToList();
+            var kept = all.Skip(first + cases.Count).Take(keep).ToList();
+            if (kept.Count < keep) throw new UsageException($"--retained {keep}: only {kept.Count} records follow the slice");
 
             string modelPath = parse.GetValue(model)!;
             using var loaded = ProgressRenderer.Run(stderr, (progress, _) => ModelLoader.Load(modelPath, ModelOptions.Loading(parse, dtype, device) with { Progress = progress }));
             var tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer), loaded.Config);
             var evaluation = new EvaluationOptions { GenerationPrompts = parse.GetValue(gePrompts), GenerationTokens = parse.GetValue(geTokens), Seed = parse.GetValue(seed) };
-            var run = new EditRun(parse.GetValue(output)!, editMode, evaluation);
+            var sequential = new SequentialOptions { ChunkSize = parse.GetValue(chunk), CheckpointEvery = parse.GetValue(checkpoints), Generation = parse.GetValue(generation) };
+            EditRun run;
+            try { run = new EditRun(parse.GetValue(output)!, editMode, evaluation, sequential, kept); }
+            catch (ArgumentException e) { throw new UsageException(e.Message); }
             var summary = ProgressRenderer.Run(stderr, (progress, log) =>
             {
                 // Created here so that computing its statistics reports through the same progress and log.
@@ -66,12 +84,14 @@ internal static class EditEvalCommand
                         ["count"] = cases.Count,
                         ["scope"] = edit.Scope.Label(new Memory.FfnMemory(loaded.Model)),
                     };
-                    log($"{edit.Method} {runParams["scope"]} on {cases.Count} cases of {Path.GetFileName(datasetPath)} ({cases[0].Format}), mode {editMode.ToString().ToLowerInvariant()} → {run.OutputDir}");
+                    log($"{edit.Method} {runParams["scope"]} on {cases.Count} cases of {Path.GetFileName(datasetPath)} ({cases[0].Format}), mode {EditModes.Name(editMode)} → {run.OutputDir}");
                     return run.Run(loaded.Model, tok, edit, cases, runParams, progress, log);
                 }
                 finally { (edit as IDisposable)?.Dispose(); }
             });
             stdout.Write(summary.ToTable());
+            string retainedFile = Path.Combine(run.OutputDir, "retained.json");
+            if (kept.Count > 0 && File.Exists(retainedFile)) stdout.WriteLine($"retained facts: {File.ReadAllText(retainedFile).ReplaceLineEndings(" ")}");
             return ExitCodes.Ok;
         }));
         return command;

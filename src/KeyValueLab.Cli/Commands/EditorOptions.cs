@@ -7,7 +7,7 @@ namespace KeyValueLab.Cli.Commands;
 /// <summary>Options shared by <c>kvlab edit</c> and <c>kvlab edit-eval</c>: which editor, where, and its statistics.</summary>
 internal sealed class EditorOptions
 {
-    public Option<string> Method { get; } = new("--method") { Description = "Editor: ft, ft-l, rome, keyrome or memit.", DefaultValueFactory = _ => "ft" };
+    public Option<string> Method { get; } = new("--method") { Description = "Editor: ft, ft-l, ft-bf (breadth-first FT), rome, keyrome, memit, alphaedit, keyalphaedit or keymemit.", DefaultValueFactory = _ => "ft" };
     public Option<string?> Side { get; } = new("--side") { Description = "keys, values or both (FT); default: the hyperparameter file's (ROME/MEMIT: values, Key-ROME: keys)." };
     public Option<string?> Layers { get; } = new("--layers") { Description = "Layers to edit, e.g. 5, 3-8 or 3,4,7; default: the hyperparameter file's (published for GPT-2 XL / GPT-J / Llama-7B)." };
     public Option<string?> KeyKinds { get; } = new("--key-kinds") { Description = "Llama keys: gate, up or both (default both)." };

@@ -27,7 +27,7 @@ public sealed record EditorChoice
 /// <summary>Builds an editor from a method name, the model's family defaults and the user's choices.</summary>
 public static class EditorFactory
 {
-    public static IReadOnlyList<string> Methods => ["ft", "ft-l", "rome", "keyrome", "memit", "alphaedit", "keyalphaedit", "keymemit"];
+    public static IReadOnlyList<string> Methods => ["ft", "ft-l", "ft-bf", "rome", "keyrome", "memit", "alphaedit", "keyalphaedit", "keymemit"];
 
     public static IKnowledgeEditor Create(CausalLM model, EditorChoice choice)
     {
@@ -45,6 +45,19 @@ public static class EditorFactory
                 Side = choice.Side is { } chosen ? chosen.ToString().ToLowerInvariant() : hp.Side,
             };
             return new FineTuneEditor(hp);
+        }
+        if (method is "ft-bf" or "locft-bf")
+        {
+            // Llama-family models without their own file take Llama-3-8B's (LocFT ships Llama-3, Qwen2.5 and Mistral).
+            string bfFamily = family is "gemma" or "gemma2" or "phi3" ? "llama" : family;
+            var hp = choice.Overrides.ApplyTo(HyperparameterFiles.Load<BreadthFirstFtHyperparameters>(choice.HparamsFile, "FT-BF", bfFamily));
+            hp = hp with
+            {
+                Layers = layers ?? hp.Layers,
+                KeyKinds = choice.KeyKinds ?? hp.KeyKinds,
+                Side = choice.Side is { } chosen ? chosen.ToString().ToLowerInvariant() : hp.Side,
+            };
+            return new BreadthFirstFtEditor(hp);
         }
         string folder = method switch
         {

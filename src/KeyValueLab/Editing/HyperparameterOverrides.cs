@@ -5,7 +5,7 @@ using System.Text.Json.Nodes;
 namespace KeyValueLab.Editing;
 
 /// <summary>Which hyperparameter record an editor reads: FT's, or the closed-form editors' (with AlphaEdit's null-space pair).</summary>
-public enum HyperparameterKind { FineTune, LocateEdit, NullSpace }
+public enum HyperparameterKind { FineTune, LocateEdit, NullSpace, BreadthFirstFineTune }
 
 /// <summary>
 /// Hyperparameter overrides (<c>--set name=value</c>, a study run's <c>set:</c>) parsed once, where they enter, into typed
@@ -18,11 +18,13 @@ public sealed class HyperparameterOverrides
 {
     private readonly IReadOnlyList<Func<FtHyperparameters, FtHyperparameters>> _ft;
     private readonly IReadOnlyList<Func<LocateEditHyperparameters, LocateEditHyperparameters>> _locate;
+    private readonly IReadOnlyList<Func<BreadthFirstFtHyperparameters, BreadthFirstFtHyperparameters>> _breadthFirst;
 
     private HyperparameterOverrides(HyperparameterKind kind, IReadOnlyList<string> texts,
-        IReadOnlyList<Func<FtHyperparameters, FtHyperparameters>> ft, IReadOnlyList<Func<LocateEditHyperparameters, LocateEditHyperparameters>> locate)
+        IReadOnlyList<Func<FtHyperparameters, FtHyperparameters>> ft, IReadOnlyList<Func<LocateEditHyperparameters, LocateEditHyperparameters>> locate,
+        IReadOnlyList<Func<BreadthFirstFtHyperparameters, BreadthFirstFtHyperparameters>>? breadthFirst = null)
     {
-        (Kind, Texts, _ft, _locate) = (kind, texts, ft, locate);
+        (Kind, Texts, _ft, _locate, _breadthFirst) = (kind, texts, ft, locate, breadthFirst ?? []);
     }
 
     /// <summary>No overrides; applies to any record.</summary>
@@ -40,6 +42,7 @@ public sealed class HyperparameterOverrides
     public static HyperparameterKind KindOf(string method) => method.Trim().ToLowerInvariant() switch
     {
         "ft" or "ft-l" => HyperparameterKind.FineTune,
+        "ft-bf" or "locft-bf" => HyperparameterKind.BreadthFirstFineTune,
         "alphaedit" or "keyalphaedit" or "key-alphaedit" => HyperparameterKind.NullSpace,
         "rome" or "keyrome" or "key-rome" or "memit" or "keymemit" or "key-memit" => HyperparameterKind.LocateEdit,
         _ => throw new ArgumentException($"unknown method \"{method}\"; use one of {string.Join(", ", EditorFactory.Methods)}"),
@@ -52,6 +55,7 @@ public sealed class HyperparameterOverrides
         var texts = new List<string>();
         var ft = new List<Func<FtHyperparameters, FtHyperparameters>>();
         var locate = new List<Func<LocateEditHyperparameters, LocateEditHyperparameters>>();
+        var breadthFirst = new List<Func<BreadthFirstFtHyperparameters, BreadthFirstFtHyperparameters>>();
         foreach (string raw in settings)
         {
             string text = raw.Trim();
@@ -61,15 +65,20 @@ public sealed class HyperparameterOverrides
             var value = new Value(name, text[(eq + 1)..].Trim());
             if (kind is HyperparameterKind.FineTune)
                 ft.Add(FineTune.TryGetValue(name, out var f) ? f(value) : throw Unknown(name, method, FineTune.Keys));
+            else if (kind is HyperparameterKind.BreadthFirstFineTune)
+                breadthFirst.Add(BreadthFirst.TryGetValue(name, out var b) ? b(value) : throw Unknown(name, method, BreadthFirst.Keys));
             else if (LocateEdit.TryGetValue(name, out var l) || (kind is HyperparameterKind.NullSpace && NullSpace.TryGetValue(name, out l)))
                 locate.Add(l(value));
             else throw Unknown(name, method, kind is HyperparameterKind.NullSpace ? [.. LocateEdit.Keys, .. NullSpace.Keys] : LocateEdit.Keys);
             texts.Add(text);
         }
-        return texts.Count == 0 ? None : new HyperparameterOverrides(kind, texts, ft, locate);
+        return texts.Count == 0 ? None : new HyperparameterOverrides(kind, texts, ft, locate, breadthFirst);
     }
 
     public FtHyperparameters ApplyTo(FtHyperparameters hp) => Check(HyperparameterKind.FineTune)._ft.Aggregate(hp, (h, change) => change(h));
+
+    public BreadthFirstFtHyperparameters ApplyTo(BreadthFirstFtHyperparameters hp) =>
+        Check(HyperparameterKind.BreadthFirstFineTune)._breadthFirst.Aggregate(hp, (h, change) => change(h));
 
     public LocateEditHyperparameters ApplyTo(LocateEditHyperparameters hp) => Check(HyperparameterKind.LocateEdit)._locate.Aggregate(hp, (h, change) => change(h));
 
@@ -96,6 +105,20 @@ public sealed class HyperparameterOverrides
         ["norm_constraint"] = v => { double? x = v.NullableDouble(0, exclusive: true); return h => h with { NormConstraint = x }; },
         ["early_stop_loss"] = v => { double x = v.Double(0); return h => h with { EarlyStopLoss = x }; },
         ["objective"] = v => { var x = v.Enum<FtObjective>(); return h => h with { Objective = x }; },
+    };
+
+    private static readonly Dictionary<string, Func<Value, Func<BreadthFirstFtHyperparameters, BreadthFirstFtHyperparameters>>> BreadthFirst = new(StringComparer.Ordinal)
+    {
+        ["layers"] = v => { int[] x = v.Layers(); return h => h with { Layers = x }; },
+        ["side"] = v => { string x = v.OneOf("keys", "values"); return h => h with { Side = x }; },
+        ["key_kinds"] = v => { string? x = v.KeyKinds(); return h => h with { KeyKinds = x }; },
+        ["epochs"] = v => { int x = v.Int(1); return h => h with { Epochs = x }; },
+        ["batch_size"] = v => { int x = v.Int(1); return h => h with { BatchSize = x }; },
+        ["lr"] = v => { double x = v.Double(0, exclusive: true); return h => h with { Lr = x }; },
+        ["weight_decay"] = v => { double x = v.Double(0); return h => h with { WeightDecay = x }; },
+        ["early_stop_loss"] = v => { double x = v.Double(0); return h => h with { EarlyStopLoss = x }; },
+        ["append_eos"] = v => { bool x = v.Bool(); return h => h with { AppendEos = x }; },
+        ["shuffle_seed"] = v => { int x = v.Int(int.MinValue); return h => h with { ShuffleSeed = x }; },
     };
 
     private static readonly Dictionary<string, Func<Value, Func<LocateEditHyperparameters, LocateEditHyperparameters>>> LocateEdit = new(StringComparer.Ordinal)

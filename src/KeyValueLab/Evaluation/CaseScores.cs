@@ -115,7 +115,7 @@ public sealed record EasyEditView(double Reliability, double? Generalization, do
 /// <summary>The edit itself: wall time, weights changed, optimisation steps and final loss.</summary>
 public sealed record EditCost(double Seconds, long ParametersChanged, int Steps, double FinalLoss, int EditsApplied);
 
-/// <summary>What one case's file holds: the request, every score before and after, the metrics and the cost.</summary>
+/// <summary>What one case's file holds: the request, every score before and after, the metrics, the cost and the generation-based scores (null when not taken).</summary>
 public sealed record CaseResult(
     string CaseId, EditRequest Request, CaseScores Pre, CaseScores Post, CaseMetrics PreMetrics, CaseMetrics PostMetrics,
-    EasyEditView EasyEdit, EditCost Edit);
+    EasyEditView EasyEdit, EditCost Edit, GenerationMetrics? Generation = null);

@@ -12,7 +12,8 @@ public sealed record MetricSummary(string Name, double Mean, double Low, double 
 /// The summary of a run: every case-level metric before and after the edit averaged over cases, with 95%
 /// percentile-bootstrap intervals from <see cref="Bootstrap"/> (the study report's resamples and seed, so both give
 /// the same interval for the same cases); Score = harmonic mean of the case-averaged ES, PS and NS, bootstrapped the
-/// same way; EasyEdit-style numbers as their own section; cost of the edits.
+/// same way; the generation-based gen_es/gen_ps/gen_ns (<see cref="GenerationScorer"/>, post-edit only: gen_ns compares with the
+/// model before the edit); EasyEdit-style numbers as their own section; cost of the edits.
 /// </summary>
 public sealed record EditSummary(int Cases, IReadOnlyList<MetricSummary> Pre, IReadOnlyList<MetricSummary> Post,
     IReadOnlyList<MetricSummary> EasyEditStyle, IReadOnlyList<MetricSummary> Cost)
@@ -21,6 +22,9 @@ public sealed record EditSummary(int Cases, IReadOnlyList<MetricSummary> Pre, IR
     {
         var pre = Section(results.Select(r => r.PreMetrics).ToList(), format);
         var post = Section(results.Select(r => r.PostMetrics).ToList(), format);
+        Add(post, "gen_es", results.Select(r => r.Generation?.GenES));
+        Add(post, "gen_ps", results.Select(r => r.Generation?.GenPS));
+        Add(post, "gen_ns", results.Select(r => r.Generation?.GenNS));
         var easy = new List<MetricSummary>();
         Add(easy, "Reliability (token acc.)", results.Select(r => (double?)r.EasyEdit.Reliability));
         Add(easy, "Generalization (token acc.)", results.Select(r => r.EasyEdit.Generalization));

@@ -69,9 +69,10 @@ public sealed record SequentialResult(SequentialProtocol Protocol, IReadOnlyList
 /// </summary>
 public static class SequentialEditing
 {
+    /// <summary>Runs the sequence; <paramref name="prepared"/> = the caller has already run <see cref="IKnowledgeEditor.Prepare"/> on the unedited model.</summary>
     public static SequentialResult Run(CausalLM model, ITokenizer tokenizer, IKnowledgeEditor editor, IReadOnlyList<EditCase> cases,
         SequentialProtocol protocol, SequentialOptions options, CaseEvaluator evaluator,
-        IProgress<WorkProgress>? progress = null, CancellationToken cancel = default)
+        IProgress<WorkProgress>? progress = null, CancellationToken cancel = default, bool prepared = false)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(options.ChunkSize, 1);
         if (options.CheckpointEvery is int m && (m < options.ChunkSize || m % options.ChunkSize != 0))
@@ -89,7 +90,7 @@ public static class SequentialEditing
             if (generation is not null) preAnswers[i] = generation.Generate(cases[i]);
             progress?.Report(new WorkProgress("sequential", i + 1, total, "before"));
         }
-        var log = editor.Prepare(model, tokenizer).ToList();
+        var log = prepared ? [] : editor.Prepare(model, tokenizer).ToList();
 
         SequentialCase Score(int i)
         {

@@ -125,7 +125,7 @@ public class EditRunTests(StoriesModel f) : IClassFixture<StoriesModel>
     {
         string before = ParameterHash.Sha256(f.Model);
         var cases = CounterFact.Skip(20).Take(3).ToList();
-        foreach (var mode in new[] { EditMode.Batch, EditMode.Sequential })
+        foreach (var mode in new[] { EditMode.Batch, EditMode.SequentialImmediate })
         {
             using var dir = new TempDir();
             var summary = new EditRun(dir.Path, mode, NoGe).Run(f.Model, f.Tokenizer, Ft(), cases, new JsonObject());

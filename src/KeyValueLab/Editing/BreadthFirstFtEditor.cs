@@ -1,0 +1,125 @@
+using System.Text.Json.Nodes;
+using KeyValueLab.Memory;
+using KeyValueLab.Models;
+using KeyValueLab.Tokenization;
+using static TorchSharp.torch;
+
+namespace KeyValueLab.Editing;
+
+/// <summary>
+/// Hyperparameters of breadth-first fine-tuning (LocFT-BF, Yang et al., "Fine-tuning Done Right in Model Editing",
+/// arXiv 2509.22072; code ICT-STAR/LocFT <c>fine-tune.py</c>, <c>hparams/*.yaml</c>). Files in <c>hparams/FT-BF/</c>.
+/// </summary>
+public sealed record BreadthFirstFtHyperparameters
+{
+    public string Method { get; init; } = "FT-BF";
+    public string? ModelFamily { get; init; }
+    public string? Source { get; init; }
+    /// <summary>One layer (LocFT edits one module of one layer).</summary>
+    public int[] Layers { get; init; } = [0];
+    /// <summary>keys or values (LocFT's choice is the values, <c>down_proj</c>).</summary>
+    public string Side { get; init; } = "values";
+    /// <summary>Llama keys: gate, up or both (null = both).</summary>
+    public string? KeyKinds { get; init; }
+    /// <summary>Passes over the whole edit set (LocFT's <c>num_steps</c>: 25).</summary>
+    public int Epochs { get; init; } = 25;
+    /// <summary>Requests per Adam step (LocFT: 100).</summary>
+    public int BatchSize { get; init; } = 100;
+    public double Lr { get; init; } = 5e-4;
+    public double WeightDecay { get; init; }
+    /// <summary>A mini-batch whose loss is below this takes no step; an epoch whose mean loss is below it ends the run (LocFT: 1e-2).</summary>
+    public double EarlyStopLoss { get; init; } = 1e-2;
+    /// <summary>Train the target followed by the end-of-sequence token, as LocFT does (so the edited model stops after the new object).</summary>
+    public bool AppendEos { get; init; } = true;
+    /// <summary>Seed of the per-epoch shuffle of the requests (LocFT shuffles with Python's unseeded <c>random</c>).</summary>
+    public int ShuffleSeed { get; init; } = 1;
+}
+
+/// <summary>
+/// Breadth-first FT (LocFT-BF): instead of training each request to convergence before the next (the depth-first
+/// pipeline of ROME's FT and <see cref="FineTuneEditor"/>), every <see cref="Apply"/> call runs <c>epochs</c> passes
+/// over all the requests it is given, in shuffled mini-batches of <c>batch_size</c>, one Adam step per mini-batch
+/// and one optimiser state for the whole call. The loss of a mini-batch is the mean over its requests of each
+/// request's mean teacher-forced cross-entropy over its target tokens (LocFT's masked loss). The published method
+/// edits <c>down_proj</c> (values) of one late layer; here it may edit the keys of that layer instead
+/// (<c>up</c>/<c>gate</c>/<c>c_fc</c>/<c>fc_in</c>), which is this project's keys-versus-values comparison.
+/// In a sequential run with chunks of B each chunk is one call, so the pipeline is breadth-first within a chunk;
+/// LocFT's own setting (all edits at once) is one chunk of N.
+/// </summary>
+public sealed class BreadthFirstFtEditor : IKnowledgeEditor
+{
+    private readonly BreadthFirstFtHyperparameters _hp;
+
+    public BreadthFirstFtEditor(BreadthFirstFtHyperparameters hp, EditScope? scope = null)
+    {
+        _hp = hp;
+        if (hp.Epochs < 1) throw new ArgumentException("epochs must be at least 1");
+        if (hp.BatchSize < 1) throw new ArgumentException("batch_size must be at least 1");
+        if (hp.Layers.Length != 1) throw new ArgumentException($"FT-BF edits one layer; got layers {string.Join(",", hp.Layers)}");
+        Scope = scope ?? new EditScope(EditScope.ParseSide(hp.Side), hp.Layers, EditScope.ParseKeyKinds(hp.KeyKinds));
+        if (Scope.Side == EditSide.Both) throw new ArgumentException("FT-BF edits the keys or the values of one layer, not both");
+    }
+
+    public string Method => _hp.Method;
+    public EditScope Scope { get; }
+    public bool JointBatch => true;
+
+    public JsonObject Hyperparameters
+    {
+        get
+        {
+            var json = HyperparameterFiles.ToJson(_hp with { Layers = [.. Scope.Layers], Side = Scope.Side.ToString().ToLowerInvariant() });
+            if (Scope.KeyKinds is not null) json["key_kinds"] = string.Join("+", Scope.KeyKinds).ToLowerInvariant();
+            return json;
+        }
+    }
+
+    public IReadOnlyList<string> ParameterNames(CausalLM model) => [.. Scope.Matrices(new FfnMemory(model)).Select(m => m.Name)];
+
+    public IReadOnlyList<string> Prepare(CausalLM model, ITokenizer tokenizer)
+    {
+        Scope.Matrices(new FfnMemory(model));  // checks the layer and key kinds
+        return [];
+    }
+
+    public EditReport Apply(CausalLM model, ITokenizer tokenizer, IReadOnlyList<EditRequest> requests)
+    {
+        if (requests.Count == 0) return new EditReport(0, double.NaN);
+        var weights = Scope.Matrices(new FfnMemory(model)).Select(m => m.Weight).ToList();
+        int padId = tokenizer.EosId ?? 0;
+        int? eos = _hp.AppendEos ? tokenizer.EosId : null;
+        var rows = requests.Select(r =>
+        {
+            var row = EditPrompts.Build(model, tokenizer, r.Prompt, r.Subject, r.TargetNew);
+            return eos is int e ? row with { TargetIds = [.. row.TargetIds, e] } : row;
+        }).ToArray();
+        using var frozen = new FrozenParameters(model, weights);
+        using var adam = Tuning.AdamWOptimizer.Adam(weights, _hp.Lr, _hp.WeightDecay);
+        var order = Enumerable.Range(0, rows.Length).ToArray();
+        var shuffle = new Random(_hp.ShuffleSeed);
+        int steps = 0;
+        double epochLoss = double.NaN;
+        for (int epoch = 0; epoch < _hp.Epochs; epoch++)
+        {
+            shuffle.Shuffle(order);
+            double sum = 0;
+            foreach (var part in order.Chunk(_hp.BatchSize))
+            {
+                using var scope = NewDisposeScope();
+                using var batch = new RewriteBatch([.. part.Select(i => rows[i])], [], padId);
+                var objective = batch.Nll(batch.Forward(model));
+                double loss = objective.item<float>();
+                sum += loss * part.Length;
+                if (loss < _hp.EarlyStopLoss) continue;
+                adam.ZeroGrad();
+                objective.backward();
+                adam.Step();
+                steps++;
+            }
+            epochLoss = sum / rows.Length;
+            if (epochLoss < _hp.EarlyStopLoss) break;
+        }
+        foreach (var w in weights) w.grad?.zero_();
+        return new EditReport(steps, epochLoss);
+    }
+}
