@@ -21,10 +21,11 @@ public sealed class PackedPackages : IDisposable
         Folder = _dir.File("packages");
         Version = $"1.0.0-test.{DateTime.UtcNow:yyyyMMddHHmmssfff}";
         var clock = Stopwatch.StartNew();
+        // In-process and without reused nodes: in a full test run a shared MSBuild child node once exited mid-pack (MSB4166).
         foreach (string project in new[] { "KeyValueLab", "KeyValueLab.Study", "KeyValueLab.Cli" })
         {
             var (code, text, _) = Child.Run(null, "dotnet", RepositoryRoot(), "pack", Path.Combine("src", project), "-c", Configuration,
-                "--no-build", "--no-restore", "-o", Folder, $"-p:PackageVersion={Version}");
+                "--no-build", "--no-restore", "--disable-build-servers", "-maxcpucount:1", "-o", Folder, $"-p:PackageVersion={Version}");
             if (code != 0) throw new InvalidOperationException($"dotnet pack {project} failed: {text}");
             Log.Add($"pack {project}: {clock.Elapsed.TotalSeconds:F1} s");
         }
