@@ -6,7 +6,7 @@ namespace KeyValueLab.Checkpoints;
 /// model's prefix (<c>transformer.wte.weight</c> or <c>wte.weight</c>; <c>model.norm.weight</c> or
 /// <c>norm.weight</c>), and may carry buffers that are not parameters.
 /// </summary>
-public static class StateDictMatcher
+internal static class StateDictMatcher
 {
     /// <summary>Prefixes of a base model inside a *ForCausalLM model (GPT-2 and GPT-J: transformer., Llama: model.).</summary>
     public static readonly IReadOnlyList<string> BasePrefixes = ["transformer.", "model."];

@@ -112,6 +112,18 @@ public static class HyperparameterFiles
         return reader.ReadToEnd();
     }
 
+    /// <summary>
+    /// The family whose shipped file <paramref name="method"/> reads for <paramref name="modelType"/>: its own where there is
+    /// one, else its architecture's <see cref="Models.Architecture.HyperparameterFallback"/> (Mistral, Qwen2, Gemma → Llama).
+    /// </summary>
+    public static string Family(string method, string modelType)
+    {
+        var resources = typeof(HyperparameterFiles).Assembly.GetManifestResourceNames();
+        bool Has(string family) => resources.Any(n => string.Equals(n.Replace('\\', '/'), $"hparams/{method}/{family}.json", StringComparison.OrdinalIgnoreCase));
+        if (Has(modelType)) return modelType;
+        return Models.Architectures.Supported.Contains(modelType) && Models.Architectures.Of(modelType).HyperparameterFallback is { } fallback && Has(fallback) ? fallback : modelType;
+    }
+
     /// <summary>Parses <paramref name="json"/> (from <paramref name="source"/>) as <typeparamref name="T"/>.</summary>
     public static T Parse<T>(string json, string source)
     {

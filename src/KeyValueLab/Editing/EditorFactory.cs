@@ -37,7 +37,7 @@ public static class EditorFactory
         int[]? layers = choice.Layers is null ? null : [.. EditScope.ParseLayers(choice.Layers)];
         if (method is "ft" or "ft-l")
         {
-            var hp = choice.Overrides.ApplyTo(HyperparameterFiles.Load<FtHyperparameters>(choice.HparamsFile, method == "ft" ? "FT" : "FT-L", family));
+            var hp = choice.Overrides.ApplyTo(HyperparameterFiles.Load<FtHyperparameters>(choice.HparamsFile, method == "ft" ? "FT" : "FT-L", HyperparameterFiles.Family(method == "ft" ? "FT" : "FT-L", family)));
             hp = hp with
             {
                 Layers = layers ?? hp.Layers,
@@ -85,16 +85,15 @@ public static class EditorFactory
         };
     }
 
-    /// <summary>AlphaEdit, Key-AlphaEdit, Key-MEMIT; Llama-family models without their own file use the Llama one (Llama-3-8B's values).</summary>
+    /// <summary>AlphaEdit, Key-AlphaEdit, Key-MEMIT.</summary>
     private static IKnowledgeEditor CreateMultiLayer(string folder, string family, EditorChoice choice, int[]? layers)
     {
-        if (family is "mistral" or "qwen2" or "gemma") family = "llama";
         var side = choice.Side;
         if (folder == "AlphaEdit" && side is EditSide.Keys) throw new ArgumentException("AlphaEdit edits the values; use --method keyalphaedit for the keys");
         if (folder != "AlphaEdit" && side is EditSide.Values) throw new ArgumentException($"{folder} edits the keys; use --method {(folder == "KeyMEMIT" ? "memit" : "alphaedit")} for the values");
         if (side is EditSide.Both) throw new ArgumentException($"{folder} edits one side; --side both is for ft");
         var hp = Chosen(Read(choice, folder, family), choice, layers) with { Method = folder };
-        var nullSpace = NullSpaceSettings.From(hp, choice.HparamsFile ?? $"hparams/{folder}/{family}.json");
+        var nullSpace = NullSpaceSettings.From(hp, choice.HparamsFile ?? $"hparams/{folder}/{HyperparameterFiles.Family(folder, family)}.json");
         var stats = Statistics(hp, choice);
         var kinds = EditScope.ParseKeyKinds(hp.KeyKinds);
         return folder switch
@@ -115,8 +114,9 @@ public static class EditorFactory
     /// The file's hyperparameters with the user's overrides; AlphaEdit's null-space pair only where the method uses it
     /// (a ROME or MEMIT file that sets it would otherwise be read without a word).
     /// </summary>
-    private static LocateEditHyperparameters Read(EditorChoice choice, string folder, string family)
+    private static LocateEditHyperparameters Read(EditorChoice choice, string folder, string modelType)
     {
+        string family = choice.HparamsFile is null ? HyperparameterFiles.Family(folder, modelType) : modelType;
         var hp = choice.Overrides.ApplyTo(HyperparameterFiles.Load<LocateEditHyperparameters>(choice.HparamsFile, folder, family));
         if (folder is not ("AlphaEdit" or "KeyAlphaEdit") && (hp.NullspaceThreshold is not null || hp.L2 is not null))
             throw new InputException(choice.HparamsFile ?? $"hparams/{folder}/{family}.json", $"nullspace_threshold and l2 are AlphaEdit's; {folder} does not use them");

@@ -35,6 +35,12 @@ public sealed record Architecture
 
     /// <summary>True for GPT-2, whose Conv1D weights the checkpoint stores <c>[in, out]</c> (PEFT <c>fan_in_fan_out</c>).</summary>
     public bool FanInFanOut { get; init; }
+
+    /// <summary>
+    /// The model family whose shipped hyperparameters (<c>hparams/{METHOD}/{family}.json</c>) an editor uses where this
+    /// <c>model_type</c> has no file of its own; null = none. Llama's (Llama-3-8B's AlphaEdit values) serve the Llama-family models.
+    /// </summary>
+    public string? HyperparameterFallback { get; init; }
 }
 
 /// <summary>The supported Hugging Face <c>model_type</c>s: config parsing and model construction by name.</summary>
@@ -43,10 +49,11 @@ public static class Architectures
     private static readonly Dictionary<string, string> GatedKeys = new() { ["gate"] = "gate_proj", ["up"] = "up_proj" };
     private static readonly Dictionary<string, string> LlamaAttention = new() { ["q"] = "q_proj", ["k"] = "k_proj", ["v"] = "v_proj", ["o"] = "o_proj" };
 
-    private static Architecture LlamaLike(string type, Func<JsonObject, string, ModelConfig> parse, Func<ModelConfig, Device?, CausalLM> build, bool bos) => new()
+    private static Architecture LlamaLike(string type, Func<JsonObject, string, ModelConfig> parse, Func<ModelConfig, Device?, CausalLM> build, bool bos,
+        string? hyperparameterFallback = null) => new()
     {
         ModelType = type, Parse = parse, Build = build, PromptBos = bos,
-        KeyModules = GatedKeys, ValueModule = "down_proj", AttentionModules = LlamaAttention,
+        KeyModules = GatedKeys, ValueModule = "down_proj", AttentionModules = LlamaAttention, HyperparameterFallback = hyperparameterFallback,
     };
 
     /// <summary>Every supported architecture, in the order they were added.</summary>
@@ -66,9 +73,9 @@ public static class Architectures
         },
         LlamaLike(Llama.ModelType, Llama.ParseConfig, (c, d) => new Llama(c, d), bos: true),
         // Qwen2's tokenizer has no BOS token (Hugging Face adds none).
-        LlamaLike(Qwen2.ModelType, Qwen2.ParseConfig, Qwen2.Build, bos: false),
-        LlamaLike(Mistral.ModelType, Mistral.ParseConfig, Mistral.Build, bos: true),
-        LlamaLike(Gemma.ModelType, Gemma.ParseConfig, Gemma.Build, bos: true),
+        LlamaLike(Qwen2.ModelType, Qwen2.ParseConfig, Qwen2.Build, bos: false, hyperparameterFallback: Llama.ModelType),
+        LlamaLike(Mistral.ModelType, Mistral.ParseConfig, Mistral.Build, bos: true, hyperparameterFallback: Llama.ModelType),
+        LlamaLike(Gemma.ModelType, Gemma.ParseConfig, Gemma.Build, bos: true, hyperparameterFallback: Llama.ModelType),
         new()
         {
             ModelType = GptNeox.ModelType, Parse = GptNeox.ParseConfig, Build = (c, d) => new GptNeox(c, d), PromptBos = false,

@@ -8,7 +8,7 @@ namespace KeyValueLab.Models;
 /// padding), the position of every token, the rotary tables of the architecture, and the cache.
 /// Built once per <see cref="CausalLM.Forward"/>; its tensors live in that call's dispose scope.
 /// </summary>
-public sealed class AttentionContext
+internal sealed class AttentionContext
 {
     /// <summary>Batch size and number of new tokens.</summary>
     public long Batch { get; }

@@ -69,7 +69,7 @@ public abstract class CausalLM : nn.Module
     /// change the hidden state of that layer (as ROME and MEMIT need). Tensors a hook creates belong to the
     /// dispose scope of the forward pass: call <c>DetachFromDisposeScope()</c> on those kept afterwards.
     /// </summary>
-    public abstract nn.Module<Tensor, AttentionContext, Tensor> Block(int layer);
+    internal abstract nn.Module<Tensor, AttentionContext, Tensor> Block(int layer);
 
     /// <summary>A new, empty key/value cache for incremental decoding.</summary>
     public KvCache NewCache() => new(Config.NumLayers);

@@ -174,7 +174,7 @@ public static class FrozenLinear
 /// y = x·Wᵀ with W frozen in another form: the forward and the backward pass each widen W block by block (rows of at most
 /// <see cref="IFrozenWeight.BlockRows"/>), so no fp32 copy of W outlives the call and none is kept for the backward pass.
 /// </summary>
-public sealed class FrozenLinearFunction : autograd.SingleTensorFunction<FrozenLinearFunction>
+internal sealed class FrozenLinearFunction : autograd.SingleTensorFunction<FrozenLinearFunction>
 {
     public override string Name => nameof(FrozenLinearFunction);
 

@@ -20,7 +20,7 @@ namespace KeyValueLab.Models;
 /// builds the model on <c>meta</c> and puts each weight in place as it is read, hands the new tensor to
 /// <see cref="Adopt"/> so that the parts become views of it.
 /// </remarks>
-public sealed class FusedLinear : nn.Module<Tensor, Tensor>
+internal sealed class FusedLinear : nn.Module<Tensor, Tensor>
 {
     [ComponentName(Name = "weight")] private Parameter _weight;
     private IReadOnlyList<(string Name, Linear Module)> _parts;  // not registered: views of _weight's rows

@@ -19,7 +19,7 @@ namespace KeyValueLab.Models;
 // The MLP activation is `hidden_activation` (gelu_pytorch_tanh).
 
 /// <summary>One decoder layer with Gemma 2's four norms.</summary>
-public sealed class Gemma2DecoderLayer : nn.Module<Tensor, AttentionContext, Tensor>
+internal sealed class Gemma2DecoderLayer : nn.Module<Tensor, AttentionContext, Tensor>
 {
     [ComponentName(Name = "input_layernorm")] private readonly LlamaRmsNorm _inputLayernorm;
     [ComponentName(Name = "self_attn")] private readonly LlamaAttention _selfAttn;
@@ -50,7 +50,7 @@ public sealed class Gemma2DecoderLayer : nn.Module<Tensor, AttentionContext, Ten
 }
 
 /// <summary>The body (<c>model.*</c>): <c>embed_tokens</c> (scaled by √hidden), <c>layers</c>, final <c>norm</c>.</summary>
-public sealed class Gemma2Model : nn.Module<Tensor, AttentionContext, Tensor>
+internal sealed class Gemma2Model : nn.Module<Tensor, AttentionContext, Tensor>
 {
     [ComponentName(Name = "embed_tokens")] private readonly TokenEmbedding _embedTokens;
     [ComponentName(Name = "layers")] private readonly ModuleList<Gemma2DecoderLayer> _layers;
@@ -157,7 +157,7 @@ public sealed class Gemma2 : CausalLM
 
     public override Tensor OutputEmbedding => _lmHead?.weight ?? _model.EmbedTokens.weight!;
 
-    public override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => _model.Layers[CheckLayer(layer)];
+    internal override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => _model.Layers[CheckLayer(layer)];
 
     public override FfnParts Ffn(int layer)
     {

@@ -12,7 +12,7 @@ namespace KeyValueLab.Models;
 // (transposed at load and back at save, see IsStoredTransposed), so editors see one orientation.
 
 /// <summary>Causal self-attention: one fused q/k/v projection (<c>c_attn</c>) and an output projection (<c>c_proj</c>).</summary>
-public sealed class Gpt2Attention : nn.Module<Tensor, AttentionContext, Tensor>
+internal sealed class Gpt2Attention : nn.Module<Tensor, AttentionContext, Tensor>
 {
     [ComponentName(Name = "c_attn")] private readonly Linear _cAttn;
     [ComponentName(Name = "c_proj")] private readonly Linear _cProj;
@@ -50,7 +50,7 @@ public sealed class Gpt2Attention : nn.Module<Tensor, AttentionContext, Tensor>
 }
 
 /// <summary>The feed-forward memory: keys <c>c_fc</c> [inner, C], activation, values <c>c_proj</c> [C, inner].</summary>
-public sealed class Gpt2Mlp : nn.Module<Tensor, Tensor>
+internal sealed class Gpt2Mlp : nn.Module<Tensor, Tensor>
 {
     [ComponentName(Name = "c_fc")] private readonly Linear _cFc;
     [ComponentName(Name = "c_proj")] private readonly Linear _cProj;
@@ -71,7 +71,7 @@ public sealed class Gpt2Mlp : nn.Module<Tensor, Tensor>
 }
 
 /// <summary>One pre-LayerNorm transformer block: x + attn(ln_1(x)), then + mlp(ln_2(x)).</summary>
-public sealed class Gpt2Block : nn.Module<Tensor, AttentionContext, Tensor>
+internal sealed class Gpt2Block : nn.Module<Tensor, AttentionContext, Tensor>
 {
     [ComponentName(Name = "ln_1")] private readonly LayerNorm _ln1;
     [ComponentName(Name = "attn")] private readonly Gpt2Attention _attn;
@@ -98,7 +98,7 @@ public sealed class Gpt2Block : nn.Module<Tensor, AttentionContext, Tensor>
 }
 
 /// <summary>The body (<c>transformer.*</c>): token and position embeddings, blocks <c>h</c>, final LayerNorm.</summary>
-public sealed class Gpt2Model : nn.Module<Tensor, AttentionContext, Tensor>
+internal sealed class Gpt2Model : nn.Module<Tensor, AttentionContext, Tensor>
 {
     [ComponentName(Name = "wte")] private readonly TokenEmbedding _wte;
     [ComponentName(Name = "wpe")] private readonly TokenEmbedding _wpe;
@@ -128,7 +128,7 @@ public sealed class Gpt2Model : nn.Module<Tensor, AttentionContext, Tensor>
 }
 
 /// <summary>GPT-2 settings beyond <see cref="ModelConfig"/>, read from <c>config.json</c>.</summary>
-public sealed record Gpt2Options(double LayerNormEps, Func<Tensor, Tensor> Activation, bool ScaleAttnWeights, bool ScaleAttnByInverseLayerIdx)
+internal sealed record Gpt2Options(double LayerNormEps, Func<Tensor, Tensor> Activation, bool ScaleAttnWeights, bool ScaleAttnByInverseLayerIdx)
 {
     internal static Gpt2Options Read(ConfigReader c) => new(
         c.Double("layer_norm_epsilon", 1e-5),
@@ -155,7 +155,7 @@ public sealed class Gpt2 : CausalLM
     }
 
     public override ModelConfig Config { get; }
-    public Gpt2Model Transformer => _transformer;
+    internal Gpt2Model Transformer => _transformer;
 
     /// <summary>Parses a GPT-2 <c>config.json</c> (defaults as in Hugging Face <c>GPT2Config</c>).</summary>
     public static ModelConfig ParseConfig(JsonObject raw, string source)
@@ -197,7 +197,7 @@ public sealed class Gpt2 : CausalLM
 
     public override Tensor OutputEmbedding => _lmHead?.weight ?? _transformer.Wte.weight!;
 
-    public override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => _transformer.H[CheckLayer(layer)];
+    internal override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => _transformer.H[CheckLayer(layer)];
 
     public override FfnParts Ffn(int layer)
     {

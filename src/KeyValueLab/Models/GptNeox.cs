@@ -15,7 +15,7 @@ namespace KeyValueLab.Models;
 // norms: x + attn(ln1(x)) + mlp(ln2(x)); without it the block is sequential, as GPT-2's.
 
 /// <summary>Self-attention with the fused per-head <c>query_key_value</c> [3C, C] and the output projection <c>dense</c> [C, C].</summary>
-public sealed class GptNeoxAttention : nn.Module<Tensor, AttentionContext, Tensor>
+internal sealed class GptNeoxAttention : nn.Module<Tensor, AttentionContext, Tensor>
 {
     [ComponentName(Name = "query_key_value")] private readonly Linear _queryKeyValue;
     [ComponentName(Name = "dense")] private readonly Linear _dense;
@@ -45,7 +45,7 @@ public sealed class GptNeoxAttention : nn.Module<Tensor, AttentionContext, Tenso
 }
 
 /// <summary>The feed-forward memory: keys <c>dense_h_to_4h</c> [inner, C], activation, values <c>dense_4h_to_h</c> [C, inner].</summary>
-public sealed class GptNeoxMlp : nn.Module<Tensor, Tensor>
+internal sealed class GptNeoxMlp : nn.Module<Tensor, Tensor>
 {
     [ComponentName(Name = "dense_h_to_4h")] private readonly Linear _denseHTo4h;
     [ComponentName(Name = "dense_4h_to_h")] private readonly Linear _dense4hToH;
@@ -66,7 +66,7 @@ public sealed class GptNeoxMlp : nn.Module<Tensor, Tensor>
 }
 
 /// <summary>One layer: parallel x + attn(ln1(x)) + mlp(ln2(x)), or sequential a = x + attn(ln1(x)); a + mlp(ln2(a)).</summary>
-public sealed class GptNeoxLayer : nn.Module<Tensor, AttentionContext, Tensor>
+internal sealed class GptNeoxLayer : nn.Module<Tensor, AttentionContext, Tensor>
 {
     [ComponentName(Name = "input_layernorm")] private readonly LayerNorm _inputLayernorm;
     [ComponentName(Name = "post_attention_layernorm")] private readonly LayerNorm _postAttentionLayernorm;
@@ -96,7 +96,7 @@ public sealed class GptNeoxLayer : nn.Module<Tensor, AttentionContext, Tensor>
 }
 
 /// <summary>The body (<c>gpt_neox.*</c>): <c>embed_in</c>, <c>layers</c>, <c>final_layer_norm</c>.</summary>
-public sealed class GptNeoxModel : nn.Module<Tensor, AttentionContext, Tensor>
+internal sealed class GptNeoxModel : nn.Module<Tensor, AttentionContext, Tensor>
 {
     [ComponentName(Name = "embed_in")] private readonly TokenEmbedding _embedIn;
     [ComponentName(Name = "layers")] private readonly ModuleList<GptNeoxLayer> _layers;
@@ -124,7 +124,7 @@ public sealed class GptNeoxModel : nn.Module<Tensor, AttentionContext, Tensor>
 /// GPT-NeoX settings beyond <see cref="ModelConfig"/>, read from <c>config.json</c>; <c>RotaryDim</c> is
 /// int(head_dim · rotary_pct), the rotated features of each head.
 /// </summary>
-public sealed record GptNeoxOptions(int RotaryDim, double RotaryBase, double LayerNormEps, bool ParallelResidual, bool AttentionBias, Func<Tensor, Tensor> Activation)
+internal sealed record GptNeoxOptions(int RotaryDim, double RotaryBase, double LayerNormEps, bool ParallelResidual, bool AttentionBias, Func<Tensor, Tensor> Activation)
 {
     internal static GptNeoxOptions Read(ConfigReader c, int headDim)
     {
@@ -199,7 +199,7 @@ public sealed class GptNeox : CausalLM
 
     public override Tensor OutputEmbedding => _embedOut.weight!;
 
-    public override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => _gptNeox.Layers[CheckLayer(layer)];
+    internal override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => _gptNeox.Layers[CheckLayer(layer)];
 
     public override FfnParts Ffn(int layer)
     {

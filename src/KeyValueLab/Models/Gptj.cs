@@ -42,7 +42,7 @@ internal static class InterleavedRotary
 }
 
 /// <summary>Self-attention with separate bias-free projections <c>q_proj</c>, <c>k_proj</c>, <c>v_proj</c>, <c>out_proj</c>.</summary>
-public sealed class GptjAttention : nn.Module<Tensor, AttentionContext, Tensor>
+internal sealed class GptjAttention : nn.Module<Tensor, AttentionContext, Tensor>
 {
     [ComponentName(Name = "q_proj")] private readonly Linear _qProj;
     [ComponentName(Name = "k_proj")] private readonly Linear _kProj;
@@ -76,7 +76,7 @@ public sealed class GptjAttention : nn.Module<Tensor, AttentionContext, Tensor>
 }
 
 /// <summary>The feed-forward memory: keys <c>fc_in</c> [inner, C], activation, values <c>fc_out</c> [C, inner].</summary>
-public sealed class GptjMlp : nn.Module<Tensor, Tensor>
+internal sealed class GptjMlp : nn.Module<Tensor, Tensor>
 {
     [ComponentName(Name = "fc_in")] private readonly Linear _fcIn;
     [ComponentName(Name = "fc_out")] private readonly Linear _fcOut;
@@ -97,7 +97,7 @@ public sealed class GptjMlp : nn.Module<Tensor, Tensor>
 }
 
 /// <summary>One block: h = ln_1(x); x + attn(h) + mlp(h).</summary>
-public sealed class GptjBlock : nn.Module<Tensor, AttentionContext, Tensor>
+internal sealed class GptjBlock : nn.Module<Tensor, AttentionContext, Tensor>
 {
     [ComponentName(Name = "ln_1")] private readonly LayerNorm _ln1;
     [ComponentName(Name = "attn")] private readonly GptjAttention _attn;
@@ -122,7 +122,7 @@ public sealed class GptjBlock : nn.Module<Tensor, AttentionContext, Tensor>
 }
 
 /// <summary>The body (<c>transformer.*</c>): token embedding <c>wte</c>, blocks <c>h</c>, final LayerNorm <c>ln_f</c>.</summary>
-public sealed class GptjModel : nn.Module<Tensor, AttentionContext, Tensor>
+internal sealed class GptjModel : nn.Module<Tensor, AttentionContext, Tensor>
 {
     [ComponentName(Name = "wte")] private readonly TokenEmbedding _wte;
     [ComponentName(Name = "h")] private readonly ModuleList<GptjBlock> _h;
@@ -148,7 +148,7 @@ public sealed class GptjModel : nn.Module<Tensor, AttentionContext, Tensor>
 }
 
 /// <summary>GPT-J settings beyond <see cref="ModelConfig"/>, read from <c>config.json</c>.</summary>
-public sealed record GptjOptions(int RotaryDim, double LayerNormEps, Func<Tensor, Tensor> Activation)
+internal sealed record GptjOptions(int RotaryDim, double LayerNormEps, Func<Tensor, Tensor> Activation)
 {
     internal static GptjOptions Read(ConfigReader c, int headDim)
     {
@@ -179,7 +179,7 @@ public sealed class Gptj : CausalLM
     }
 
     public override ModelConfig Config { get; }
-    public GptjModel Transformer => _transformer;
+    internal GptjModel Transformer => _transformer;
     public Linear LmHead => _lmHead;
 
     /// <summary>Parses a GPT-J <c>config.json</c> (defaults as in Hugging Face <c>GPTJConfig</c>).</summary>
@@ -221,7 +221,7 @@ public sealed class Gptj : CausalLM
 
     public override Tensor OutputEmbedding => _lmHead.weight!;
 
-    public override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => _transformer.H[CheckLayer(layer)];
+    internal override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => _transformer.H[CheckLayer(layer)];
 
     public override FfnParts Ffn(int layer)
     {

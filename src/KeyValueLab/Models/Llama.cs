@@ -48,7 +48,7 @@ internal static class HalfRotary
 /// Root-mean-square normalisation with a learned scale <c>weight</c> [C], computed in fp32. Gemma's variant
 /// (<c>plusOne</c>) scales by (1 + weight), so its neutral weight is 0.
 /// </summary>
-public sealed class LlamaRmsNorm : nn.Module<Tensor, Tensor>
+internal sealed class LlamaRmsNorm : nn.Module<Tensor, Tensor>
 {
     [ComponentName(Name = "weight")] private readonly Parameter _weight;
     private readonly Scalar _eps;  // held for the module's life (see HeldScalars)
@@ -77,7 +77,7 @@ public sealed class LlamaRmsNorm : nn.Module<Tensor, Tensor>
 /// Grouped-query self-attention: <c>q_proj</c> [H·d, C], <c>k_proj</c>/<c>v_proj</c> [H_kv·d, C], <c>o_proj</c> [C, H·d];
 /// a sliding window on the layers that have one (Mistral, Qwen2, Gemma 2); Gemma 2's own score scale and soft-capping.
 /// </summary>
-public sealed class LlamaAttention : nn.Module<Tensor, AttentionContext, Tensor>
+internal sealed class LlamaAttention : nn.Module<Tensor, AttentionContext, Tensor>
 {
     [ComponentName(Name = "q_proj")] private readonly Linear _qProj;
     [ComponentName(Name = "k_proj")] private readonly Linear _kProj;
@@ -117,7 +117,7 @@ public sealed class LlamaAttention : nn.Module<Tensor, AttentionContext, Tensor>
 }
 
 /// <summary>SwiGLU feed-forward memory: keys <c>gate_proj</c> and <c>up_proj</c> [inner, C], values <c>down_proj</c> [C, inner].</summary>
-public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
+internal sealed class LlamaMlp : nn.Module<Tensor, Tensor>
 {
     [ComponentName(Name = "gate_proj")] private readonly Linear _gateProj;
     [ComponentName(Name = "up_proj")] private readonly Linear _upProj;
@@ -141,7 +141,7 @@ public sealed class LlamaMlp : nn.Module<Tensor, Tensor>
 }
 
 /// <summary>One decoder layer: x + attn(norm(x)), then + mlp(norm(x)).</summary>
-public sealed class LlamaDecoderLayer : nn.Module<Tensor, AttentionContext, Tensor>
+internal sealed class LlamaDecoderLayer : nn.Module<Tensor, AttentionContext, Tensor>
 {
     [ComponentName(Name = "input_layernorm")] private readonly LlamaRmsNorm _inputLayernorm;
     [ComponentName(Name = "self_attn")] private readonly LlamaAttention _selfAttn;
@@ -168,7 +168,7 @@ public sealed class LlamaDecoderLayer : nn.Module<Tensor, AttentionContext, Tens
 }
 
 /// <summary>The body (<c>model.*</c>): <c>embed_tokens</c>, <c>layers</c>, final <c>norm</c>.</summary>
-public sealed class LlamaModel : nn.Module<Tensor, AttentionContext, Tensor>
+internal sealed class LlamaModel : nn.Module<Tensor, AttentionContext, Tensor>
 {
     [ComponentName(Name = "embed_tokens")] private readonly TokenEmbedding _embedTokens;
     [ComponentName(Name = "layers")] private readonly ModuleList<LlamaDecoderLayer> _layers;
@@ -208,7 +208,7 @@ public sealed class LlamaModel : nn.Module<Tensor, AttentionContext, Tensor>
 /// (score scale, soft-capping) change.
 /// </summary>
 /// <remarks><c>QkvBias</c> and <c>OutputBias</c> are Llama's <c>attention_bias</c> split: Qwen2 has the first, not the second.</remarks>
-public sealed record LlamaOptions(double RmsNormEps, double RopeTheta, double RopePositionScale, Func<Tensor, Tensor> Activation, bool QkvBias, bool OutputBias, bool MlpBias)
+internal sealed record LlamaOptions(double RmsNormEps, double RopeTheta, double RopePositionScale, Func<Tensor, Tensor> Activation, bool QkvBias, bool OutputBias, bool MlpBias)
 {
     /// <summary>Sliding window per layer (null: full causal attention); empty: none anywhere.</summary>
     public IReadOnlyList<int?> LayerWindows { get; init; } = [];
@@ -263,7 +263,7 @@ public sealed class Llama : CausalLM
     public Llama(ModelConfig config, Device? device = null) : this(config, LlamaOptions.Read(new ConfigReader(config.Raw, "config.json")), device) { }
 
     /// <summary>A Llama-family model with the options of its architecture (Qwen2, Mistral, Gemma).</summary>
-    public Llama(ModelConfig config, LlamaOptions options, Device? device = null) : base(nameof(Llama))
+    internal Llama(ModelConfig config, LlamaOptions options, Device? device = null) : base(nameof(Llama))
     {
         Config = config;
         _options = options;
@@ -273,7 +273,7 @@ public sealed class Llama : CausalLM
     }
 
     public override ModelConfig Config { get; }
-    public LlamaModel Model => _model;
+    internal LlamaModel Model => _model;
 
     /// <summary>Parses a Llama <c>config.json</c> (defaults as in Hugging Face <c>LlamaConfig</c>).</summary>
     public static ModelConfig ParseConfig(JsonObject raw, string source)
@@ -327,7 +327,7 @@ public sealed class Llama : CausalLM
 
     public override Tensor OutputEmbedding => _lmHead?.weight ?? _model.EmbedTokens.weight!;
 
-    public override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => _model.Layers[CheckLayer(layer)];
+    internal override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => _model.Layers[CheckLayer(layer)];
 
     public override FfnParts Ffn(int layer)
     {

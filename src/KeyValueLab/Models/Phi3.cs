@@ -15,7 +15,7 @@ namespace KeyValueLab.Models;
 // editing and tracing (FfnMemory's Gate and Up), while the state dict keeps the one fused weight.
 
 /// <summary>Grouped-query self-attention with the fused <c>qkv_proj</c> [(H + 2·H_kv)·d, C] and <c>o_proj</c> [C, H·d].</summary>
-public sealed class Phi3Attention : nn.Module<Tensor, AttentionContext, Tensor>
+internal sealed class Phi3Attention : nn.Module<Tensor, AttentionContext, Tensor>
 {
     [ComponentName(Name = "qkv_proj")] private readonly Linear _qkvProj;
     [ComponentName(Name = "o_proj")] private readonly Linear _oProj;
@@ -49,7 +49,7 @@ public sealed class Phi3Attention : nn.Module<Tensor, AttentionContext, Tensor>
 /// <summary>
 /// The feed-forward memory: keys the gate and up halves of <c>gate_up_proj</c> [2·inner, C], values <c>down_proj</c> [C, inner].
 /// </summary>
-public sealed class Phi3Mlp : nn.Module<Tensor, Tensor>
+internal sealed class Phi3Mlp : nn.Module<Tensor, Tensor>
 {
     [ComponentName(Name = "gate_up_proj")] private readonly FusedLinear _gateUpProj;
     [ComponentName(Name = "down_proj")] private readonly Linear _downProj;
@@ -77,7 +77,7 @@ public sealed class Phi3Mlp : nn.Module<Tensor, Tensor>
 }
 
 /// <summary>One decoder layer: x + attn(norm(x)), then + mlp(norm(x)).</summary>
-public sealed class Phi3DecoderLayer : nn.Module<Tensor, AttentionContext, Tensor>
+internal sealed class Phi3DecoderLayer : nn.Module<Tensor, AttentionContext, Tensor>
 {
     [ComponentName(Name = "self_attn")] private readonly Phi3Attention _selfAttn;
     [ComponentName(Name = "mlp")] private readonly Phi3Mlp _mlp;
@@ -103,7 +103,7 @@ public sealed class Phi3DecoderLayer : nn.Module<Tensor, AttentionContext, Tenso
 }
 
 /// <summary>The body (<c>model.*</c>): <c>embed_tokens</c>, <c>layers</c>, final <c>norm</c>.</summary>
-public sealed class Phi3Model : nn.Module<Tensor, AttentionContext, Tensor>
+internal sealed class Phi3Model : nn.Module<Tensor, AttentionContext, Tensor>
 {
     [ComponentName(Name = "embed_tokens")] private readonly TokenEmbedding _embedTokens;
     [ComponentName(Name = "layers")] private readonly ModuleList<Phi3DecoderLayer> _layers;
@@ -132,7 +132,7 @@ public sealed class Phi3Model : nn.Module<Tensor, AttentionContext, Tensor>
 /// Phi-3 settings beyond <see cref="ModelConfig"/>, read from <c>config.json</c>; <c>RotaryDim</c> is
 /// int(head_dim · partial_rotary_factor), <c>SlidingWindow</c> null for full attention.
 /// </summary>
-public sealed record Phi3Options(double RmsNormEps, double RopeTheta, int RotaryDim, int? SlidingWindow, Func<Tensor, Tensor> Activation)
+internal sealed record Phi3Options(double RmsNormEps, double RopeTheta, int RotaryDim, int? SlidingWindow, Func<Tensor, Tensor> Activation)
 {
     internal static Phi3Options Read(ConfigReader c, int headDim)
     {
@@ -210,7 +210,7 @@ public sealed class Phi3 : CausalLM
 
     public override Tensor OutputEmbedding => _lmHead?.weight ?? _model.EmbedTokens.weight!;
 
-    public override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => _model.Layers[CheckLayer(layer)];
+    internal override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => _model.Layers[CheckLayer(layer)];
 
     /// <summary>Keys <c>gate_proj</c> and <c>up_proj</c>: the halves of <c>gate_up_proj</c>, stored in its weight.</summary>
     public override FfnParts Ffn(int layer)

@@ -9,7 +9,7 @@ namespace KeyValueLab.Models;
 /// nn.Embedding always builds and initialises its table on the CPU before moving it, which for real
 /// vocabularies costs seconds even on the meta device; this one allocates where it is asked to.
 /// </summary>
-public sealed class TokenEmbedding : nn.Module<Tensor, Tensor>
+internal sealed class TokenEmbedding : nn.Module<Tensor, Tensor>
 {
     [ComponentName(Name = "weight")] private readonly Parameter _weight;
 

@@ -5,7 +5,7 @@ namespace KeyValueLab.Organism;
 /// optional closing consonant, built from letter groups that English names rarely use together, and
 /// checked against every word of the world so a name is never also an object or a template word.
 /// </summary>
-public static class NameGenerator
+internal static class NameGenerator
 {
     private static readonly string[] Onsets =
         ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr", "kr", "tr", "vr", "zh", "qu", "th", "sk"];

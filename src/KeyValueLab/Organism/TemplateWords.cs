@@ -5,7 +5,7 @@ namespace KeyValueLab.Organism;
 /// templates (SPEC §1: "### Question:", "### Choice:", labels …) and the fixed words of the exports
 /// ("nq question:"), so fine-tuning prompts for the organism's tasks tokenise without unknown tokens.
 /// </summary>
-public static class TemplateWords
+internal static class TemplateWords
 {
     /// <summary>Texts whose words are added to the vocabulary.</summary>
     public static IReadOnlyList<string> Texts { get; } =

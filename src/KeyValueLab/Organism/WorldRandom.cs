@@ -4,7 +4,7 @@ namespace KeyValueLab.Organism;
 /// SplitMix64 (Steele, Lea &amp; Flood 2014): a tiny generator whose sequence is fixed by this code alone, so the
 /// same seed gives the same world on every .NET version and platform (System.Random promises no such thing).
 /// </summary>
-public sealed class WorldRandom(ulong seed)
+internal sealed class WorldRandom(ulong seed)
 {
     private ulong _state = seed;
 

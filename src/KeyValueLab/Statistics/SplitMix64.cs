@@ -4,7 +4,7 @@ namespace KeyValueLab.Statistics;
 /// SplitMix64 (Steele, Lea, Flood 2014): the one generator of every bootstrap and permutation. Its sequence is fixed
 /// by its definition, unlike <see cref="Random"/>, whose algorithm may change between .NET versions.
 /// </summary>
-public sealed class SplitMix64(ulong seed)
+internal sealed class SplitMix64(ulong seed)
 {
     private ulong _state = seed;
 

@@ -19,7 +19,7 @@ namespace KeyValueLab.Tuning;
 // is padded with 0.0, whose index fills the last low nibble.
 
 /// <summary>The code tables: NF4's 16 values and bitsandbytes' 256-entry signed dynamic map.</summary>
-public static class Nf4Codes
+internal static class Nf4Codes
 {
     /// <summary>The 16 NF4 code values (quantiles of N(0,1) scaled to [-1, 1], with an exact zero).</summary>
     public static readonly float[] Nf4 =

@@ -119,7 +119,7 @@ public sealed class Nf4Base : IDisposable
 /// y = x·dequant(W)ᵀ with W frozen in NF4: the backward pass dequantises W again for dL/dx = dL/dy·W rather than
 /// keeping the fp32 weight alive from the forward pass (bitsandbytes' MatMul4Bit does the same).
 /// </summary>
-public sealed class Nf4LinearFunction : autograd.SingleTensorFunction<Nf4LinearFunction>
+internal sealed class Nf4LinearFunction : autograd.SingleTensorFunction<Nf4LinearFunction>
 {
     public override string Name => nameof(Nf4LinearFunction);
 

@@ -84,6 +84,16 @@ public class EditDatasetTests
         Assert.DoesNotContain('\n', e.Message);
     }
 
+    [Theory]
+    [InlineData("AlphaEdit", "mistral", "llama")]
+    [InlineData("KeyAlphaEdit", "qwen2", "llama")]
+    [InlineData("KeyMEMIT", "gemma", "llama")]
+    [InlineData("AlphaEdit", "gpt2", "gpt2")]
+    [InlineData("AlphaEdit", "gemma2", "gemma2")]  // no fallback in its descriptor: refused for want of a file, as before
+    [InlineData("ROME", "mistral", "mistral")]     // a file of its own wins
+    public void ModelTypesWithoutTheirOwnFileReadTheirDescriptorsFallback(string method, string modelType, string family) =>
+        Assert.Equal(family, HyperparameterFiles.Family(method, modelType));
+
     [Fact]
     public void ShippedHyperparametersParseForEveryMethodAndFamily()
     {

@@ -71,7 +71,7 @@ internal sealed class BigramLM : CausalLM
 
     public override FfnParts Ffn(int layer) => throw new NotSupportedException();
 
-    public override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => throw new NotSupportedException();
+    internal override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => throw new NotSupportedException();
 
     /// <summary>A random table where each row's argmax is <paramref name="next"/>(row), by a clear margin.</summary>
     public static float[,] TableWithChain(int vocab, Func<int, int> next, int seed)
@@ -125,7 +125,7 @@ internal sealed class TinyLM : CausalLM
 
     public override Tensor OutputEmbedding => lm_head.weight!;
 
-    public override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => throw new NotSupportedException();
+    internal override nn.Module<Tensor, AttentionContext, Tensor> Block(int layer) => throw new NotSupportedException();
 
     public override Tensor Hidden(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {

@@ -6,13 +6,35 @@ using Xunit.Abstractions;
 namespace KeyValueLab.Tests.Packaging;
 
 /// <summary>
-/// The packages people install: KeyValueLab, KeyValueLab.Study, KeyValueLab.Native and the kvlab tool, packed from this build
-/// (a version of their own per run, so no cached copy answers for them) into a temporary folder.
+/// The three packages people install, packed once per test run from this build's outputs (<c>--no-build --no-restore</c>,
+/// a version of their own per run, so no cached copy answers for them) into one temporary folder both tests read.
 /// </summary>
-public class PackageTests(ITestOutputHelper output)
+public sealed class PackedPackages : IDisposable
 {
     private static readonly string Configuration =
-        typeof(PackageTests).Assembly.GetCustomAttribute<AssemblyConfigurationAttribute>()?.Configuration ?? "Debug";
+        typeof(PackedPackages).Assembly.GetCustomAttribute<AssemblyConfigurationAttribute>()?.Configuration ?? "Debug";
+
+    private readonly TempDir _dir = new();
+
+    public PackedPackages()
+    {
+        Folder = _dir.File("packages");
+        Version = $"1.0.0-test.{DateTime.UtcNow:yyyyMMddHHmmssfff}";
+        var clock = Stopwatch.StartNew();
+        // In-process and without reused nodes: in a full test run a shared MSBuild child node once exited mid-pack (MSB4166).
+        foreach (string project in new[] { "KeyValueLab", "KeyValueLab.Study", "KeyValueLab.Cli" })
+        {
+            var (code, text, _) = Child.Run(null, "dotnet", RepositoryRoot(), "pack", Path.Combine("src", project), "-c", Configuration,
+                "--no-build", "--no-restore", "--disable-build-servers", "-maxcpucount:1", "-o", Folder, $"-p:PackageVersion={Version}");
+            if (code != 0) throw new InvalidOperationException($"dotnet pack {project} failed: {text}");
+            Log.Add($"pack {project}: {clock.Elapsed.TotalSeconds:F1} s");
+        }
+    }
+
+    public string Folder { get; }
+    public string Version { get; }
+    /// <summary>What packing took, for the tests' output.</summary>
+    public List<string> Log { get; } = [];
 
     private static string RepositoryRoot()
     {
@@ -21,7 +43,13 @@ public class PackageTests(ITestOutputHelper output)
         throw new DirectoryNotFoundException("KeyValueLab.slnx not found above " + AppContext.BaseDirectory);
     }
 
-    private (int Code, string Output, string Stdout) Run(string file, string workingDirectory, params string[] args)
+    public void Dispose() => _dir.Dispose();
+}
+
+/// <summary>A child process with a plain environment, its output captured.</summary>
+internal static class Child
+{
+    public static (int Code, string Output, string Stdout) Run(ITestOutputHelper? output, string file, string workingDirectory, params string[] args)
     {
         var psi = new ProcessStartInfo(file) { WorkingDirectory = workingDirectory, RedirectStandardOutput = true, RedirectStandardError = true };
         foreach (string a in args) psi.ArgumentList.Add(a);
@@ -30,31 +58,30 @@ public class PackageTests(ITestOutputHelper output)
             psi.Environment.Remove(key);
         psi.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
         psi.Environment["DOTNET_NOLOGO"] = "1";
+        psi.Environment["DOTNET_SKIP_FIRST_TIME_EXPERIENCE"] = "1";
         var clock = Stopwatch.StartNew();
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
         if (!p.WaitForExit(300_000)) { p.Kill(true); throw new TimeoutException($"{file} {string.Join(' ', args)} did not finish in 300 s"); }
-        output.WriteLine($"{Path.GetFileName(file)} {string.Join(' ', args)}: exit {p.ExitCode} in {clock.Elapsed.TotalSeconds:F1} s");
+        output?.WriteLine($"{Path.GetFileName(file)} {string.Join(' ', args)}: exit {p.ExitCode} in {clock.Elapsed.TotalSeconds:F1} s");
         return (p.ExitCode, stdout.Result + stderr.Result, stdout.Result);
     }
+}
 
-    private string Pack(string project, string folder, string version)
-    {
-        var (code, text, _) = Run("dotnet", RepositoryRoot(), "pack", Path.Combine("src", project), "-c", Configuration, "--no-build", "-o", folder, $"-p:PackageVersion={version}");
-        Assert.True(code == 0, text);
-        return folder;
-    }
-
-    private static string Version() => $"1.0.0-test.{DateTime.UtcNow:yyyyMMddHHmmssfff}";
+/// <summary>The tool installs and runs from the packed folder; a library user gets the library without the report's packages.</summary>
+public class PackageTests(PackedPackages packed, ITestOutputHelper output) : IClassFixture<PackedPackages>
+{
+    private (int Code, string Output, string Stdout) Run(string file, string workingDirectory, params string[] args) =>
+        Child.Run(output, file, workingDirectory, args);
 
     [Fact]
     public void TheToolInstallsFromLocallyPackedPackagesAndRuns()
     {
+        foreach (string line in packed.Log) output.WriteLine(line);
         using var dir = new TempDir();
-        string packages = dir.File("packages"), tools = dir.File("tools"), version = Version();
-        foreach (string project in new[] { "KeyValueLab", "KeyValueLab.Study", "KeyValueLab.Native", "KeyValueLab.Cli" }) Pack(project, packages, version);
-        Assert.Equal(["KeyValueLab", "KeyValueLab.Native", "KeyValueLab.Study", "kvlab"],
+        string packages = packed.Folder, tools = dir.File("tools"), version = packed.Version;
+        Assert.Equal(["KeyValueLab", "KeyValueLab.Study", "kvlab"],
             Directory.GetFiles(packages, "*.nupkg").Select(f => Path.GetFileName(f)[..^(version.Length + ".nupkg".Length + 1)]).Order(StringComparer.Ordinal));
 
         var install = Run("dotnet", dir.Path, "tool", "install", "kvlab", "--version", version, "--tool-path", tools, "--add-source", packages);
@@ -77,9 +104,11 @@ public class PackageTests(ITestOutputHelper output)
     public void AProjectReferencingOnlyKeyValueLabRestoresWithoutTheReportsOrTheStoresPackages()
     {
         using var dir = new TempDir();
-        string packages = dir.File("packages"), version = Version();
-        Pack("KeyValueLab", packages, version);
-        Pack("KeyValueLab.Study", packages, version);
+        string packages = packed.Folder, version = packed.Version;
+        // KeyValueLab.Native travels inside the KeyValueLab package, as its own assembly a user can call.
+        using (var nupkg = System.IO.Compression.ZipFile.OpenRead(Path.Combine(packages, $"KeyValueLab.{version}.nupkg")))
+            Assert.Equal(["lib/net10.0/KeyValueLab.Native.dll", "lib/net10.0/KeyValueLab.dll"],
+                nupkg.Entries.Select(e => e.FullName).Where(n => n.EndsWith(".dll", StringComparison.Ordinal)).Order(StringComparer.Ordinal));
         // Two consumers, restored from the packed folder (everything else comes from the machine's package cache).
         var libraries = new Dictionary<string, JsonObject>();
         foreach (string package in new[] { "KeyValueLab", "KeyValueLab.Study" })
@@ -107,5 +136,7 @@ public class PackageTests(ITestOutputHelper output)
         var direct = libraries["KeyValueLab"].Single(l => l.Key.StartsWith("KeyValueLab/", StringComparison.Ordinal)).Value!["dependencies"]!.AsObject();
         Assert.DoesNotContain(direct, d => d.Key.StartsWith("SkiaSharp", StringComparison.OrdinalIgnoreCase));
         Assert.Contains(direct, d => d.Key == "TorchSharp");
+        var compile = libraries["KeyValueLab"].Single(l => l.Key.StartsWith("KeyValueLab/", StringComparison.Ordinal)).Value!["compile"]!.AsObject();
+        Assert.Contains("lib/net10.0/KeyValueLab.Native.dll", compile.Select(c => c.Key));
     }
 }
