@@ -25,11 +25,25 @@ public sealed class ResultsStore : IDisposable
 
     public string Path { get; }
 
-    /// <summary>Opens (creating when <paramref name="create"/>) the store of a run folder.</summary>
+    /// <summary>What a run folder holds besides its store once units have finished: if these exist, the store must too.</summary>
+    public static readonly string[] ResultFolders = ["report", "adapters", "tune"];
+
+    private const string StartOver = "start over with `kvlab study --fresh` (moves the earlier results aside) or restore results.db from a copy";
+
+    /// <summary>
+    /// Opens (creating when <paramref name="create"/>) the store of a run folder. The store must know what it is: it passes
+    /// <c>PRAGMA integrity_check</c> and holds both tables; a store that is missing, empty or holds no units next to earlier
+    /// results (<see cref="ResultFolders"/>) is refused with a line saying how to start over, never silently restarted.
+    /// </summary>
     public static ResultsStore Open(string runFolder, bool create)
     {
         string path = System.IO.Path.Combine(runFolder, FileName);
-        if (!create && !File.Exists(path)) throw new InputException(runFolder, $"no {FileName} here: not a study run folder");
+        bool exists = File.Exists(path);
+        if (!create && !exists) throw new InputException(runFolder, $"no {FileName} here: not a study run folder");
+        var earlier = ResultFolders.Where(f => Directory.Exists(System.IO.Path.Combine(runFolder, f))).ToList();
+        string holds = $"{runFolder} holds earlier results ({string.Join(", ", earlier.Select(f => f + "/"))})";
+        if (create && earlier.Count > 0 && (!exists || new FileInfo(path).Length == 0))
+            throw new InputException(path, $"{(exists ? "is empty" : "is missing")} but {holds}; {StartOver}");
         if (create) Directory.CreateDirectory(runFolder);
         var db = new SqliteConnection(new SqliteConnectionStringBuilder
         {
@@ -41,14 +55,24 @@ public sealed class ResultsStore : IDisposable
         {
             db.Open();
             var store = new ResultsStore(db, path);
+            if (exists && store.Scalar("PRAGMA integrity_check") is var check && check != "ok")
+                throw new InputException(path, $"is damaged (integrity_check: {check}); {StartOver}");
             store.Execute("PRAGMA synchronous=FULL;");
-            if (!create)
+            var tables = store.Tables();
+            bool hasStudy = tables.Contains("study"), hasUnits = tables.Contains("units");
+            if (hasStudy != hasUnits)
+                throw new InputException(path, $"lacks its {(hasStudy ? "units" : "study")} table; {StartOver}");
+            if (!create || (!hasStudy && earlier.Count > 0))
             {
+                if (!hasStudy)
+                    throw new InputException(path, create ? $"holds no tables but {holds}; {StartOver}" : "not a KeyValueLab results store (no study or units table)");
                 string? version = store.Get("schema_version");
                 if (version != SchemaVersion.ToString(System.Globalization.CultureInfo.InvariantCulture))
                     throw new InputException(path, version is null ? "not a KeyValueLab results store" : $"results store schema {version}; this kvlab reads schema {SchemaVersion}");
-                return store;
             }
+            if (create && hasUnits && earlier.Contains("report") && store.Scalar("SELECT count(*) FROM units") == "0")
+                throw new InputException(path, $"holds no units but {holds}; {StartOver}");
+            if (!create) return store;
             store.Execute("""
                 CREATE TABLE IF NOT EXISTS study (key TEXT PRIMARY KEY, value TEXT NOT NULL);
                 CREATE TABLE IF NOT EXISTS units (
@@ -62,16 +86,40 @@ public sealed class ResultsStore : IDisposable
                 throw new InputException(path, $"results store schema {schema}; this kvlab reads schema {SchemaVersion}");
             return store;
         }
-        catch (SqliteException e)
+        catch (SqliteException e) when (!IsEnvironment(e))
         {
             db.Dispose();
-            throw new InputException(path, $"not a readable results store: {e.Message}");
+            throw new InputException(path, $"not a readable results store ({e.Message}); {StartOver}");
         }
-        catch (InputException)
+        catch
         {
             db.Dispose();
             throw;
         }
+    }
+
+    /// <summary>SQLite failures that come from the machine, not from the file: disk full, read-only, I/O error, cannot open, out of memory.</summary>
+    public static bool IsEnvironment(SqliteException e) => e.SqliteErrorCode is 7 or 8 or 10 or 13 or 14;
+
+    /// <summary>
+    /// Moves everything a run folder holds (but its lock) into a new sibling <c>FOLDER.old-STAMP</c>, for <c>--fresh</c>.
+    /// Nothing is deleted. Returns the folder the results went to, or null when there was nothing to move.
+    /// </summary>
+    public static string? SetAside(string runFolder)
+    {
+        var entries = Directory.EnumerateFileSystemEntries(runFolder).Where(e => !RunFolderLock.IsLockFile(System.IO.Path.GetFileName(e))).ToList();
+        if (entries.Count == 0) return null;
+        string full = System.IO.Path.GetFullPath(runFolder).TrimEnd(System.IO.Path.DirectorySeparatorChar);
+        string aside = $"{full}.old-{DateTime.UtcNow:yyyyMMdd-HHmmss}";
+        for (int n = 2; Directory.Exists(aside) || File.Exists(aside); n++) aside = $"{full}.old-{DateTime.UtcNow:yyyyMMdd-HHmmss}-{n}";
+        Directory.CreateDirectory(aside);
+        foreach (string entry in entries)
+        {
+            string to = System.IO.Path.Combine(aside, System.IO.Path.GetFileName(entry));
+            if (Directory.Exists(entry)) Directory.Move(entry, to);
+            else File.Move(entry, to);
+        }
+        return aside;
     }
 
     /// <summary>A value of the study table, or null.</summary>
@@ -201,6 +249,23 @@ public sealed class ResultsStore : IDisposable
         }
         Add(add);
         return add.Count;
+    }
+
+    private string? Scalar(string sql)
+    {
+        using var cmd = _db.CreateCommand();
+        cmd.CommandText = sql;
+        return Convert.ToString(cmd.ExecuteScalar(), System.Globalization.CultureInfo.InvariantCulture);
+    }
+
+    private HashSet<string> Tables()
+    {
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        using var cmd = _db.CreateCommand();
+        cmd.CommandText = "SELECT name FROM sqlite_master WHERE type = 'table'";
+        using var reader = cmd.ExecuteReader();
+        while (reader.Read()) names.Add(reader.GetString(0));
+        return names;
     }
 
     private void Execute(string sql)

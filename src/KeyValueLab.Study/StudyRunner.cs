@@ -258,8 +258,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
     public static StudyResults Load(ResultsStore store, string name)
     {
         var units = store.Units();
-        var edits = units.Where(u => u.Kind == Name(UnitKind.Edit)).Select(u => JsonSerializer.Deserialize<EditUnitResult>(u.Result, Json)!).ToList();
-        var tunes = units.Where(u => u.Kind == Name(UnitKind.Tune)).Select(u => JsonSerializer.Deserialize<TuneUnitResult>(u.Result, Json)!).ToList();
+        var (edits, tunes) = StoredUnits.Read(store.Path, units);
         var spec = JsonNode.Parse(store.Get("study_json") ?? "{}") as JsonObject ?? [];
         int total = 0;
         if (store.Get("units_total") is string t) total = int.Parse(t, CultureInfo.InvariantCulture);

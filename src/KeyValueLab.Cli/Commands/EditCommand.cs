@@ -35,6 +35,7 @@ internal static class EditCommand
         {
             string template = parse.GetValue(prompt)!, subj = parse.GetValue(subject)!;
             if (!template.Contains("{}", StringComparison.Ordinal)) throw new UsageException("--prompt needs {} where the subject goes");
+            if (parse.GetValue(top) < 1) throw new UsageException($"--top {parse.GetValue(top)} must be >= 1");
             string modelPath = parse.GetValue(model)!;
             using var loaded = ModelLoader.Load(modelPath, ModelOptions.Loading(parse, dtype, device));
             var tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer));
