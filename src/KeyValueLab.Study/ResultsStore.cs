@@ -86,9 +86,10 @@ public sealed class ResultsStore : IDisposable
                 throw new InputException(path, $"results store schema {schema}; this kvlab reads schema {SchemaVersion}");
             return store;
         }
-        catch (SqliteException e) when (!IsEnvironment(e))
+        catch (SqliteException e)
         {
             db.Dispose();
+            if (IsEnvironment(e)) throw new IOException($"{path}: {e.Message.TrimEnd('.')}", e);
             throw new InputException(path, $"not a readable results store ({e.Message}); {StartOver}");
         }
         catch
@@ -137,7 +138,24 @@ public sealed class ResultsStore : IDisposable
         cmd.CommandText = "INSERT INTO study(key, value) VALUES($k, $v) ON CONFLICT(key) DO UPDATE SET value = excluded.value";
         cmd.Parameters.AddWithValue("$k", key);
         cmd.Parameters.AddWithValue("$v", value);
-        cmd.ExecuteNonQuery();
+        Write(() => cmd.ExecuteNonQuery());
+    }
+
+    private T Write<T>(Func<T> write)
+    {
+        T result = default!;
+        Write(() => { result = write(); });
+        return result;
+    }
+
+    /// <summary>Runs a write; a failure of the machine (disk full, read-only, I/O) becomes an <see cref="IOException"/> naming the store.</summary>
+    private void Write(Action write)
+    {
+        try { write(); }
+        catch (SqliteException e) when (IsEnvironment(e))
+        {
+            throw new IOException($"{Path}: {e.Message.TrimEnd('.')}; nothing of the unit in progress was stored", e);
+        }
     }
 
     /// <summary>
@@ -182,7 +200,7 @@ public sealed class ResultsStore : IDisposable
     /// <summary>Stores finished units atomically (one transaction; a batch's cases land together or not at all).</summary>
     public void Add(IEnumerable<UnitRecord> records)
     {
-        using var tx = _db.BeginTransaction();
+        using var tx = Write(() => _db.BeginTransaction());
         foreach (var r in records)
         {
             using var cmd = _db.CreateCommand();
@@ -203,13 +221,13 @@ public sealed class ResultsStore : IDisposable
             cmd.Parameters.AddWithValue("$host", r.Host);
             cmd.Parameters.AddWithValue("$versions", r.Versions);
             cmd.Parameters.AddWithValue("$shard", r.Shard);
-            try { cmd.ExecuteNonQuery(); }
+            try { Write(() => cmd.ExecuteNonQuery()); }
             catch (SqliteException e) when (e.SqliteErrorCode == 19)
             {
                 throw new InvalidOperationException($"unit {r.UnitId} is already stored in {Path}; a unit must never run twice", e);
             }
         }
-        tx.Commit();
+        Write(tx.Commit);
     }
 
     /// <summary>Every stored unit, ordered by unit id (so reports do not depend on the order units finished in).</summary>
@@ -272,7 +290,7 @@ public sealed class ResultsStore : IDisposable
     {
         using var cmd = _db.CreateCommand();
         cmd.CommandText = sql;
-        cmd.ExecuteNonQuery();
+        Write(() => cmd.ExecuteNonQuery());
     }
 
     public void Dispose() => _db.Dispose();
