@@ -10,18 +10,23 @@ public sealed class FolderInUseException(string folder, string holder) : InputEx
 /// One writer per run folder: an OS lock (<see cref="FileShare.None"/>, which .NET takes as <c>flock(LOCK_EX)</c> on Unix and
 /// a share-mode lock on Windows) on <c>kvlab.lock</c>, held until disposed. The kernel drops it when the process dies, so a
 /// killed run leaves no stale lock. The holder's pid goes to <c>kvlab.pid</c> (the locked file cannot be read by others).
-/// The lock file is never deleted: deleting it would let two processes lock two different files of the same name.
+/// The lock file stays while the folder holds anything else (deleting it could let two processes lock two different files of
+/// the same name); a folder this lock created and that still holds nothing but the lock is removed on release, so a run
+/// that refused to start leaves no folder behind.
 /// </summary>
 public sealed class RunFolderLock : IDisposable
 {
     public const string FileName = "kvlab.lock", PidFileName = "kvlab.pid";
     private readonly FileStream _stream;
+    private readonly string _folder;
+    private readonly bool _created;
 
-    private RunFolderLock(FileStream stream) => _stream = stream;
+    private RunFolderLock(FileStream stream, string folder, bool created) => (_stream, _folder, _created) = (stream, folder, created);
 
     /// <summary>Takes the lock of <paramref name="folder"/> (creating the folder), or throws <see cref="FolderInUseException"/>.</summary>
     public static RunFolderLock Acquire(string folder)
     {
+        bool created = !Directory.Exists(folder);
         Directory.CreateDirectory(folder);
         string path = Path.Combine(folder, FileName);
         FileStream stream;
@@ -30,7 +35,7 @@ public sealed class RunFolderLock : IDisposable
         try
         {
             File.WriteAllText(Path.Combine(folder, PidFileName), Environment.ProcessId.ToString(System.Globalization.CultureInfo.InvariantCulture) + "\n");
-            return new RunFolderLock(stream);
+            return new RunFolderLock(stream, folder, created);
         }
         catch
         {
@@ -64,5 +69,13 @@ public sealed class RunFolderLock : IDisposable
         return "pid unknown";
     }
 
-    public void Dispose() => _stream.Dispose();
+    public void Dispose()
+    {
+        _stream.Dispose();
+        if (_created && Directory.EnumerateFileSystemEntries(_folder).All(e => IsLockFile(Path.GetFileName(e))))
+        {
+            foreach (string name in new[] { PidFileName, FileName }) File.Delete(Path.Combine(_folder, name));
+            Directory.Delete(_folder);
+        }
+    }
 }

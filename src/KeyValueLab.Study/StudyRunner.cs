@@ -41,6 +41,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
     /// <summary>Runs this shard's missing units. Returns how many ran now.</summary>
     public int Run(CancellationToken cancel = default)
     {
+        StudyPreflight.Check(plan, LoadTokenizer);  // before the run folder is touched
         using var store = ResultsStore.Open(RunFolder, create: true);
         // One load serves the fingerprint (of the tensors as loaded, so a changed checkpoint at the same path is caught)
         // and every editing unit; it is freed before tuning, whose units each quantise a fresh copy.

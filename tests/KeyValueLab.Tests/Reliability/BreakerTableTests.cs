@@ -34,6 +34,11 @@ public class BreakerTableTests
         ["4 report: an unknown kind"] = d => Report(FinishedRun(d, run => Sql(run, "UPDATE units SET kind = 'frob' WHERE unit_id = 'edit/a'")), "unit edit/a: unknown kind \"frob\""),
         ["4 report: a row's seed that is not its result's"] = d => Report(FinishedRun(d, run => Sql(run, "UPDATE units SET seed = 7 WHERE unit_id = 'edit/a'")), "unit edit/a: result's seed 1 is not the row's seed 7"),
 
+        // Class 5: what the plan can check is checked before the run folder exists (tiny_gpt2 has 64 positions).
+        ["5 a paraphrase longer than the model's positions"] = d => LongPrompt(d, r => r["paraphrase_prompts"]![0] = Words(80) + " Angola is in", "its paraphrase prompt is"),
+        ["5 a neighbourhood prompt longer than the model's positions"] = d => LongPrompt(d, r => r["neighborhood_prompts"]![1] = Words(70), "its neighbourhood prompt is"),
+        ["5 a rewrite prompt longer than the model's positions"] = d => LongPrompt(d, r => r["requested_rewrite"]!["prompt"] = Words(90) + " {} is located in", "its rewrite prompt is"),
+
         // Class 6: one writer per folder (the test holds the lock, as a running kvlab would).
         ["6 study on a folder in use"] = d => Locked(Study(d, d.File("run"), $"is in use by kvlab (pid {Environment.ProcessId})")),
         ["6 study --fresh on a folder in use moves nothing"] = d => Locked(Study(d, FinishedRun(d, _ => { }), $"is in use by kvlab (pid {Environment.ProcessId})", "--fresh")),
@@ -186,6 +191,18 @@ public class BreakerTableTests
         study["edit_data"] = file;
         string studyFile = Studies.Write(dir, study);
         return new(["study", "--study", studyFile, "--out", dir.File("run")], ExitCodes.BadInput, $"{file}: {names}", [file, studyFile], dir.File("run"));
+    }
+
+    private static string Words(int n) => string.Join(' ', Enumerable.Range(0, n).Select(i => i % 2 == 0 ? "long" : "prompt"));
+
+    /// <summary>The first two CounterFact records, the first changed by <paramref name="change"/>, as the fixture study's edit data.</summary>
+    private static Breaker LongPrompt(TempDir dir, Action<JsonNode> change, string names)
+    {
+        var records = JsonNode.Parse(File.ReadAllText(Studies.CounterFact))!.AsArray();
+        var two = new JsonArray(records[0]!.DeepClone(), records[1]!.DeepClone());
+        change(two[0]!);
+        var breaker = EditData(dir, Encoding.UTF8.GetBytes(two.ToJsonString()), $"case {two[0]!["case_id"]}: {names}");
+        return breaker;
     }
 
     private static Breaker Task(TempDir dir, string line, string names, bool invalidTail = false)
