@@ -105,7 +105,7 @@ public sealed class StudyPlan
         {
             string data = inputs.EditDataPath!;
             if (!File.Exists(data)) throw new InputException(data, "edit_data: no such file");
-            all = EditDatasets.Load(data, editing.ZsreTarget == "alt" ? ZsreTarget.Alt : ZsreTarget.Answer);
+            all = EditDatasets.Load(data, editing.ZsreTarget);
             if (all.Count == 0) throw new InputException(data, "edit_data holds no records");
             if (inputs.StatsCorpus is { } corpus && corpus != "generated" && !File.Exists(corpus))
                 throw new InputException(corpus, "editing.stats_corpus: no such file (use \"generated\", \"organism\" or a text file)");
@@ -179,10 +179,10 @@ public sealed class StudyPlan
     {
         var (side, kinds) = condition.Side switch
         {
-            "keys:up" => ("keys", "up"),
-            "keys:gate" => ("keys", "gate"),
-            "keys" => ("keys", (string?)null),
-            _ => ("values", null),
+            "keys:up" => (EditSide.Keys, "up"),
+            "keys:gate" => (EditSide.Keys, "gate"),
+            "keys" => (EditSide.Keys, (string?)null),
+            _ => (EditSide.Values, null),
         };
         return new EditorChoice
         {

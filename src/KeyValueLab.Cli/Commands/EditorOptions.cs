@@ -30,14 +30,18 @@ internal sealed class EditorOptions
         int threads = parse.GetValue(Threads);
         if (threads < 0) throw new UsageException("--threads must be >= 0");
         if (threads > 0) TorchSharp.torch.set_num_threads(threads);
+        string method = parse.GetValue(Method)!;
+        HyperparameterOverrides overrides;
+        try { overrides = HyperparameterOverrides.Parse(method, parse.GetValue(Set) ?? []); }
+        catch (ArgumentException e) { throw new UsageException("--set " + e.Message); }
         try
         {
             var editor = EditorFactory.Create(model, new EditorChoice
             {
-                Method = parse.GetValue(Method)!,
+                Method = method,
                 HparamsFile = parse.GetValue(Hparams),
-                Overrides = parse.GetValue(Set) ?? [],
-                Side = parse.GetValue(Side),
+                Overrides = overrides,
+                Side = parse.GetValue(Side) is { } side ? EditScope.ParseSide(side) : null,
                 Layers = parse.GetValue(Layers),
                 KeyKinds = parse.GetValue(KeyKinds),
                 StatsCorpus = parse.GetValue(StatsCorpus),

@@ -12,39 +12,14 @@ namespace KeyValueLab.Editing;
 /// <param name="L2">The ridge term of the update's solve (AlphaEdit: 10).</param>
 public sealed record NullSpaceSettings(double NullspaceThreshold = 2e-2, double L2 = 10)
 {
-    /// <summary>
-    /// Takes <c>nullspace_threshold</c> and <c>l2</c> out of a hyperparameter file's JSON (<paramref name="json"/>, from
-    /// <paramref name="source"/>) and out of <paramref name="overrides"/>; returns the rest, for
-    /// <see cref="HyperparameterFiles.Parse{T}"/> as <see cref="LocateEditHyperparameters"/>, and the settings.
-    /// </summary>
-    public static (string Remaining, NullSpaceSettings Settings) Split(string json, string source, IList<string> overrides)
+    /// <summary>The pair as <paramref name="hp"/> sets it (read with the rest of the file), AlphaEdit's defaults where it does not.</summary>
+    public static NullSpaceSettings From(LocateEditHyperparameters hp, string source)
     {
-        JsonObject obj;
-        try { obj = JsonNode.Parse(json, documentOptions: new System.Text.Json.JsonDocumentOptions { CommentHandling = System.Text.Json.JsonCommentHandling.Skip }) as JsonObject ?? throw new InputException(source, "expected a JSON object of hyperparameters"); }
-        catch (System.Text.Json.JsonException e) { throw new InputException(source, $"not valid JSON: {e.Message}"); }
-        var settings = new NullSpaceSettings();
-        double Number(string name, JsonNode? node) =>
-            node is JsonValue v && v.TryGetValue(out double d) ? d
-            : node is JsonValue s && s.TryGetValue(out string? text) && double.TryParse(text, System.Globalization.CultureInfo.InvariantCulture, out double p) ? p
-            : throw new InputException(source, $"{name} must be a number");
-        if (obj["nullspace_threshold"] is { } t) settings = settings with { NullspaceThreshold = Number("nullspace_threshold", t) };
-        if (obj["l2"] is { } l) settings = settings with { L2 = Number("l2", l) };
-        obj.Remove("nullspace_threshold");
-        obj.Remove("l2");
-        var used = new List<string>();
-        foreach (string o in overrides)
-        {
-            int eq = o.IndexOf('=');
-            string name = eq > 0 ? o[..eq].Trim().Replace('-', '_') : "";
-            if (name is not ("nullspace_threshold" or "l2")) continue;
-            var value = JsonValue.Create(o[(eq + 1)..].Trim());
-            settings = name == "l2" ? settings with { L2 = Number(name, value) } : settings with { NullspaceThreshold = Number(name, value) };
-            used.Add(o);
-        }
-        foreach (string o in used) overrides.Remove(o);
-        if (settings.NullspaceThreshold <= 0) throw new InputException(source, "nullspace_threshold must be positive");
-        if (settings.L2 < 0) throw new InputException(source, "l2 must not be negative");
-        return (obj.ToJsonString(), settings);
+        var defaults = new NullSpaceSettings();
+        var settings = new NullSpaceSettings(hp.NullspaceThreshold ?? defaults.NullspaceThreshold, hp.L2 ?? defaults.L2);
+        if (!(settings.NullspaceThreshold > 0) || !double.IsFinite(settings.NullspaceThreshold)) throw new InputException(source, "nullspace_threshold must be positive");
+        if (!(settings.L2 >= 0) || !double.IsFinite(settings.L2)) throw new InputException(source, "l2 must not be negative");
+        return settings;
     }
 }
 
@@ -114,6 +89,8 @@ public abstract class NullSpaceEditorBase : MultiLayerEditorBase, IEditHistory, 
 
     protected override void Describe(JsonObject json)
     {
+        json.Remove("nullspace_threshold");  // re-added last, where params.json has always had them
+        json.Remove("l2");
         json["nullspace_threshold"] = NullSpace.NullspaceThreshold;
         json["l2"] = NullSpace.L2;
         json.Remove("mom2_update_weight");

@@ -5,6 +5,12 @@ using System.Text.Json.Serialization;
 
 namespace KeyValueLab.Editing;
 
+/// <summary>What the fine-tuning editor's loss covers: <c>target</c> (teacher-forced CE over the target tokens) or <c>prompt_last</c> (every target token at the last prompt position).</summary>
+public enum FtObjective { Target, PromptLast }
+
+/// <summary>Where a closed-form edit looks up its key: <c>subject_last</c> (ROME's default) or <c>last</c> (the prompt's last token).</summary>
+public enum FactToken { SubjectLast, Last }
+
 /// <summary>
 /// Hyperparameters of the fine-tuning editor (SPEC §4: ROME's FT/FT+L, EasyEdit's FT-M/FT-L).
 /// Files in <c>hparams/FT*/</c> hold the published values per model family.
@@ -27,8 +33,7 @@ public sealed record FtHyperparameters
     public double? NormConstraint { get; init; }
     /// <summary>Stop before a step once the loss is below this.</summary>
     public double EarlyStopLoss { get; init; } = 1e-2;
-    /// <summary><c>target</c> (teacher-forced CE over the target tokens) or <c>prompt_last</c> (every target token at the last prompt position).</summary>
-    public string Objective { get; init; } = "target";
+    public FtObjective Objective { get; init; } = FtObjective.Target;
 }
 
 /// <summary>
@@ -43,8 +48,7 @@ public sealed record LocateEditHyperparameters
     public int[] Layers { get; init; } = [0];
     /// <summary>Key-ROME on Llama: gate, up or both (null = both).</summary>
     public string? KeyKinds { get; init; }
-    /// <summary>Where the edit looks up its key: <c>subject_last</c> (ROME's default) or <c>last</c> (the prompt's last token).</summary>
-    public string FactToken { get; init; } = "subject_last";
+    public FactToken FactToken { get; init; } = FactToken.SubjectLast;
     public int VNumGradSteps { get; init; } = 20;
     public double VLr { get; init; } = 0.5;
     public double VWeightDecay { get; init; } = 0.5;
@@ -68,11 +72,17 @@ public sealed record LocateEditHyperparameters
     public int[][] ContextTemplateLengthParams { get; init; } = [[5, 10], [10, 10]];
     /// <summary>Prompts whose next-token distribution the KL term keeps (ROME: "{} is a").</summary>
     public string[] KlPrompts { get; init; } = ["{} is a"];
+    /// <summary>AlphaEdit, Key-AlphaEdit: keep the directions of C whose singular value is below this (AlphaEdit: 2e-2); refused elsewhere.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public double? NullspaceThreshold { get; init; }
+    /// <summary>AlphaEdit, Key-AlphaEdit: the ridge term of the update's solve (AlphaEdit: 10); refused elsewhere.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public double? L2 { get; init; }
 }
 
 /// <summary>
 /// Reads hyperparameter files: the defaults shipped in <c>hparams/{METHOD}/{model_type}.json</c> (embedded in
-/// the library), or a user's file, then <c>name=value</c> overrides. Unknown names are errors.
+/// the library), or a user's file. Unknown names are errors; overrides are <see cref="HyperparameterOverrides"/>.
 /// </summary>
 public static class HyperparameterFiles
 {
@@ -80,8 +90,10 @@ public static class HyperparameterFiles
     {
         PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
         UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow,
+        AllowDuplicateProperties = false,
         ReadCommentHandling = JsonCommentHandling.Skip,
         WriteIndented = true,
+        Converters = { new JsonStringEnumConverter(JsonNamingPolicy.SnakeCaseLower, allowIntegerValues: false) },
     };
 
     /// <summary>Method folders shipped: FT, FT-L, ROME, KeyROME, MEMIT.</summary>
@@ -100,33 +112,12 @@ public static class HyperparameterFiles
         return reader.ReadToEnd();
     }
 
-    /// <summary>Parses <paramref name="json"/> (from <paramref name="source"/>) with <paramref name="overrides"/> (<c>name=value</c>, value as JSON or a bare string).</summary>
-    public static T Parse<T>(string json, string source, IEnumerable<string>? overrides = null)
+    /// <summary>Parses <paramref name="json"/> (from <paramref name="source"/>) as <typeparamref name="T"/>.</summary>
+    public static T Parse<T>(string json, string source)
     {
-        JsonObject obj;
         try
         {
-            obj = JsonNode.Parse(json, documentOptions: new JsonDocumentOptions { CommentHandling = JsonCommentHandling.Skip }) as JsonObject
-                  ?? throw new InputException(source, "expected a JSON object of hyperparameters");
-        }
-        catch (JsonException e)
-        {
-            throw new InputException(source, $"not valid JSON: {e.Message}");
-        }
-        foreach (string o in overrides ?? [])
-        {
-            int eq = o.IndexOf('=');
-            if (eq <= 0) throw new InputException(source, $"override \"{o}\" is not name=value");
-            string name = o[..eq].Trim().Replace('-', '_');
-            string value = o[(eq + 1)..].Trim();
-            JsonNode? node;
-            try { node = JsonNode.Parse(value); }
-            catch (JsonException) { node = JsonValue.Create(value); }
-            obj[name] = node;
-        }
-        try
-        {
-            return obj.Deserialize<T>(Options) ?? throw new InputException(source, "empty hyperparameters");
+            return JsonSerializer.Deserialize<T>(json, Options) ?? throw new InputException(source, "expected a JSON object of hyperparameters");
         }
         catch (JsonException e)
         {
@@ -135,11 +126,11 @@ public static class HyperparameterFiles
     }
 
     /// <summary>Loads a user's file, or the built-in one when <paramref name="path"/> is null.</summary>
-    public static T Load<T>(string? path, string method, string modelFamily, IEnumerable<string>? overrides = null)
+    public static T Load<T>(string? path, string method, string modelFamily)
     {
-        if (path is null) return Parse<T>(Builtin(method, modelFamily), $"hparams/{method}/{modelFamily}.json", overrides);
+        if (path is null) return Parse<T>(Builtin(method, modelFamily), $"hparams/{method}/{modelFamily}.json");
         if (!File.Exists(path)) throw new InputException(path, "no such hyperparameter file");
-        return Parse<T>(File.ReadAllText(path), path, overrides);
+        return Parse<T>(File.ReadAllText(path), path);
     }
 
     /// <summary>The record as a JSON object (snake_case), for params.json.</summary>

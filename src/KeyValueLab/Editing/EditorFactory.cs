@@ -8,8 +8,9 @@ public sealed record EditorChoice
     /// <summary>ft, ft-l, rome, keyrome or memit.</summary>
     public required string Method { get; init; }
     public string? HparamsFile { get; init; }
-    public IReadOnlyList<string> Overrides { get; init; } = [];
-    public string? Side { get; init; }
+    /// <summary>Parsed for <see cref="Method"/> (<see cref="HyperparameterOverrides.Parse"/>); applied on top of the file.</summary>
+    public HyperparameterOverrides Overrides { get; init; } = HyperparameterOverrides.None;
+    public EditSide? Side { get; init; }
     public string? Layers { get; init; }
     public string? KeyKinds { get; init; }
     public string? StatsCorpus { get; init; }
@@ -27,16 +28,16 @@ public static class EditorFactory
     {
         string family = model.Config.ModelType;
         string method = choice.Method.Trim().ToLowerInvariant();
-        // The user's name=value overrides are text and parsed with the file; the typed choices then go on as `with` expressions.
+        // The file, then the user's overrides, then the typed choices: each a `with` expression on the record.
         int[]? layers = choice.Layers is null ? null : [.. EditScope.ParseLayers(choice.Layers)];
         if (method is "ft" or "ft-l")
         {
-            var hp = HyperparameterFiles.Load<FtHyperparameters>(choice.HparamsFile, method == "ft" ? "FT" : "FT-L", family, choice.Overrides);
+            var hp = choice.Overrides.ApplyTo(HyperparameterFiles.Load<FtHyperparameters>(choice.HparamsFile, method == "ft" ? "FT" : "FT-L", family));
             hp = hp with
             {
                 Layers = layers ?? hp.Layers,
                 KeyKinds = choice.KeyKinds ?? hp.KeyKinds,
-                Side = choice.Side is null ? hp.Side : EditScope.ParseSide(choice.Side).ToString().ToLowerInvariant(),
+                Side = choice.Side is { } chosen ? chosen.ToString().ToLowerInvariant() : hp.Side,
             };
             return new FineTuneEditor(hp);
         }
@@ -51,8 +52,8 @@ public static class EditorFactory
             _ => throw new ArgumentException($"unknown method \"{choice.Method}\"; use one of {string.Join(", ", Methods)}"),
         };
         if (folder is "AlphaEdit" or "KeyAlphaEdit" or "KeyMEMIT") return CreateMultiLayer(folder, family, choice, layers);
-        var lhp = Chosen(HyperparameterFiles.Load<LocateEditHyperparameters>(choice.HparamsFile, folder, family, choice.Overrides), choice, layers);
-        var side = choice.Side is null ? (EditSide?)null : EditScope.ParseSide(choice.Side);
+        var lhp = Chosen(Read(choice, folder, family), choice, layers);
+        var side = choice.Side;
         if (folder == "ROME" && side is EditSide.Keys) throw new ArgumentException("ROME edits the values; use --method keyrome for the keys");
         if (folder == "KeyROME" && side is EditSide.Values) throw new ArgumentException("Key-ROME edits the keys; use --method rome for the values");
         if (folder == "MEMIT" && side is EditSide.Keys) throw new ArgumentException("MEMIT edits the values");
@@ -70,16 +71,12 @@ public static class EditorFactory
     private static IKnowledgeEditor CreateMultiLayer(string folder, string family, EditorChoice choice, int[]? layers)
     {
         if (family is "mistral" or "qwen2" or "gemma") family = "llama";
-        var side = choice.Side is null ? (EditSide?)null : EditScope.ParseSide(choice.Side);
+        var side = choice.Side;
         if (folder == "AlphaEdit" && side is EditSide.Keys) throw new ArgumentException("AlphaEdit edits the values; use --method keyalphaedit for the keys");
         if (folder != "AlphaEdit" && side is EditSide.Values) throw new ArgumentException($"{folder} edits the keys; use --method {(folder == "KeyMEMIT" ? "memit" : "alphaedit")} for the values");
         if (side is EditSide.Both) throw new ArgumentException($"{folder} edits one side; --side both is for ft");
-        string source = choice.HparamsFile ?? $"hparams/{folder}/{family}.json";
-        if (choice.HparamsFile is not null && !File.Exists(choice.HparamsFile)) throw new InputException(choice.HparamsFile, "no such hyperparameter file");
-        string text = choice.HparamsFile is null ? HyperparameterFiles.Builtin(folder, family) : File.ReadAllText(choice.HparamsFile);
-        var overrides = choice.Overrides.ToList();
-        var (remaining, nullSpace) = NullSpaceSettings.Split(text, source, overrides);
-        var hp = Chosen(HyperparameterFiles.Parse<LocateEditHyperparameters>(remaining, source, overrides), choice, layers) with { Method = folder };
+        var hp = Chosen(Read(choice, folder, family), choice, layers) with { Method = folder };
+        var nullSpace = NullSpaceSettings.From(hp, choice.HparamsFile ?? $"hparams/{folder}/{family}.json");
         var stats = new SecondMoments(hp.Mom2Corpus, hp.Mom2NSamples, hp.Mom2SampleTokens, choice.StatsDir ?? SecondMoments.DefaultCacheDir());
         var kinds = EditScope.ParseKeyKinds(hp.KeyKinds);
         return folder switch
@@ -88,6 +85,18 @@ public static class EditorFactory
             "KeyAlphaEdit" => new KeyAlphaEditEditor(hp, nullSpace, hp.Layers, kinds, stats),
             _ => new KeyMemitEditor(hp, hp.Layers, kinds, stats),
         };
+    }
+
+    /// <summary>
+    /// The file's hyperparameters with the user's overrides; AlphaEdit's null-space pair only where the method uses it
+    /// (a ROME or MEMIT file that sets it would otherwise be read without a word).
+    /// </summary>
+    private static LocateEditHyperparameters Read(EditorChoice choice, string folder, string family)
+    {
+        var hp = choice.Overrides.ApplyTo(HyperparameterFiles.Load<LocateEditHyperparameters>(choice.HparamsFile, folder, family));
+        if (folder is not ("AlphaEdit" or "KeyAlphaEdit") && (hp.NullspaceThreshold is not null || hp.L2 is not null))
+            throw new InputException(choice.HparamsFile ?? $"hparams/{folder}/{family}.json", $"nullspace_threshold and l2 are AlphaEdit's; {folder} does not use them");
+        return hp;
     }
 
     /// <summary>The file's hyperparameters with the user's typed choices on top.</summary>

@@ -23,7 +23,6 @@ public sealed class FineTuneEditor : IKnowledgeEditor
     public FineTuneEditor(FtHyperparameters hp, EditScope? scope = null)
     {
         _hp = hp;
-        if (hp.Objective is not ("target" or "prompt_last")) throw new ArgumentException($"objective must be target or prompt_last, not \"{hp.Objective}\"");
         if (hp.Steps < 1) throw new ArgumentException("steps must be at least 1");
         Scope = scope ?? new EditScope(EditScope.ParseSide(hp.Side), hp.Layers, EditScope.ParseKeyKinds(hp.KeyKinds));
     }
@@ -58,7 +57,7 @@ public sealed class FineTuneEditor : IKnowledgeEditor
         using var frozen = new FrozenParameters(model, weights);
         using var originals = new DisposableList(_hp.NormConstraint is null ? [] : weights.Select(w => w.detach().clone().DetachFromDisposeScope()));
         using var batch = new RewriteBatch(rows, [], padId);
-        using var lastBatch = _hp.Objective == "prompt_last" ? new PromptLastBatch(rows, padId) : null;
+        using var lastBatch = _hp.Objective is FtObjective.PromptLast ? new PromptLastBatch(rows, padId) : null;
         using var adam = Tuning.AdamWOptimizer.Adam(weights, _hp.Lr, _hp.WeightDecay);  // held Scalars on this per-step path (see HeldScalars)
         using Scalar below = (-(_hp.NormConstraint ?? 0)).ToScalar(), above = (_hp.NormConstraint ?? 0).ToScalar();
         int steps = 0;

@@ -123,12 +123,7 @@ public abstract class LocateEditorBase : IKnowledgeEditor, IDisposable
     }
 
     /// <summary>fact_token "last": look up at the prompt's last token instead of the subject's.</summary>
-    protected bool Last => Hp.FactToken switch
-    {
-        "last" => true,
-        "subject_last" => false,
-        _ => throw new ArgumentException($"fact_token must be subject_last or last, not \"{Hp.FactToken}\""),
-    };
+    protected bool Last => Hp.FactToken is FactToken.Last;
 
     protected static int PadId(ITokenizer tokenizer) => tokenizer.EosId ?? 0;
 

@@ -95,12 +95,12 @@ public class EditDatasetTests
             Assert.Single(HyperparameterFiles.Load<LocateEditHyperparameters>(null, "KeyROME", family).Layers);
             Assert.True(HyperparameterFiles.Load<LocateEditHyperparameters>(null, "MEMIT", family).Layers.Length >= 5);
         }
-        var rome = HyperparameterFiles.Load<LocateEditHyperparameters>(null, "ROME", "gpt2", ["layers=[3]", "mom2_corpus=corpus.txt"]);
+        var rome = HyperparameterOverrides.Parse("rome", ["layers=[3]", "mom2_corpus=corpus.txt"]).ApplyTo(HyperparameterFiles.Load<LocateEditHyperparameters>(null, "ROME", "gpt2"));
         Assert.Equal([3], rome.Layers);
         Assert.Equal(("corpus.txt", 0.0625), (rome.Mom2Corpus, rome.KlFactor));
         Assert.Equal(17, HyperparameterFiles.Load<LocateEditHyperparameters>(null, "ROME", "gpt2").Layers[0]);
         Assert.Equal(20000, HyperparameterFiles.Load<LocateEditHyperparameters>(null, "MEMIT", "gpt2").Mom2UpdateWeight);
-        var e = Assert.Throws<InputException>(() => HyperparameterFiles.Load<FtHyperparameters>(null, "FT", "gpt2", ["stepz=3"]));
-        Assert.Contains("stepz", e.Message);
+        var e = Assert.Throws<ArgumentException>(() => HyperparameterOverrides.Parse("ft", ["stepz=3"]));
+        Assert.StartsWith("stepz: not a hyperparameter of ft", e.Message);
     }
 }

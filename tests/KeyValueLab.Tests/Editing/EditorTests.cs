@@ -82,15 +82,15 @@ public sealed class EditorTests : IClassFixture<EditorTests.Stories>
     private SecondMoments Stats(LocateEditHyperparameters hp) => new(hp.Mom2Corpus, hp.Mom2NSamples, hp.Mom2SampleTokens, _f.Cache.Path);
 
     [Theory]
-    [InlineData("values", null, "target")]
-    [InlineData("keys", "up", "target")]
-    [InlineData("keys", "gate", "prompt_last")]
-    [InlineData("keys", "both", "target")]
-    [InlineData("both", null, "target")]
-    public void FineTuningMakesTheNewObjectWin(string side, string? kinds, string objective)
+    [InlineData("values", null, FtObjective.Target)]
+    [InlineData("keys", "up", FtObjective.Target)]
+    [InlineData("keys", "gate", FtObjective.PromptLast)]
+    [InlineData("keys", "both", FtObjective.Target)]
+    [InlineData("both", null, FtObjective.Target)]
+    public void FineTuningMakesTheNewObjectWin(string side, string? kinds, FtObjective objective)
     {
         var hp = new FtHyperparameters { Layers = [2], Side = side, KeyKinds = kinds, Steps = 25, Lr = 5e-3, Objective = objective };
-        CheckEdit(new FineTuneEditor(hp), firstTokenTop: objective != "prompt_last");
+        CheckEdit(new FineTuneEditor(hp), firstTokenTop: objective != FtObjective.PromptLast);
     }
 
     [Fact]
@@ -119,7 +119,7 @@ public sealed class EditorTests : IClassFixture<EditorTests.Stories>
     [Fact]
     public void RomeMakesTheNewObjectWin()
     {
-        var hp = SmallLocate("ROME") with { FactToken = "last" };
+        var hp = SmallLocate("ROME") with { FactToken = FactToken.Last };
         using var editor = new RomeEditor(hp, 2, Stats(hp));
         CheckEdit(editor);
     }
@@ -158,7 +158,7 @@ public sealed class EditorTests : IClassFixture<EditorTests.Stories>
     [InlineData("both")]
     public void KeyRomeMakesTheNewObjectWin(string kinds)
     {
-        var hp = SmallLocate("KeyROME") with { FactToken = "last" };
+        var hp = SmallLocate("KeyROME") with { FactToken = FactToken.Last };
         using var editor = new KeyRomeEditor(hp, 2, EditScope.ParseKeyKinds(kinds), Stats(hp));
         CheckEdit(editor);
     }
@@ -171,7 +171,7 @@ public sealed class EditorTests : IClassFixture<EditorTests.Stories>
         var last = EditPrompts.Build(model, _f.Tokenizer, Request.Prompt, Request.Subject, Request.TargetNew, lookupLast: true);
         Assert.Equal(1, subjectLast.LookupIndex);  // BOS, "Lily"
         Assert.Equal(last.PromptIds.Length - 1, last.LookupIndex);
-        var hp = SmallLocate("ROME") with { FactToken = "last" };
+        var hp = SmallLocate("ROME") with { FactToken = FactToken.Last };
         using var editor = new RomeEditor(hp, 2, Stats(hp));
         CheckEdit(editor);
     }

@@ -11,7 +11,7 @@ public sealed class LifelongFactoryTests : IClassFixture<EditorTests.Stories>
     [Fact]
     public void AlphaEditTakesLlama3ValuesAndOverrides()
     {
-        var editor = EditorFactory.Create(_f.Loaded.Model, new EditorChoice { Method = "alphaedit", Layers = "1-2", Overrides = ["l2=3", "v_lr=0.2"], StatsDir = _f.Cache.Path });
+        var editor = EditorFactory.Create(_f.Loaded.Model, new EditorChoice { Method = "alphaedit", Layers = "1-2", Overrides = HyperparameterOverrides.Parse("alphaedit", ["l2=3", "v_lr=0.2"]), StatsDir = _f.Cache.Path });
         var alpha = Assert.IsType<AlphaEditEditor>(editor);
         Assert.Equal(new NullSpaceSettings(2e-2, 3), alpha.NullSpace);
         var json = editor.Hyperparameters;
@@ -45,7 +45,7 @@ public sealed class LifelongFactoryTests : IClassFixture<EditorTests.Stories>
     [InlineData("keymemit", "values", "KeyMEMIT edits the keys")]
     public void WrongSideIsRefused(string method, string side, string message)
     {
-        var e = Assert.Throws<ArgumentException>(() => EditorFactory.Create(_f.Loaded.Model, new EditorChoice { Method = method, Side = side, Layers = "1" }));
+        var e = Assert.Throws<ArgumentException>(() => EditorFactory.Create(_f.Loaded.Model, new EditorChoice { Method = method, Side = EditScope.ParseSide(side), Layers = "1" }));
         Assert.Contains(message, e.Message, StringComparison.Ordinal);
     }
 }

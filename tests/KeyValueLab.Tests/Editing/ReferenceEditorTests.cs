@@ -43,7 +43,7 @@ public sealed class ReferenceEditorTests : IDisposable
     /// <summary>The hyperparameters the reference run used (README: shared hyperparameters).</summary>
     internal static LocateEditHyperparameters Hp(string method, int[] layers) => new()
     {
-        Method = method, Layers = layers, FactToken = "subject_last", VNumGradSteps = 5, VLr = 0.5, VWeightDecay = 0.5,
+        Method = method, Layers = layers, FactToken = FactToken.SubjectLast, VNumGradSteps = 5, VLr = 0.5, VWeightDecay = 0.5,
         ClampNormFactor = 0.75, KlFactor = 0.0625, EarlyStopLoss = 5e-2, Mom2Adjustment = true, Mom2UpdateWeight = 100,
         Mom2Corpus = ReferenceFixtures.Path("editors/corpus.txt"), Mom2NSamples = 48, Mom2SampleTokens = 32,
         ContextTemplateLengthParams = [], KlPrompts = ["{} is a"],

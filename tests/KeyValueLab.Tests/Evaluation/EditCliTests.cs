@@ -64,5 +64,13 @@ public class EditCliTests
         var layer = Kvlab("edit-eval", "-m", Model, "-z", Tok, "-d", TestData.Path("zsre/zsre_mend_train-1k.json"), "--out", dir.File("o3"), "--method", "ft");
         Assert.Equal(2, layer.Code);
         Assert.Contains("layer 21 is not a layer of this model (0..4); the shipped layers are for GPT-2 XL / GPT-J / Llama-7B, pass --layers", layer.Err);
+
+        // --set is parsed once, for the method, before the model is read: the field and the problem on one line.
+        foreach (var (set, expected) in new[] { ("stepz=3", "kvlab: --set stepz: not a hyperparameter of ft"), ("lr=nan", "kvlab: --set lr: must be a finite number > 0, not nan") })
+        {
+            var refused = Kvlab("edit-eval", "-m", Model, "-z", Tok, "-d", TestData.Path("zsre/zsre_mend_train-1k.json"), "--out", dir.File("o4"), "--method", "ft", "--layers", "1", "--set", set);
+            Assert.Equal(2, refused.Code);
+            Assert.StartsWith(expected, refused.Err.Split('\n').Single(l => l.StartsWith("kvlab:", StringComparison.Ordinal)));
+        }
     }
 }

@@ -70,7 +70,7 @@ public class StoredDTypeTests(ITestOutputHelper output)
     [MemberData(nameof(NarrowFixtures))]
     public void FineTuningEditsTheSameBothWaysAndRestoresBitExact(string fixture)
     {
-        var hp = new FtHyperparameters { Layers = [1], Side = "keys", Steps = 3, Lr = 1e-3, Objective = "target" };
+        var hp = new FtHyperparameters { Layers = [1], Side = "keys", Steps = 3, Lr = 1e-3, Objective = FtObjective.Target };
         var (stored, storedNames) = Edit(fixture, WeightDType.Stored, () => new FineTuneEditor(hp));
         var (wide, _) = Edit(fixture, WeightDType.F32, () => new FineTuneEditor(hp));
         foreach (string name in storedNames) TensorAssert.CloseFp32(wide[name], stored[name], $"{fixture} FT {name}");
