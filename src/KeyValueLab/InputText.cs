@@ -32,13 +32,39 @@ public static class InputText
     /// <summary>Parses JSON text read from <paramref name="path"/>; <paramref name="where"/> ("line 3") prefixes the problem.</summary>
     public static JsonNode? ParseJson(string path, string text, string? where = null)
     {
-        try { return JsonNode.Parse(text, documentOptions: Json); }
+        try
+        {
+            var node = JsonNode.Parse(text, documentOptions: Json);
+            CheckStrings(node);
+            return node;
+        }
+        catch (InvalidOperationException e)
+        {
+            // An escaped lone UTF-16 surrogate ("\ud800") is valid JSON syntax but no text; it would throw wherever it is read.
+            throw new InputException(path, $"{(where is null ? "" : where + ": ")}a text value is not valid Unicode ({e.Message})", e);
+        }
         catch (JsonException e)
         {
             string problem = e.Message.StartsWith("Duplicate property", StringComparison.Ordinal)
                 ? $"a key appears twice in one object ({e.Message.Split(" encountered")[0].Replace("Duplicate property", "key", StringComparison.Ordinal)}{Position(e)})"
                 : $"not valid JSON: {e.Message}";
             throw new InputException(path, where is null ? problem : $"{where}: {problem}", e);
+        }
+    }
+
+    private static void CheckStrings(JsonNode? node)
+    {
+        switch (node)
+        {
+            case JsonObject o:
+                foreach (var (_, child) in o) CheckStrings(child);
+                break;
+            case JsonArray a:
+                foreach (var child in a) CheckStrings(child);
+                break;
+            case JsonValue v when v.GetValueKind() == JsonValueKind.String:
+                v.GetValue<string>();
+                break;
         }
     }
 

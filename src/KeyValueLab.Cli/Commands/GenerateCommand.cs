@@ -40,7 +40,7 @@ internal static class GenerateCommand
                 Steps = n, Temperature = t, TopK = k, TopP = p, Seed = parse.GetValue(seed), StopAtEos = !parse.GetValue(noStop),
             };
             try { options.Validate(); }  // before the model is loaded
-            catch (ArgumentException e) { throw new UsageException(e.Message); }
+            catch (ArgumentException e) { throw new UsageException("--" + e.Message); }
 
             string modelPath = parse.GetValue(model)!;
             using var loaded = ModelLoader.Load(modelPath, ModelOptions.Loading(parse, dtype, device));

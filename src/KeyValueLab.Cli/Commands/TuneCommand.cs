@@ -79,7 +79,7 @@ internal static class TuneCommand
                 job.Lora.Validate();
                 job.Training.Validate();
             }
-            catch (ArgumentException e) { throw new UsageException(e.Message); }
+            catch (ArgumentException e) { throw new UsageException("--" + e.Message); }
             var outcome = ProgressRenderer.Run(stderr, (progress, log) => TuneEngine.Run(job, progress, log));
             var report = outcome.Report(modelPath);
             File.WriteAllText(Path.Combine(outDir, "metrics.json"), report.ToJsonString());

@@ -43,7 +43,8 @@ public sealed record GenerationOptions
     /// <summary>Keep the logits of every position run, in <see cref="GenerationResult.Logits"/>.</summary>
     public bool KeepLogits { get; init; }
 
-    /// <summary>Throws <see cref="ArgumentException"/> naming the first setting that is not finite or out of its range.</summary>
+    /// <summary>Throws <see cref="ArgumentException"/> naming the first setting that is not finite or out of its range (by its
+    /// <c>kvlab generate</c> option's name without the dashes).</summary>
     public void Validate()
     {
         // Written so that NaN fails every check: a comparison with NaN is false.

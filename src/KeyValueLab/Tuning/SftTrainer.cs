@@ -39,17 +39,20 @@ public sealed record TrainOptions
     /// <summary>Continue from the last complete epoch checkpoint in <see cref="CheckpointDir"/>.</summary>
     public bool Resume { get; init; }
 
-    /// <summary>Throws <see cref="ArgumentException"/> naming the first setting that is not finite or out of its range (checked before any work).</summary>
+    /// <summary>Throws <see cref="ArgumentException"/> naming the first setting that is not finite or out of its range (by its
+    /// <c>kvlab tune</c> option's name without the dashes), checked before any work.</summary>
     public void Validate()
     {
         // Written so that NaN fails every check: a comparison with NaN is false.
-        if (!(double.IsFinite(LearningRate) && LearningRate > 0)) throw new ArgumentException($"learning rate {LearningRate} must be a finite number > 0");
-        if (!(WarmupRatio >= 0 && WarmupRatio <= 1)) throw new ArgumentException($"warmup ratio {WarmupRatio} must be in [0, 1]");
-        if (!(double.IsFinite(MaxGradNorm) && MaxGradNorm > 0)) throw new ArgumentException($"max grad norm {MaxGradNorm} must be a finite number > 0");
-        if (!(double.IsFinite(WeightDecay) && WeightDecay >= 0)) throw new ArgumentException($"weight decay {WeightDecay} must be a finite number >= 0");
-        if (Epochs < 1 || MicroBatch < 1 || GradientAccumulation < 1) throw new ArgumentException($"epochs {Epochs}, micro-batch {MicroBatch} and gradient accumulation {GradientAccumulation} must be >= 1");
-        if (MaxLength < 2) throw new ArgumentException($"max length {MaxLength} must be >= 2");
-        if (MaxSteps < 0) throw new ArgumentException($"max steps {MaxSteps} must be >= 0 (0 = no limit)");
+        if (!(double.IsFinite(LearningRate) && LearningRate > 0)) throw new ArgumentException($"lr {LearningRate} must be a finite number > 0");
+        if (!(WarmupRatio >= 0 && WarmupRatio <= 1)) throw new ArgumentException($"warmup-ratio {WarmupRatio} must be in [0, 1]");
+        if (!(double.IsFinite(MaxGradNorm) && MaxGradNorm > 0)) throw new ArgumentException($"max-grad-norm {MaxGradNorm} must be a finite number > 0");
+        if (!(double.IsFinite(WeightDecay) && WeightDecay >= 0)) throw new ArgumentException($"weight-decay {WeightDecay} must be a finite number >= 0");
+        if (Epochs < 1) throw new ArgumentException($"epochs {Epochs} must be >= 1");
+        if (MicroBatch < 1) throw new ArgumentException($"batch {MicroBatch} must be >= 1");
+        if (GradientAccumulation < 1) throw new ArgumentException($"grad-accum {GradientAccumulation} must be >= 1");
+        if (MaxLength < 2) throw new ArgumentException($"max-length {MaxLength} must be >= 2");
+        if (MaxSteps < 0) throw new ArgumentException($"max-steps {MaxSteps} must be >= 0 (0 = no limit)");
     }
 }
 

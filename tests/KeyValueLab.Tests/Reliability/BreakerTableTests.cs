@@ -71,13 +71,13 @@ public class BreakerTableTests
         ["8 COPA asking for neither cause nor effect"] = d => Task(d, """{"premise": "It rained.", "choice1": "a", "choice2": "b", "question": "because", "label": 0}""", "line 1: \"question\" must be cause or effect"),
         ["8 COPA with an empty premise"] = d => Task(d, """{"premise": " ", "choice1": "a", "choice2": "b", "question": "cause", "label": 0}""", "line 1: \"premise\" is empty"),
         ["8 COPA with invalid UTF-8"] = d => Task(d, Encoding.UTF8.GetString("{\"premise\": \"x\"}"u8) + "\uFFFF", "not valid UTF-8", invalidTail: true),
-        ["8 generate -t NaN"] = _ => new(["generate", "-m", Gpt2, "-z", Tok, "-t", "NaN"], ExitCodes.Usage, "temperature NaN", []),
-        ["8 generate -p NaN"] = _ => new(["generate", "-m", Gpt2, "-z", Tok, "-p", "NaN"], ExitCodes.Usage, "top-p NaN", []),
+        ["8 generate -t NaN"] = _ => new(["generate", "-m", Gpt2, "-z", Tok, "-t", "NaN"], ExitCodes.Usage, "--temperature NaN", []),
+        ["8 generate -p NaN"] = _ => new(["generate", "-m", Gpt2, "-z", Tok, "-p", "NaN"], ExitCodes.Usage, "--top-p NaN", []),
         ["8 edit --top -1"] = _ => new(["edit", "-m", Gpt2, "-z", Tok, "-i", "{} is in", "--subject", "Paris", "--target-new", "Rome", "--top", "-1"], ExitCodes.Usage, "--top -1", []),
         ["8 inspect with an empty prompt"] = _ => new(["inspect", "-m", Gpt2, "-z", Tok, "-i", ""], ExitCodes.Usage, "--prompt is empty", []),
-        ["8 tune --lr NaN"] = d => Tune(d, "--lr", "NaN", "learning rate NaN"),
-        ["8 tune --alpha NaN"] = d => Tune(d, "--alpha", "NaN", "LoRA alpha NaN"),
-        ["8 tune --dropout NaN"] = d => Tune(d, "--dropout", "NaN", "LoRA dropout NaN"),
+        ["8 tune --lr NaN"] = d => Tune(d, "--lr", "NaN", "--lr NaN"),
+        ["8 tune --alpha NaN"] = d => Tune(d, "--alpha", "NaN", "--alpha NaN"),
+        ["8 tune --dropout NaN"] = d => Tune(d, "--dropout", "NaN", "--dropout NaN"),
     };
 
     public static TheoryData<string> Names() => [.. Cases.Keys];
