@@ -47,7 +47,8 @@ public static class Program
             stderr.WriteLine("Try 'kvlab --help'.");
             return ExitCodes.Usage;
         }
-        var config = new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false };
+        // No termination handler of System.CommandLine: the commands that run long take SIGINT/SIGTERM themselves (Interrupts).
+        var config = new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false, ProcessTerminationTimeout = null };
         return parse.Invoke(config);
     }
 }

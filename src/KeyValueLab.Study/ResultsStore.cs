@@ -25,11 +25,25 @@ public sealed class ResultsStore : IDisposable
 
     public string Path { get; }
 
-    /// <summary>Opens (creating when <paramref name="create"/>) the store of a run folder.</summary>
+    /// <summary>What a run folder holds besides its store once units have finished: if these exist, the store must too.</summary>
+    public static readonly string[] ResultFolders = ["report", "adapters", "tune"];
+
+    private const string StartOver = "start over with `kvlab study --fresh` (moves the earlier results aside) or restore results.db from a copy";
+
+    /// <summary>
+    /// Opens (creating when <paramref name="create"/>) the store of a run folder. The store must know what it is: it passes
+    /// <c>PRAGMA integrity_check</c> and holds both tables; a store that is missing, empty or holds no units next to earlier
+    /// results (<see cref="ResultFolders"/>) is refused with a line saying how to start over, never silently restarted.
+    /// </summary>
     public static ResultsStore Open(string runFolder, bool create)
     {
         string path = System.IO.Path.Combine(runFolder, FileName);
-        if (!create && !File.Exists(path)) throw new InputException(runFolder, $"no {FileName} here: not a study run folder");
+        bool exists = File.Exists(path);
+        if (!create && !exists) throw new InputException(runFolder, $"no {FileName} here: not a study run folder");
+        var earlier = ResultFolders.Where(f => Directory.Exists(System.IO.Path.Combine(runFolder, f))).ToList();
+        string holds = $"{runFolder} holds earlier results ({string.Join(", ", earlier.Select(f => f + "/"))})";
+        if (create && earlier.Count > 0 && (!exists || new FileInfo(path).Length == 0))
+            throw new InputException(path, $"{(exists ? "is empty" : "is missing")} but {holds}; {StartOver}");
         if (create) Directory.CreateDirectory(runFolder);
         var db = new SqliteConnection(new SqliteConnectionStringBuilder
         {
@@ -41,14 +55,24 @@ public sealed class ResultsStore : IDisposable
         {
             db.Open();
             var store = new ResultsStore(db, path);
+            if (exists && store.Scalar("PRAGMA integrity_check") is var check && check != "ok")
+                throw new InputException(path, $"is damaged (integrity_check: {check}); {StartOver}");
             store.Execute("PRAGMA synchronous=FULL;");
-            if (!create)
+            var tables = store.Tables();
+            bool hasStudy = tables.Contains("study"), hasUnits = tables.Contains("units");
+            if (hasStudy != hasUnits)
+                throw new InputException(path, $"lacks its {(hasStudy ? "units" : "study")} table; {StartOver}");
+            if (!create || (!hasStudy && earlier.Count > 0))
             {
+                if (!hasStudy)
+                    throw new InputException(path, create ? $"holds no tables but {holds}; {StartOver}" : "not a KeyValueLab results store (no study or units table)");
                 string? version = store.Get("schema_version");
                 if (version != SchemaVersion.ToString(System.Globalization.CultureInfo.InvariantCulture))
                     throw new InputException(path, version is null ? "not a KeyValueLab results store" : $"results store schema {version}; this kvlab reads schema {SchemaVersion}");
-                return store;
             }
+            if (create && hasUnits && earlier.Contains("report") && store.Scalar("SELECT count(*) FROM units") == "0")
+                throw new InputException(path, $"holds no units but {holds}; {StartOver}");
+            if (!create) return store;
             store.Execute("""
                 CREATE TABLE IF NOT EXISTS study (key TEXT PRIMARY KEY, value TEXT NOT NULL);
                 CREATE TABLE IF NOT EXISTS units (
@@ -65,13 +89,38 @@ public sealed class ResultsStore : IDisposable
         catch (SqliteException e)
         {
             db.Dispose();
-            throw new InputException(path, $"not a readable results store: {e.Message}");
+            if (IsEnvironment(e)) throw new IOException($"{path}: {e.Message.TrimEnd('.')}", e);
+            throw new InputException(path, $"not a readable results store ({e.Message}); {StartOver}");
         }
-        catch (InputException)
+        catch
         {
             db.Dispose();
             throw;
         }
+    }
+
+    /// <summary>SQLite failures that come from the machine, not from the file: disk full, read-only, I/O error, cannot open, out of memory.</summary>
+    public static bool IsEnvironment(SqliteException e) => e.SqliteErrorCode is 7 or 8 or 10 or 13 or 14;
+
+    /// <summary>
+    /// Moves everything a run folder holds (but its lock) into a new sibling <c>FOLDER.old-STAMP</c>, for <c>--fresh</c>.
+    /// Nothing is deleted. Returns the folder the results went to, or null when there was nothing to move.
+    /// </summary>
+    public static string? SetAside(string runFolder)
+    {
+        var entries = Directory.EnumerateFileSystemEntries(runFolder).Where(e => !RunFolderLock.IsLockFile(System.IO.Path.GetFileName(e))).ToList();
+        if (entries.Count == 0) return null;
+        string full = System.IO.Path.GetFullPath(runFolder).TrimEnd(System.IO.Path.DirectorySeparatorChar);
+        string aside = $"{full}.old-{DateTime.UtcNow:yyyyMMdd-HHmmss}";
+        for (int n = 2; Directory.Exists(aside) || File.Exists(aside); n++) aside = $"{full}.old-{DateTime.UtcNow:yyyyMMdd-HHmmss}-{n}";
+        Directory.CreateDirectory(aside);
+        foreach (string entry in entries)
+        {
+            string to = System.IO.Path.Combine(aside, System.IO.Path.GetFileName(entry));
+            if (Directory.Exists(entry)) Directory.Move(entry, to);
+            else File.Move(entry, to);
+        }
+        return aside;
     }
 
     /// <summary>A value of the study table, or null.</summary>
@@ -89,7 +138,24 @@ public sealed class ResultsStore : IDisposable
         cmd.CommandText = "INSERT INTO study(key, value) VALUES($k, $v) ON CONFLICT(key) DO UPDATE SET value = excluded.value";
         cmd.Parameters.AddWithValue("$k", key);
         cmd.Parameters.AddWithValue("$v", value);
-        cmd.ExecuteNonQuery();
+        Write(() => cmd.ExecuteNonQuery());
+    }
+
+    private T Write<T>(Func<T> write)
+    {
+        T result = default!;
+        Write(() => { result = write(); });
+        return result;
+    }
+
+    /// <summary>Runs a write; a failure of the machine (disk full, read-only, I/O) becomes an <see cref="IOException"/> naming the store.</summary>
+    private void Write(Action write)
+    {
+        try { write(); }
+        catch (SqliteException e) when (IsEnvironment(e))
+        {
+            throw new IOException($"{Path}: {e.Message.TrimEnd('.')}; nothing of the unit in progress was stored", e);
+        }
     }
 
     /// <summary>
@@ -134,7 +200,7 @@ public sealed class ResultsStore : IDisposable
     /// <summary>Stores finished units atomically (one transaction; a batch's cases land together or not at all).</summary>
     public void Add(IEnumerable<UnitRecord> records)
     {
-        using var tx = _db.BeginTransaction();
+        using var tx = Write(() => _db.BeginTransaction());
         foreach (var r in records)
         {
             using var cmd = _db.CreateCommand();
@@ -155,13 +221,13 @@ public sealed class ResultsStore : IDisposable
             cmd.Parameters.AddWithValue("$host", r.Host);
             cmd.Parameters.AddWithValue("$versions", r.Versions);
             cmd.Parameters.AddWithValue("$shard", r.Shard);
-            try { cmd.ExecuteNonQuery(); }
+            try { Write(() => cmd.ExecuteNonQuery()); }
             catch (SqliteException e) when (e.SqliteErrorCode == 19)
             {
                 throw new InvalidOperationException($"unit {r.UnitId} is already stored in {Path}; a unit must never run twice", e);
             }
         }
-        tx.Commit();
+        Write(tx.Commit);
     }
 
     /// <summary>Every stored unit, ordered by unit id (so reports do not depend on the order units finished in).</summary>
@@ -203,11 +269,28 @@ public sealed class ResultsStore : IDisposable
         return add.Count;
     }
 
+    private string? Scalar(string sql)
+    {
+        using var cmd = _db.CreateCommand();
+        cmd.CommandText = sql;
+        return Convert.ToString(cmd.ExecuteScalar(), System.Globalization.CultureInfo.InvariantCulture);
+    }
+
+    private HashSet<string> Tables()
+    {
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        using var cmd = _db.CreateCommand();
+        cmd.CommandText = "SELECT name FROM sqlite_master WHERE type = 'table'";
+        using var reader = cmd.ExecuteReader();
+        while (reader.Read()) names.Add(reader.GetString(0));
+        return names;
+    }
+
     private void Execute(string sql)
     {
         using var cmd = _db.CreateCommand();
         cmd.CommandText = sql;
-        cmd.ExecuteNonQuery();
+        Write(() => cmd.ExecuteNonQuery());
     }
 
     public void Dispose() => _db.Dispose();

@@ -47,6 +47,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
     /// <summary>Runs this shard's missing units. Returns how many ran now.</summary>
     public int Run(CancellationToken cancel = default)
     {
+        StudyPreflight.Check(plan, LoadTokenizer);  // before the run folder is touched
         using var store = ResultsStore.Open(RunFolder, create: true);
         var models = plan.Inputs.Models;
         // Fingerprints of the tensors as loaded (a changed checkpoint at the same path is caught). A study of one model
@@ -376,8 +377,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
     public static StudyResults Load(ResultsStore store, string name)
     {
         var units = store.Units();
-        var edits = units.Where(u => u.Kind == Name(UnitKind.Edit)).Select(u => JsonSerializer.Deserialize<EditUnitResult>(u.Result, Json)!).ToList();
-        var tunes = units.Where(u => u.Kind == Name(UnitKind.Tune)).Select(u => JsonSerializer.Deserialize<TuneUnitResult>(u.Result, Json)!).ToList();
+        var (edits, tunes) = StoredUnits.Read(store.Path, units);
         var spec = JsonNode.Parse(store.Get("study_json") ?? "{}") as JsonObject ?? [];
         int total = 0;
         if (store.Get("units_total") is string t) total = int.Parse(t, CultureInfo.InvariantCulture);

@@ -204,14 +204,15 @@ public sealed record StudySpec
         {
             long length = new FileInfo(path).Length;
             if (length > MaxFileBytes) throw new InputException(path, $"the study file is {length:N0} bytes; a study file is at most {MaxFileBytes:N0}");
-            text = File.ReadAllText(path);
+            text = InputText.ReadAllText(path);  // strict UTF-8
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new InputException(path, $"cannot read the study file: {e.Message}"); }
         JsonNode? node;
         bool yaml = path.EndsWith(".yaml", StringComparison.OrdinalIgnoreCase) || path.EndsWith(".yml", StringComparison.OrdinalIgnoreCase)
                     || (!path.EndsWith(".json", StringComparison.OrdinalIgnoreCase) && !text.TrimStart().StartsWith('{'));
         try { node = yaml ? YamlToJson(text) : JsonNode.Parse(text, documentOptions: new JsonDocumentOptions { AllowDuplicateProperties = false }); }
-        catch (Exception e) when (e is JsonException or YamlException) { throw new InputException(path, $"not valid {(yaml ? "YAML" : "JSON")}: {e.Message}"); }
+        // YamlDotNet also throws InvalidOperationException on some malformed documents (found by InputFuzzTests).
+        catch (Exception e) when (e is JsonException or YamlException or InvalidOperationException) { throw new InputException(path, $"not valid {(yaml ? "YAML" : "JSON")}: {e.Message}"); }
         if (node is not JsonObject root) throw new InputException(path, "a study file must be an object (mapping) at the top level");
         return FromJson(root, path);
     }
@@ -222,6 +223,8 @@ public sealed record StudySpec
         StudyFile read;
         try { read = root.Deserialize<StudyFile>(StudyFile.Options) ?? throw new InputException(file, "a study file must be an object (mapping) at the top level"); }
         catch (JsonException e) { throw StudyFile.Problem(e, root, file); }
+        // A lone UTF-16 surrogate ("\ud800") in a string reaches the deserializer as InvalidOperationException (found by InputFuzzTests).
+        catch (InvalidOperationException e) { throw new InputException(file, $"a text value is not valid Unicode: {e.Message}"); }
         return read.Validate(file);
     }
 

@@ -37,6 +37,7 @@ internal static class EditCommand
         {
             string template = parse.GetValue(prompt)!, subj = parse.GetValue(subject)!;
             if (!template.Contains("{}", StringComparison.Ordinal)) throw new UsageException("--prompt needs {} where the subject goes");
+            if (parse.GetValue(top) < 1) throw new UsageException($"--top {parse.GetValue(top)} must be >= 1");
             string modelPath = parse.GetValue(model)!;
             var loading = Stopwatch.StartNew();
             using var loaded = ProgressRenderer.Run(stderr, (progress, _) => ModelLoader.Load(modelPath, ModelOptions.Loading(parse, dtype, device) with { Progress = progress }));

@@ -34,18 +34,17 @@ internal static class GenerateCommand
         {
             float t = parse.GetValue(temperature), p = parse.GetValue(topP);
             int k = parse.GetValue(topK), n = parse.GetValue(steps);
-            if (t < 0) throw new UsageException("--temperature must be >= 0");
-            if (p <= 0 || p > 1) throw new UsageException("--top-p must be in (0, 1]");
-            if (k < 0) throw new UsageException("--top-k must be >= 0");
             if (n < 0) throw new UsageException("--steps must be >= 0");
-
-            string modelPath = parse.GetValue(model)!;
-            using var loaded = ModelLoader.Load(modelPath, ModelOptions.Loading(parse, dtype, device));
-            ITokenizer tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer), loaded.Config);
             var options = new GenerationOptions
             {
                 Steps = n, Temperature = t, TopK = k, TopP = p, Seed = parse.GetValue(seed), StopAtEos = !parse.GetValue(noStop),
             };
+            try { options.Validate(); }  // before the model is loaded
+            catch (ArgumentException e) { throw new UsageException("--" + e.Message); }
+
+            string modelPath = parse.GetValue(model)!;
+            using var loaded = ModelLoader.Load(modelPath, ModelOptions.Loading(parse, dtype, device));
+            ITokenizer tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer), loaded.Config);
             var started = System.Diagnostics.Stopwatch.StartNew();
             var result = Generator.Generate(loaded.Model, tok, parse.GetValue(prompt) ?? "", options, text => { stdout.Write(text); stdout.Flush(); });
             stdout.Write('\n');

@@ -30,6 +30,8 @@ internal static class InspectCommand
         };
         command.SetAction(parse => CommandRunner.Run(stderr, () =>
         {
+            if (parse.GetValue(top) <= 0 || parse.GetValue(tokens) <= 0) throw new UsageException("--top and --tokens must be positive");
+            if (string.IsNullOrEmpty(parse.GetValue(prompt))) throw new UsageException("--prompt is empty: memories are read at the prompt's last token");
             string modelPath = parse.GetValue(model)!;
             using var loaded = ModelLoader.Load(modelPath, ModelOptions.Loading(parse, dtype, device));
             var tok = ModelOptions.LoadTokenizer(modelPath, parse.GetValue(tokenizer), loaded.Config);

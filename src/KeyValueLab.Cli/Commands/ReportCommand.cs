@@ -17,6 +17,8 @@ internal static class ReportCommand
         command.SetAction(parse => CommandRunner.Run(stderr, () =>
         {
             var folders = parse.GetValue(runs)!;
+            if (!Directory.Exists(folders[0])) throw new InputException(folders[0], "no such run folder");
+            using var folderLock = RunFolderLock.Acquire(folders[0]);  // the report and the merged units go into the first run folder
             string dir = Write(folders[0], folders[1..], parse.GetValue(output), stdout, stderr);
             stderr.WriteLine($"report: {Path.Combine(dir, "report.md")} and report.html");
             return ExitCodes.Ok;

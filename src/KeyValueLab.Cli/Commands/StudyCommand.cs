@@ -34,9 +34,10 @@ internal static class StudyCommand
         organismThreads.Validators.Add(r => { if (r.GetValueOrDefault<int>() < 1) r.AddError("--organism-threads must be at least 1"); });
         var noReport = new Option<bool>("--no-report") { Description = "Only run units; build the report later with kvlab report." };
         var plan = new Option<bool>("--plan") { Description = "Check the study and print its units without running anything." };
+        var fresh = new Option<bool>("--fresh") { Description = "Start the run folder over: its earlier results move to a new sibling OUT.old-<time> (nothing is deleted)." };
         var command = new Command("study", "Run the key-versus-value study (editing: FT keys vs values, ROME vs Key-ROME, MEMIT; LoRA: q,v vs +keys vs +values) and write a report.")
         {
-            studyFile, model, tokenizer, editData, tasks, seeds, output, shard, threads, organismThreads, noReport, plan,
+            studyFile, model, tokenizer, editData, tasks, seeds, output, shard, threads, organismThreads, noReport, plan, fresh,
         };
         command.SetAction(parse => CommandRunner.Run(stderr, () =>
         {
@@ -61,18 +62,16 @@ internal static class StudyCommand
                 return ExitCodes.Ok;
             }
             string outDir = parse.GetValue(output)!;
+            using var folderLock = RunFolderLock.Acquire(outDir);  // one writer per run folder, until the report is written
+            if (parse.GetValue(fresh) && ResultsStore.SetAside(outDir) is string aside)
+                stderr.WriteLine($"--fresh: the earlier results of {outDir} are now in {aside}");
             using var cancel = new CancellationTokenSource();
-            ConsoleCancelEventHandler onCancel = (_, e) => { e.Cancel = true; cancel.Cancel(); };
-            Console.CancelKeyPress += onCancel;
-            try
-            {
-                // Organisms trained on one thread each also run their units side by side, one thread each.
-                bool sideBySide = inputs.HasOrganisms && parse.GetValue(organismThreads) == 1;
-                int ran = ProgressRenderer.Run(stderr, (progress, log) =>
-                    new StudyRunner(studyPlan, outDir, part, log, progress) { SideBySide = sideBySide }.Run(cancel.Token));
-                stderr.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{ran} units run now; study command took {clock.Elapsed.TotalSeconds:F0} s"));
-            }
-            finally { Console.CancelKeyPress -= onCancel; }
+            using var interrupt = Interrupts.CancelOnSignal(cancel);
+            // Organisms trained on one thread each also run their units side by side, one thread each.
+            bool sideBySide = inputs.HasOrganisms && parse.GetValue(organismThreads) == 1;
+            int ran = ProgressRenderer.Run(stderr, (progress, log) =>
+                new StudyRunner(studyPlan, outDir, part, log, progress) { SideBySide = sideBySide }.Run(cancel.Token));
+            stderr.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{ran} units run now; study command took {clock.Elapsed.TotalSeconds:F0} s"));
             if (!parse.GetValue(noReport))
             {
                 string reportDir = ReportCommand.Write(outDir, [], null, stdout);

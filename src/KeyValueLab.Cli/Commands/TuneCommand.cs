@@ -53,10 +53,6 @@ internal static class TuneCommand
         command.SetAction(parse => CommandRunner.Run(stderr, () =>
         {
             var taskSpecs = TuningOptions.ParseTasks(parse.GetValue(tasks));
-            if (parse.GetValue(rank) < 1) throw new UsageException("--r must be >= 1");
-            if (parse.GetValue(dropout) is < 0 or >= 1) throw new UsageException("--dropout must be in [0, 1)");
-            if (parse.GetValue(epochs) < 1 || parse.GetValue(batch) < 1 || parse.GetValue(accumulation) < 1) throw new UsageException("--epochs, --batch and --grad-accum must be >= 1");
-            if (parse.GetValue(maxLength) < 2) throw new UsageException("--max-length must be >= 2");
             string modelPath = parse.GetValue(model)!, outDir = parse.GetValue(output)!;
             var job = new TuneJob
             {
@@ -77,6 +73,13 @@ internal static class TuneCommand
                 },
                 Evaluate = !parse.GetValue(noEval), EvalBatch = parse.GetValue(evalBatch), LabelLikelihood = parse.GetValue(likelihood),
             };
+            // Every number checked before any work (a NaN alpha once failed only after training, leaving checkpoints/).
+            try
+            {
+                job.Lora.Validate();
+                job.Training.Validate();
+            }
+            catch (ArgumentException e) { throw new UsageException("--" + e.Message); }
             var outcome = ProgressRenderer.Run(stderr, (progress, log) => TuneEngine.Run(job, progress, log));
             var report = outcome.Report(modelPath);
             File.WriteAllText(Path.Combine(outDir, "metrics.json"), report.ToJsonString());

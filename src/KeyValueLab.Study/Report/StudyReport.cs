@@ -16,12 +16,14 @@ public sealed record ReportFiles(string Markdown, string Html, IReadOnlyList<str
 /// </summary>
 public static class StudyReport
 {
-    /// <summary>Every file name the report may write, so a rerun into the same folder leaves no stale figure or table.</summary>
-    private static readonly string[] FigureNames = ["editing_scores", "editing_differences", "tuning_accuracy", "cost_edit_seconds", "cost_train_seconds"];
-    private static readonly string[] TableNames = ["editing_summary", "editing_differences", "costs_editing", "tuning_tasks", "tuning_pairs", "costs_tuning", "cost_differences"];
-
     public static ReportFiles Write(StudyResults results, string outDir) => Write(results, outDir, new ReportOptions());
 
+    /// <summary>
+    /// Writes the report into <paramref name="outDir"/> atomically: everything goes to a staging folder beside it, which
+    /// then replaces the folder by rename, so <paramref name="outDir"/> holds either the previous complete report or the new
+    /// one, never a part (a full disk leaves the old report and no staging folder). A folder holding anything but a
+    /// report's files is refused rather than replaced.
+    /// </summary>
     public static ReportFiles Write(StudyResults results, string outDir, ReportOptions options)
     {
         var editing = results.Edits.Count > 0 ? EditingAnalysis.Analyze(results.Edits, options) : null;
@@ -30,35 +32,67 @@ public static class StudyReport
         var builder = new Builder(results, editing, tuning, claims, options);
         var document = builder.Build();
 
-        string figuresDir = Path.Combine(outDir, "figures"), tablesDir = Path.Combine(outDir, "tables");
-        Directory.CreateDirectory(figuresDir);
-        Directory.CreateDirectory(tablesDir);
-        foreach (string name in FigureNames) File.Delete(Path.Combine(figuresDir, name + ".png"));
-        foreach (string name in TableNames)
+        CheckReplaceable(outDir);
+        string target = Path.GetFullPath(outDir).TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar);
+        string staging = $"{target}.staging-{Environment.ProcessId}", replaced = $"{target}.replaced-{Environment.ProcessId}";
+        try
         {
-            File.Delete(Path.Combine(tablesDir, name + ".csv"));
-            File.Delete(Path.Combine(tablesDir, name + ".json"));
+            if (Directory.Exists(staging)) Directory.Delete(staging, recursive: true);
+            WriteFiles(document, builder.Tables, staging);
+            if (Directory.Exists(target))
+            {
+                Directory.Move(target, replaced);
+                try { Directory.Move(staging, target); }
+                catch
+                {
+                    Directory.Move(replaced, target);
+                    throw;
+                }
+                Directory.Delete(replaced, recursive: true);
+            }
+            else Directory.Move(staging, target);
         }
+        finally
+        {
+            if (Directory.Exists(staging)) Directory.Delete(staging, recursive: true);
+        }
+        return new ReportFiles(Path.Combine(outDir, "report.md"), Path.Combine(outDir, "report.html"),
+            [.. document.Blocks.OfType<FigureBlock>().Select(f => Path.Combine(outDir, f.RelativePath))],
+            [.. builder.Tables.SelectMany(t => new[] { Path.Combine(outDir, "tables", t.Name + ".csv"), Path.Combine(outDir, "tables", t.Name + ".json") })],
+            builder.Notes);
+    }
 
-        var figures = new List<string>();
-        foreach (var figure in document.Blocks.OfType<FigureBlock>())
+    private static void WriteFiles(ReportDocument document, IReadOnlyList<ReportTable> tables, string dir)
+    {
+        Directory.CreateDirectory(Path.Combine(dir, "figures"));
+        Directory.CreateDirectory(Path.Combine(dir, "tables"));
+        foreach (var figure in document.Blocks.OfType<FigureBlock>()) File.WriteAllBytes(Path.Combine(dir, figure.RelativePath), figure.Png);
+        foreach (var table in tables)
         {
-            string path = Path.Combine(outDir, figure.RelativePath);
-            File.WriteAllBytes(path, figure.Png);
-            figures.Add(path);
+            File.WriteAllText(Path.Combine(dir, "tables", table.Name + ".csv"), table.ToCsv());
+            File.WriteAllText(Path.Combine(dir, "tables", table.Name + ".json"), table.ToJson());
         }
-        var tables = new List<string>();
-        foreach (var table in builder.Tables)
+        File.WriteAllText(Path.Combine(dir, "report.md"), document.ToMarkdown());
+        File.WriteAllText(Path.Combine(dir, "report.html"), document.ToHtml());
+    }
+
+    /// <summary>The report replaces its folder whole: refuse a folder that holds anything a report does not write.</summary>
+    private static void CheckReplaceable(string outDir)
+    {
+        if (File.Exists(outDir)) throw new InputException(outDir, "is a file, not a report folder");
+        if (!Directory.Exists(outDir)) return;
+        foreach (string entry in Directory.EnumerateFileSystemEntries(outDir))
         {
-            string csv = Path.Combine(tablesDir, table.Name + ".csv"), json = Path.Combine(tablesDir, table.Name + ".json");
-            File.WriteAllText(csv, table.ToCsv());
-            File.WriteAllText(json, table.ToJson());
-            tables.AddRange([csv, json]);
+            string name = Path.GetFileName(entry);
+            bool ours = name switch
+            {
+                "report.md" or "report.html" => File.Exists(entry),
+                "figures" => Directory.Exists(entry) && Directory.EnumerateFileSystemEntries(entry).All(f => f.EndsWith(".png", StringComparison.Ordinal) && File.Exists(f)),
+                "tables" => Directory.Exists(entry) && Directory.EnumerateFileSystemEntries(entry).All(f => (f.EndsWith(".csv", StringComparison.Ordinal) || f.EndsWith(".json", StringComparison.Ordinal)) && File.Exists(f)),
+                _ => false,
+            };
+            if (!ours) throw new InputException(outDir, $"holds {name}, which is not part of a kvlab report: the report replaces its folder whole, so give a new or empty --out folder");
         }
-        string md = Path.Combine(outDir, "report.md"), html = Path.Combine(outDir, "report.html");
-        File.WriteAllText(md, document.ToMarkdown());
-        File.WriteAllText(html, document.ToHtml());
-        return new ReportFiles(md, html, figures, tables, builder.Notes);
     }
 
     /// <summary>Builds the document section by section and collects the tables and notes on the way.</summary>

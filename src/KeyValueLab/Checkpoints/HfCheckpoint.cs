@@ -120,6 +120,10 @@ public sealed class HfCheckpoint : ICheckpoint
         {
             throw new InputException(path, $"not valid JSON: duplicate key ({e.Message})", e);
         }
+        catch (InvalidOperationException e)
+        {
+            throw new InputException(path, $"not valid JSON: a text value is not valid Unicode ({e.Message})", e);
+        }
         catch (IOException e)
         {
             throw new InputException(path, $"cannot read: {e.Message}", e);
@@ -131,6 +135,7 @@ public sealed class HfCheckpoint : ICheckpoint
     {
         if (node is JsonObject o) foreach (var (_, child) in o) Materialise(child);
         else if (node is JsonArray a) foreach (var child in a) Materialise(child);
+        else if (node is JsonValue v && v.GetValueKind() == System.Text.Json.JsonValueKind.String) v.GetValue<string>();  // a lone surrogate escape throws here, not later
     }
 
     private static JsonObject ReadConfig(string path) => ReadJsonObject(path);

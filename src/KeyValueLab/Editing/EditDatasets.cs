@@ -18,16 +18,7 @@ public static class EditDatasets
     public static IReadOnlyList<EditCase> Load(string path, ZsreTarget zsreTarget = ZsreTarget.Answer)
     {
         if (!File.Exists(path)) throw new InputException(path, "no such file");
-        JsonNode? root;
-        try
-        {
-            using var stream = File.OpenRead(path);
-            root = JsonNode.Parse(stream, documentOptions: new JsonDocumentOptions { AllowTrailingCommas = false });
-        }
-        catch (JsonException e)
-        {
-            throw new InputException(path, $"not valid JSON: {e.Message}");
-        }
+        var root = InputText.ParseJson(path, InputText.ReadAllText(path));  // strict UTF-8, no key twice
         if (root is not JsonArray records) throw new InputException(path, "expected a JSON array of edit records");
         if (records.Count == 0) throw new InputException(path, "the file holds no records");
         var format = Detect(path, records[0]);

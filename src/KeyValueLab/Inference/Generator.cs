@@ -42,6 +42,16 @@ public sealed record GenerationOptions
 
     /// <summary>Keep the logits of every position run, in <see cref="GenerationResult.Logits"/>.</summary>
     public bool KeepLogits { get; init; }
+
+    /// <summary>Throws <see cref="ArgumentException"/> naming the first setting that is not finite or out of its range (by its
+    /// <c>kvlab generate</c> option's name without the dashes).</summary>
+    public void Validate()
+    {
+        // Written so that NaN fails every check: a comparison with NaN is false.
+        if (!(float.IsFinite(Temperature) && Temperature >= 0)) throw new ArgumentException($"temperature {Temperature} must be a finite number >= 0");
+        if (!(TopP > 0 && TopP <= 1)) throw new ArgumentException($"top-p {TopP} must be in (0, 1]");
+        if (TopK < 0) throw new ArgumentException($"top-k {TopK} must be >= 0");
+    }
 }
 
 /// <summary>What one generation run produced.</summary>

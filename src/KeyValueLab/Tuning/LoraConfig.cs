@@ -34,6 +34,15 @@ public sealed record LoraConfig
     /// <summary>The factor on B·A: α/r, or α/√r with rsLoRA.</summary>
     public double Scale => UseRsLora ? Alpha / Math.Sqrt(R) : Alpha / R;
 
+    /// <summary>Throws <see cref="ArgumentException"/> naming the first setting that is not finite or out of its range (by its
+    /// <c>kvlab tune</c> option's name without the dashes), checked before any work.</summary>
+    public void Validate()
+    {
+        if (R < 1) throw new ArgumentException($"r {R} (the LoRA rank) must be >= 1");
+        if (!(double.IsFinite(Alpha) && Alpha > 0)) throw new ArgumentException($"alpha {Alpha} must be a finite number > 0");
+        if (!(Dropout >= 0 && Dropout < 1)) throw new ArgumentException($"dropout {Dropout} must be in [0, 1)");
+    }
+
     /// <summary>Whether PEFT's rules select module <paramref name="moduleName"/>.</summary>
     public bool Matches(string moduleName) =>
         TargetRegex is not null

@@ -38,6 +38,22 @@ public sealed record TrainOptions
 
     /// <summary>Continue from the last complete epoch checkpoint in <see cref="CheckpointDir"/>.</summary>
     public bool Resume { get; init; }
+
+    /// <summary>Throws <see cref="ArgumentException"/> naming the first setting that is not finite or out of its range (by its
+    /// <c>kvlab tune</c> option's name without the dashes), checked before any work.</summary>
+    public void Validate()
+    {
+        // Written so that NaN fails every check: a comparison with NaN is false.
+        if (!(double.IsFinite(LearningRate) && LearningRate > 0)) throw new ArgumentException($"lr {LearningRate} must be a finite number > 0");
+        if (!(WarmupRatio >= 0 && WarmupRatio <= 1)) throw new ArgumentException($"warmup-ratio {WarmupRatio} must be in [0, 1]");
+        if (!(double.IsFinite(MaxGradNorm) && MaxGradNorm > 0)) throw new ArgumentException($"max-grad-norm {MaxGradNorm} must be a finite number > 0");
+        if (!(double.IsFinite(WeightDecay) && WeightDecay >= 0)) throw new ArgumentException($"weight-decay {WeightDecay} must be a finite number >= 0");
+        if (Epochs < 1) throw new ArgumentException($"epochs {Epochs} must be >= 1");
+        if (MicroBatch < 1) throw new ArgumentException($"batch {MicroBatch} must be >= 1");
+        if (GradientAccumulation < 1) throw new ArgumentException($"grad-accum {GradientAccumulation} must be >= 1");
+        if (MaxLength < 2) throw new ArgumentException($"max-length {MaxLength} must be >= 2");
+        if (MaxSteps < 0) throw new ArgumentException($"max-steps {MaxSteps} must be >= 0 (0 = no limit)");
+    }
 }
 
 /// <summary>Fixed-length training rows: ids <c>[rows, L]</c>, labels (−100 = no loss) and how many positions are real.</summary>
@@ -106,7 +122,9 @@ public static class SftTrainer
     /// <summary>
     /// Trains the adapters of <paramref name="lora"/> on <paramref name="examples"/>; reports every optimizer step (loss, learning
     /// rate, tokens/s) to <paramref name="progress"/>, a line per epoch to <paramref name="log"/>, and writes a checkpoint after every
-    /// epoch when <see cref="TrainOptions.CheckpointDir"/> is set. <paramref name="cancel"/> is checked between steps.
+    /// epoch when <see cref="TrainOptions.CheckpointDir"/> is set. <paramref name="cancel"/> is checked between steps; when it
+    /// fires, the steps done so far are kept in <c>checkpoint-interrupted/</c> (with the dropout generator's state), from which
+    /// <see cref="TrainOptions.Resume"/> continues mid-epoch as if nothing had happened.
     /// </summary>
     public static TrainResult Train(LoraModel lora, ITokenizer tokenizer, IReadOnlyList<TaskExample> examples, TrainOptions options,
         IProgress<WorkProgress>? progress = null, Action<string>? log = null, CancellationToken cancel = default)
@@ -121,7 +139,9 @@ public static class SftTrainer
 
         var parameters = lora.Parameters();
         using var optimizer = new AdamWOptimizer(parameters, options.LearningRate, weightDecay: options.WeightDecay);
-        int startEpoch = 0, step = 0;
+        int startEpoch = 0, step = 0, startStepInEpoch = 0, resumedLossCount = 0;
+        double resumedLossSum = 0;
+        byte[]? dropoutState = null;
         var epochLosses = new List<double>();
         if (options.Resume && options.CheckpointDir is not null && LastCheckpoint(options.CheckpointDir) is (string dir, int doneEpochs))
         {
@@ -133,6 +153,26 @@ public static class SftTrainer
             startEpoch = doneEpochs;
             log?.Invoke($"resuming after epoch {doneEpochs} (step {step}) from {dir}");
         }
+        string? interrupted = options.CheckpointDir is null ? null : Path.Combine(options.CheckpointDir, InterruptedName);
+        if (options.Resume && interrupted is not null && File.Exists(Path.Combine(interrupted, "trainer_state.json")))
+        {
+            var state = JsonNode.Parse(File.ReadAllText(Path.Combine(interrupted, "trainer_state.json")))!.AsObject();
+            if ((int)state["global_step"]! > step)
+            {
+                lora.LoadWeights(Path.Combine(interrupted, LoraModel.WeightsFile));
+                optimizer.Load(Path.Combine(interrupted, OptimizerFile), legacyPath: Path.Combine(interrupted, LegacyOptimizerFile));
+                step = (int)state["global_step"]!;
+                epochLosses.Clear();
+                epochLosses.AddRange(state["epoch_losses"]!.AsArray().Select(n => (double)n!));
+                startEpoch = (int)state["epoch"]!;
+                startStepInEpoch = (int)state["step_in_epoch"]!;
+                resumedLossSum = (double)state["loss_sum"]!;
+                resumedLossCount = (int)state["loss_count"]!;
+                dropoutState = File.ReadAllBytes(Path.Combine(interrupted, DropoutStateFile));
+                log?.Invoke($"resuming interrupted epoch {startEpoch + 1} at step {step} from {interrupted}");
+            }
+        }
+        int stepsBefore = step;
 
         lora.Training = true;
         var clock = Stopwatch.StartNew();
@@ -141,12 +181,24 @@ public static class SftTrainer
         {
             lora.DropoutGenerator?.Dispose();
             lora.DropoutGenerator = new torch.Generator((ulong)(options.Seed + epoch));  // seeded per epoch: a resumed run continues identically
-            var order = TaskLoader.Permutation(data.Rows, options.Seed + epoch);
-            double lossSum = 0;
-            int lossCount = 0;
-            for (int s = 0; s < stepsPerEpoch && (options.MaxSteps <= 0 || step < totalSteps); s++)
+            bool midEpoch = epoch == startEpoch && startStepInEpoch > 0;
+            if (midEpoch && dropoutState is not null)
             {
-                cancel.ThrowIfCancellationRequested();
+                using var saved = tensor(dropoutState, dtype: ScalarType.Byte);
+                lora.DropoutGenerator.set_state(saved);
+            }
+            var order = TaskLoader.Permutation(data.Rows, options.Seed + epoch);
+            double lossSum = midEpoch ? resumedLossSum : 0;
+            int lossCount = midEpoch ? resumedLossCount : 0;
+            for (int s = midEpoch ? startStepInEpoch : 0; s < stepsPerEpoch && (options.MaxSteps <= 0 || step < totalSteps); s++)
+            {
+                if (cancel.IsCancellationRequested)
+                {
+                    // Keep what this run trained: the next run resumes at this very step.
+                    if (interrupted is not null && step > stepsBefore)
+                        SaveInterrupted(lora, optimizer, interrupted, epoch, s, step, epochLosses, lossSum, lossCount);
+                    cancel.ThrowIfCancellationRequested();
+                }
                 double lr = options.LearningRate * (step < warmup ? (double)step / Math.Max(1, warmup) : 1.0);
                 optimizer.LearningRate = lr;
                 optimizer.ZeroGrad();
@@ -175,7 +227,11 @@ public static class SftTrainer
             epochLosses.Add(lossCount > 0 ? lossSum / lossCount : double.NaN);
             log?.Invoke(string.Create(CultureInfo.InvariantCulture,
                 $"epoch {epoch + 1}/{options.Epochs}: step {step}/{totalSteps}, mean loss {epochLosses[^1]:F4}, {tokensSeen / clock.Elapsed.TotalSeconds:F0} tok/s"));
-            if (options.CheckpointDir is not null) SaveCheckpoint(lora, optimizer, options.CheckpointDir, epoch + 1, step, epochLosses);
+            if (options.CheckpointDir is not null)
+            {
+                SaveCheckpoint(lora, optimizer, options.CheckpointDir, epoch + 1, step, epochLosses);
+                if (Directory.Exists(interrupted)) Directory.Delete(interrupted, recursive: true);  // older than this epoch's checkpoint
+            }
         }
         lora.Training = false;
         double seconds = clock.Elapsed.TotalSeconds;
@@ -199,19 +255,44 @@ public static class SftTrainer
     /// <summary>AdamW state of a checkpoint: <c>optimizer.safetensors</c>, or TorchSharp's <c>optimizer.bin</c> in checkpoints written before.</summary>
     private const string OptimizerFile = "optimizer.safetensors", LegacyOptimizerFile = "optimizer.bin";
 
-    private static void SaveCheckpoint(LoraModel lora, AdamWOptimizer optimizer, string root, int epoch, int step, List<double> losses)
+    /// <summary>The checkpoint an interrupted run leaves mid-epoch, and the dropout generator's state inside it.</summary>
+    public const string InterruptedName = "checkpoint-interrupted";
+    private const string DropoutStateFile = "dropout_generator.bin";
+
+    private static void SaveCheckpoint(LoraModel lora, AdamWOptimizer optimizer, string root, int epoch, int step, List<double> losses) =>
+        Save(lora, optimizer, Path.Combine(root, $"checkpoint-epoch-{epoch}"), new JsonObject
+        {
+            ["epoch"] = epoch,
+            ["global_step"] = step,
+            ["epoch_losses"] = Losses(losses),
+        });
+
+    /// <summary>Mid-epoch state: <paramref name="epoch"/> is 0-based and <paramref name="stepInEpoch"/> the next step to run in it.</summary>
+    private static void SaveInterrupted(LoraModel lora, AdamWOptimizer optimizer, string dir, int epoch, int stepInEpoch, int step,
+        List<double> losses, double lossSum, int lossCount) =>
+        Save(lora, optimizer, dir, new JsonObject
+        {
+            ["epoch"] = epoch,
+            ["step_in_epoch"] = stepInEpoch,
+            ["global_step"] = step,
+            ["epoch_losses"] = Losses(losses),
+            ["loss_sum"] = lossSum,
+            ["loss_count"] = lossCount,
+        }, tmp =>
+        {
+            using var state = lora.DropoutGenerator!.get_state();
+            File.WriteAllBytes(Path.Combine(tmp, DropoutStateFile), state.data<byte>().ToArray());
+        });
+
+    private static JsonArray Losses(List<double> losses) => new([.. losses.Select(l => (JsonNode?)JsonValue.Create(l))]);
+
+    private static void Save(LoraModel lora, AdamWOptimizer optimizer, string dir, JsonObject state, Action<string>? more = null)
     {
-        string dir = Path.Combine(root, $"checkpoint-epoch-{epoch}");
         string tmp = dir + ".partial";
         if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
         lora.Save(tmp);
         optimizer.Save(Path.Combine(tmp, OptimizerFile));
-        var state = new JsonObject
-        {
-            ["epoch"] = epoch,
-            ["global_step"] = step,
-            ["epoch_losses"] = new JsonArray([.. losses.Select(l => (JsonNode?)JsonValue.Create(l))]),
-        };
+        more?.Invoke(tmp);
         File.WriteAllText(Path.Combine(tmp, "trainer_state.json"), state.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
         if (Directory.Exists(dir)) Directory.Delete(dir, true);
         Directory.Move(tmp, dir);  // a checkpoint folder exists only when complete

@@ -131,27 +131,23 @@ public static class TaskLoader
     private static List<TaskExample> ReadJson(string task, string path)
     {
         var examples = new List<TaskExample>();
-        string text = File.ReadAllText(path);
+        string text = InputText.ReadAllText(path);  // strict UTF-8
         var trimmed = text.TrimStart();
         // A whole-file JSON array or object (RACE ships one article per .json file); else JSON lines.
         if (trimmed.StartsWith('[') || path.EndsWith(".json", StringComparison.OrdinalIgnoreCase))
         {
-            JsonNode? root;
-            try { root = JsonNode.Parse(text); }
-            catch (JsonException e) { throw new InputException(path, $"not valid JSON: {e.Message}", e); }
+            var root = InputText.ParseJson(path, text);
             var rows = root is JsonArray arr ? arr.ToList() : [root];
             for (int i = 0; i < rows.Count; i++)
                 examples.AddRange(FromRow(task, rows[i] as JsonObject ?? throw new InputException(path, $"item {i + 1}: expected a JSON object"), path, $"item {i + 1}"));
             return examples;
         }
         int line = 0;
-        foreach (string raw in File.ReadLines(path))
+        foreach (string raw in text.ReplaceLineEndings("\n").Split('\n'))
         {
             line++;
             if (string.IsNullOrWhiteSpace(raw)) continue;
-            JsonNode? node;
-            try { node = JsonNode.Parse(raw); }
-            catch (JsonException e) { throw new InputException(path, $"line {line}: not valid JSON ({e.Message.Split('.')[0]})", e); }
+            var node = InputText.ParseJson(path, raw, $"line {line}");
             examples.AddRange(FromRow(task, node as JsonObject ?? throw new InputException(path, $"line {line}: expected a JSON object"), path, $"line {line}"));
         }
         return examples;
@@ -177,7 +173,11 @@ public static class TaskLoader
             case "copa":
                 if (!HasLabel()) yield break;
                 int choice = row["label"] is JsonValue cv && cv.TryGetValue(out int c) && c is 0 or 1 ? c : throw Bad("\"label\" must be 0 or 1");
-                yield return new(task, TaskPrompts.Copa(Str("premise"), Str("choice1"), Str("choice2"), Str("question")), choice == 0 ? "Choice1" : "Choice2");
+                string premise = Str("premise"), copaQuestion = Str("question");
+                // SuperGLUE COPA asks for the cause or the effect; anything else would silently get the effect's prompt.
+                if (copaQuestion is not ("cause" or "effect")) throw Bad($"\"question\" must be cause or effect, not \"{copaQuestion}\"");
+                if (string.IsNullOrWhiteSpace(premise)) throw Bad("\"premise\" is empty");
+                yield return new(task, TaskPrompts.Copa(premise, Str("choice1"), Str("choice2"), copaQuestion), choice == 0 ? "Choice1" : "Choice2");
                 break;
             case "cb" or "rte":
                 if (!HasLabel()) yield break;
@@ -251,7 +251,7 @@ public static class TaskLoader
 
     private static List<TaskExample> ReadTsv(string task, string path)
     {
-        using var reader = new StreamReader(path);
+        using var reader = new StringReader(InputText.ReadAllText(path));  // strict UTF-8
         string header = reader.ReadLine() ?? throw new InputException(path, "empty file (expected a GLUE header line)");
         var columns = header.Split('\t');
         int Col(params string[] names)

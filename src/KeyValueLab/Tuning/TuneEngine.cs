@@ -67,6 +67,8 @@ public static class TuneEngine
     /// <summary>Runs <paramref name="job"/>; training steps go to <paramref name="progress"/>, one-line messages to <paramref name="log"/>.</summary>
     public static TuneOutcome Run(TuneJob job, IProgress<WorkProgress>? progress = null, Action<string>? log = null, CancellationToken cancel = default)
     {
+        job.Lora.Validate();  // every number before any work
+        job.Training.Validate();
         using var loaded = ModelLoader.Load(job.ModelPath, job.Loading);
         var tokenizer = TokenizerLoader.ForModel(job.ModelPath, job.TokenizerPath, job.TokenizerHint, loaded.Config.VocabSize);
         var data = job.Tasks.Select(t => TaskLoader.Load(t.Key, t.Value, job.Selection)).ToList();

@@ -82,3 +82,52 @@ public class TrainerTests(ITestOutputHelper output)
         Assert.True(File.Exists(Path.Combine(dir.Path, "checkpoint-epoch-2", "trainer_state.json")));
     }
 }
+
+public class TrainerInterruptTests(ITestOutputHelper output)
+{
+    /// <summary>
+    /// Cancelled after a seeded number of steps inside an epoch (the seed is printed; KVLAB_TEST_SEED replays it), training
+    /// keeps checkpoint-interrupted/, and the resumed run ends with the same adapter and losses as an uninterrupted one.
+    /// </summary>
+    [Fact]
+    public void ACancelledRunKeepsItsStepsAndTheResumeEqualsTheUninterruptedRun()
+    {
+        using var dir = new TempDir();
+        var tok = TokenizerLoader.Load(TestData.Path("gpt2_tokenizer"));
+        var data = TaskLoader.Load("copa", TestData.Path("superglue/COPA"), new TaskSelection { MaxTrain = 24, MaxEval = 2 });
+        var config = new LoraConfig { TargetModules = ["c_attn"], Dropout = 0.1 };
+        var options = new TrainOptions { Epochs = 2, MicroBatch = 2, GradientAccumulation = 1, MaxLength = 32, LearningRate = 5e-3, CheckpointDir = dir.Path, Resume = true };
+
+        (Tensor B, TrainResult Result) Run(string checkpoints, CancellationToken cancel = default, IProgress<KeyValueLab.WorkProgress>? progress = null)
+        {
+            using var loaded = ModelLoader.Load(TestData.Path("fixtures/tiny_gpt2"));
+            using var lora = LoraModel.Attach(loaded.Model, config, seed: 3);
+            var result = SftTrainer.Train(lora, tok, data.Train, options with { CheckpointDir = checkpoints }, progress, cancel: cancel);
+            return (lora.Layers[0].B.detach().clone(), result);
+        }
+        var straight = Run(dir.File("straight"));
+        int stepsPerEpoch = straight.Result.Steps / 2;
+        int seed = int.TryParse(Environment.GetEnvironmentVariable("KVLAB_TEST_SEED"), out int given) ? given : Random.Shared.Next();
+        int stopAfter = new Random(seed).Next(1, stepsPerEpoch);  // inside epoch 1, never on its boundary
+        output.WriteLine($"seed {seed}: cancel after step {stopAfter} of {straight.Result.Steps} ({stepsPerEpoch} per epoch)");
+
+        using var cancel = new CancellationTokenSource();
+        var stop = new Inline(p => { if (p.Done == stopAfter) cancel.Cancel(); });
+        Assert.ThrowsAny<OperationCanceledException>(() => Run(dir.File("cut"), cancel.Token, stop));
+        var state = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Path.Combine(dir.File("cut"), SftTrainer.InterruptedName, "trainer_state.json")))!;
+        Assert.Equal(stopAfter, (int)state["global_step"]!);
+        var resumed = Run(dir.File("cut"));
+        Assert.False(Directory.Exists(Path.Combine(dir.File("cut"), SftTrainer.InterruptedName)));  // superseded by the epoch checkpoints
+        double diff = (resumed.B - straight.B).abs().max().item<float>();
+        output.WriteLine($"resumed vs straight max |Δ| = {diff:G3}; losses {string.Join(", ", resumed.Result.EpochLosses)} vs {string.Join(", ", straight.Result.EpochLosses)}");
+        Assert.True(diff < 1e-6, $"{diff}");  // as the epoch-checkpoint resume above: the same steps on the same state
+        Assert.Equal(straight.Result.EpochLosses.Count, resumed.Result.EpochLosses.Count);
+        for (int i = 0; i < straight.Result.EpochLosses.Count; i++)
+            Assert.True(Math.Abs(straight.Result.EpochLosses[i] - resumed.Result.EpochLosses[i]) <= 1e-6, $"epoch {i + 1}: {resumed.Result.EpochLosses[i]} vs {straight.Result.EpochLosses[i]}");
+    }
+
+    private sealed class Inline(Action<KeyValueLab.WorkProgress> report) : IProgress<KeyValueLab.WorkProgress>
+    {
+        public void Report(KeyValueLab.WorkProgress value) => report(value);
+    }
+}
