@@ -47,7 +47,8 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
     /// <summary>Runs this shard's missing units. Returns how many ran now.</summary>
     public int Run(CancellationToken cancel = default)
     {
-        StudyPreflight.Check(plan, LoadTokenizer);  // before the run folder is touched
+        // Before the run folder is touched. The organisms of a study share one world, so one tokenizer serves them all.
+        StudyPreflight.Check(plan, () => LoadTokenizer(plan.Inputs.Models[0], plan.Config.VocabSize));
         using var store = ResultsStore.Open(RunFolder, create: true);
         var models = plan.Inputs.Models;
         // Fingerprints of the tensors as loaded (a changed checkpoint at the same path is caught). A study of one model
