@@ -211,8 +211,9 @@ public sealed record StudySpec
         bool yaml = path.EndsWith(".yaml", StringComparison.OrdinalIgnoreCase) || path.EndsWith(".yml", StringComparison.OrdinalIgnoreCase)
                     || (!path.EndsWith(".json", StringComparison.OrdinalIgnoreCase) && !text.TrimStart().StartsWith('{'));
         try { node = yaml ? YamlToJson(text) : JsonNode.Parse(text, documentOptions: new JsonDocumentOptions { AllowDuplicateProperties = false }); }
-        // YamlDotNet also throws InvalidOperationException on some malformed documents (found by InputFuzzTests).
-        catch (Exception e) when (e is JsonException or YamlException or InvalidOperationException) { throw new InputException(path, $"not valid {(yaml ? "YAML" : "JSON")}: {e.Message}"); }
+        // YamlDotNet also throws InvalidOperationException, and ArgumentException ("The current event is of an unsupported
+        // type"), on some malformed documents (both found by InputFuzzTests).
+        catch (Exception e) when (e is JsonException or YamlException or InvalidOperationException || (yaml && e is ArgumentException)) { throw new InputException(path, $"not valid {(yaml ? "YAML" : "JSON")}: {e.Message}"); }
         if (node is not JsonObject root) throw new InputException(path, "a study file must be an object (mapping) at the top level");
         return FromJson(root, path);
     }

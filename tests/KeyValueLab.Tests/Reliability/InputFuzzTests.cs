@@ -17,14 +17,17 @@ public class InputFuzzTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     private const int PerKind = 2600;  // 4 kinds: 10,400 files
 
+    /// <summary>The default seed, so that CI is repeatable: the one whose run found YamlDotNet's ArgumentException.</summary>
+    private const int FixedSeed = 614900060;
+
     private static readonly string[] Extremes =
         ["NaN", "-1", "0", "1e309", "-1e309", "2147483648", "1e300", "null", "true", "[]", "{}", "\"\"", "\"{}\"", "9999999999999999999999", "\"\\ud800\""];
 
     [Fact]
     public void TenThousandMutatedInputFilesGiveOnlyCleanInputErrors()
     {
-        int seed = int.TryParse(Environment.GetEnvironmentVariable("KVLAB_TEST_SEED"), out int given) ? given : Random.Shared.Next();
-        output.WriteLine($"fuzz seed {seed}");
+        int seed = int.TryParse(Environment.GetEnvironmentVariable("KVLAB_TEST_SEED"), out int given) ? given : FixedSeed;
+        output.WriteLine($"fuzz seed {seed}");  // KVLAB_TEST_SEED=<n> explores other mutations; CI runs the fixed seed
         var random = new Random(seed);
         using var dir = new TempDir();
         var clock = Stopwatch.StartNew();
