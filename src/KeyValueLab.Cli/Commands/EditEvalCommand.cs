@@ -59,6 +59,7 @@ internal static class EditEvalCommand
             var cases = all.Skip(first).Take(n == 0 ? int.MaxValue : n).ToList();
             var kept = all.Skip(first + cases.Count).Take(keep).ToList();
             if (kept.Count < keep) throw new UsageException($"--retained {keep}: only {kept.Count} records follow the slice");
+            EditRun.RefuseSharedCaseFiles(cases, datasetPath);  // before any work
 
             string modelPath = parse.GetValue(model)!;
             using var loaded = ProgressRenderer.Run(stderr, (progress, _) => ModelLoader.Load(modelPath, ModelOptions.Loading(parse, dtype, device) with { Progress = progress }));

@@ -80,7 +80,9 @@ internal static class TuneCommand
                 job.Training.Validate();
             }
             catch (ArgumentException e) { throw new UsageException("--" + e.Message); }
-            var outcome = ProgressRenderer.Run(stderr, (progress, log) => TuneEngine.Run(job, progress, log));
+            using var cancel = new CancellationTokenSource();
+            using var interrupt = Interrupts.CancelOnSignal(cancel);  // Ctrl-C: training keeps checkpoint-interrupted/ and exits 130
+            var outcome = ProgressRenderer.Run(stderr, (progress, log) => TuneEngine.Run(job, progress, log, cancel.Token));
             var report = outcome.Report(modelPath);
             File.WriteAllText(Path.Combine(outDir, "metrics.json"), report.ToJsonString());
             stdout.WriteLine(outcome.TrainableSummary);

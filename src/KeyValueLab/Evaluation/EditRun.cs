@@ -100,7 +100,7 @@ public sealed class EditRun
     public EditSummary Run(CausalLM model, ITokenizer tokenizer, IKnowledgeEditor editor, IReadOnlyList<EditCase> cases,
         JsonObject runParams, IProgress<WorkProgress>? progress = null, Action<string>? log = null, CancellationToken cancel = default)
     {
-        CheckFileNames(cases);
+        RefuseSharedCaseFiles(cases, Path.Combine(OutputDir, "cases"));
         Directory.CreateDirectory(Path.Combine(OutputDir, "cases"));
         var parameters = (JsonObject)runParams.DeepClone();
         parameters["method"] = editor.Method;
@@ -422,15 +422,18 @@ public sealed class EditRun
         return name.ToString();
     }
 
-    /// <summary>Refuses a slice in which two case ids would share a file on a case-insensitive file system.</summary>
-    private void CheckFileNames(IReadOnlyList<EditCase> cases)
+    /// <summary>
+    /// Refuses a slice in which two case ids would share a file on a case-insensitive file system, naming
+    /// <paramref name="source"/> (commands call it with the dataset before loading a model; <see cref="Run"/> with cases/).
+    /// </summary>
+    public static void RefuseSharedCaseFiles(IReadOnlyList<EditCase> cases, string source)
     {
         var owner = new Dictionary<string, string>(StringComparer.OrdinalIgnoreCase);
         foreach (var c in cases)
         {
             string file = FileName(c.CaseId);
             if (owner.TryGetValue(file, out string? other) && other != c.CaseId)
-                throw new InputException(Path.Combine(OutputDir, "cases"), $"case ids \"{other}\" and \"{c.CaseId}\" differ only in letter case and would share one case file");
+                throw new InputException(source, $"case ids \"{other}\" and \"{c.CaseId}\" differ only in letter case and would share one case file");
             owner[file] = c.CaseId;
         }
     }

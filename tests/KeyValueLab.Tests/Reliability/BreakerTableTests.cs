@@ -23,6 +23,27 @@ public class BreakerTableTests
 
     private static readonly Dictionary<string, Func<TempDir, Breaker>> Cases = new()
     {
+        // Class 1: no case is lost to another's file, and no case is counted twice.
+        ["1 edit-eval: case ids that differ only in letter case"] = d => EditEval(d, r => r[1]!["case_id"] = "Paris", r => r[0]!["case_id"] = "paris", "differ only in letter case"),
+        ["1 edit-eval: a case_id twice"] = d => EditEval(d, r => r[1]!["case_id"] = r[0]!["case_id"]!.DeepClone(), _ => { }, "duplicate case_id"),
+        ["1 study: a case_id twice in the edit data"] = d =>
+        {
+            var records = JsonNode.Parse(File.ReadAllText(Studies.CounterFact))!.AsArray();
+            var two = new JsonArray(records[0]!.DeepClone(), records[1]!.DeepClone());
+            two[1]!["case_id"] = two[0]!["case_id"]!.DeepClone();
+            return EditData(d, Encoding.UTF8.GetBytes(two.ToJsonString()), "") with { Names = $"duplicate case_id {two[0]!["case_id"]}" };
+        },
+
+        // Class 2: parsing is bounded.
+        ["2 a study file over 1 MiB"] = d => StudyFile(d, "big.json", "{\"name\": \"x\"" + new string(' ', 1 << 20) + "}", "a study file is at most"),
+        ["2 a YAML study file of nested aliases"] = d => StudyFile(d, "bomb.yaml", AliasBomb(), "expands to more than 100,000 nodes"),
+        ["2 a YAML study file with a non-scalar key"] = d => StudyFile(d, "key.yaml", "? [a, b]\n: 1\nname: x\n", "a mapping key must be a plain value"),
+
+        // Class 3: sizes the checkpoint cannot hold are refused before anything is built.
+        ["3 n_layer 2147483647"] = d => Generate(ModelCopy(d, c => c["n_layer"] = int.MaxValue), "config.json"),
+        ["3 n_layer 1000000000"] = d => Generate(ModelCopy(d, c => c["n_layer"] = 1_000_000_000), "config.json"),
+        ["3 vocab_size 1000000000"] = d => Generate(ModelCopy(d, c => c["vocab_size"] = 1_000_000_000), "config.json"),
+
         // Class 4: a store that knows what it is.
         ["4 results.db missing next to report/ and adapters/"] = d => Study(d, FinishedRun(d, run => File.Delete(Db(run))), "results.db: is missing but"),
         ["4 results.db emptied next to report/"] = d => Study(d, FinishedRun(d, run => File.WriteAllBytes(Db(run), [])), "results.db: is empty but"),
@@ -78,6 +99,11 @@ public class BreakerTableTests
         ["8 tune --lr NaN"] = d => Tune(d, "--lr", "NaN", "--lr NaN"),
         ["8 tune --alpha NaN"] = d => Tune(d, "--alpha", "NaN", "--alpha NaN"),
         ["8 tune --dropout NaN"] = d => Tune(d, "--dropout", "NaN", "--dropout NaN"),
+
+        // Class 9: nothing blocks or runs without end.
+        ["9 a FIFO as model.safetensors"] = d => Generate(ModelCopy(d, _ => { }, fifo: "model.safetensors"), "not a regular file"),
+        ["9 a FIFO as config.json"] = d => Generate(ModelCopy(d, _ => { }, fifo: "config.json"), "not a regular file"),
+        ["9 n_positions 2147483647"] = d => Generate(ModelCopy(d, c => c["n_positions"] = int.MaxValue), "a context of 2,147,483,647 positions"),
     };
 
     public static TheoryData<string> Names() => [.. Cases.Keys];
@@ -222,6 +248,56 @@ public class BreakerTableTests
 
     private static Breaker Tune(TempDir dir, string option, string value, string names) =>
         new(["tune", "-m", Gpt2, "-z", Tok, "--task", $"copa={Copa}", "--out", dir.File("out"), option, value], ExitCodes.Usage, names, [], dir.File("out"));
+
+    /// <summary><c>kvlab edit-eval</c> (FT) of two CounterFact records, changed by <paramref name="second"/> and <paramref name="first"/>.</summary>
+    private static Breaker EditEval(TempDir dir, Action<JsonArray> second, Action<JsonArray> first, string names)
+    {
+        var records = JsonNode.Parse(File.ReadAllText(Studies.CounterFact))!.AsArray();
+        var two = new JsonArray(records[0]!.DeepClone(), records[1]!.DeepClone());
+        second(two);
+        first(two);
+        string file = dir.File("counterfact.json");
+        File.WriteAllText(file, two.ToJsonString());
+        return new(["edit-eval", "-m", Gpt2, "-z", Tok, "--method", "ft", "--dataset", file, "--out", dir.File("out")], ExitCodes.BadInput, names, [file], dir.File("out"));
+    }
+
+    private static Breaker StudyFile(TempDir dir, string name, string text, string names)
+    {
+        string file = dir.File(name);
+        File.WriteAllText(file, text);
+        return new(["study", "--study", file, "--out", dir.File("run")], ExitCodes.BadInput, names, [file], dir.File("run"));
+    }
+
+    /// <summary>"Billion laughs": 9 levels of 9 aliases each, under 1 KB, would expand to 9⁹ nodes.</summary>
+    private static string AliasBomb()
+    {
+        var yaml = new StringBuilder("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for (int i = 1; i <= 9; i++) yaml.Append($"a{i}: &a{i} [{string.Join(", ", Enumerable.Repeat($"*a{i - 1}", 9))}]\n");
+        return yaml.ToString();
+    }
+
+    /// <summary>A copy of tiny_gpt2 whose config.json is changed by <paramref name="config"/>; <paramref name="fifo"/> names a file replaced by a FIFO.</summary>
+    private static string ModelCopy(TempDir dir, Action<JsonObject> config, string? fifo = null)
+    {
+        string model = dir.File("model");
+        Directory.CreateDirectory(model);
+        foreach (var f in Directory.GetFiles(Gpt2)) File.Copy(f, Path.Combine(model, Path.GetFileName(f)));
+        var json = JsonNode.Parse(File.ReadAllText(Path.Combine(model, "config.json")))!.AsObject();
+        config(json);
+        File.WriteAllText(Path.Combine(model, "config.json"), json.ToJsonString());
+        if (fifo is not null)
+        {
+            File.Delete(Path.Combine(model, fifo));
+            using var mkfifo = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("mkfifo", [Path.Combine(model, fifo)]) { UseShellExecute = false })!;
+            mkfifo.WaitForExit();
+            Assert.Equal(0, mkfifo.ExitCode);
+        }
+        return model;
+    }
+
+    /// <summary><c>kvlab generate</c> on <paramref name="model"/>; its regular files must stay as they were (a FIFO cannot be hashed: reading it blocks).</summary>
+    private static Breaker Generate(string model, string names) => new(["generate", "-m", model, "-z", Tok, "-i", "Hello", "-n", "2"], ExitCodes.BadInput, names,
+        [.. Directory.GetFiles(model).Where(f => new FileInfo(f).Length > 0)]);
 
     /// <summary>Every file under a path (or the file itself) with its SHA-256; kvlab's lock files are left out.</summary>
     private static string Snapshot(string path)
