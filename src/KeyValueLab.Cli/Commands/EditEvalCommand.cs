@@ -50,16 +50,10 @@ internal static class EditEvalCommand
             EditMode editMode;
             try { editMode = EditModes.Parse(parse.GetValue(mode)!, note => stderr.WriteLine($"kvlab: {note}")); }
             catch (ArgumentException e) { throw new UsageException(e.Message); }
-            int first = parse.GetValue(start), n = parse.GetValue(count), keep = parse.GetValue(retained);
-            if (first < 0 || n < 0 || keep < 0) throw new UsageException("--start, --count and --retained must be >= 0");
+            int first = parse.GetValue(start);
             if (parse.GetValue(chunk) < 1) throw new UsageException("--chunk-size must be at least 1");
             string datasetPath = parse.GetValue(dataset)!;
-            var all = EditDatasets.Load(datasetPath, target);
-            if (first >= all.Count) throw new UsageException($"--start {first} is past the dataset's {all.Count} records");
-            var cases = all.Skip(first).Take(n == 0 ? int.MaxValue : n).ToList();
-            var kept = all.Skip(first + cases.Count).Take(keep).ToList();
-            if (kept.Count < keep) throw new UsageException($"--retained {keep}: only {kept.Count} records follow the slice");
-            EditRun.RefuseSharedCaseFiles(cases, datasetPath);  // before any work
+            var (cases, kept) = Slice(datasetPath, target, first, parse.GetValue(count), parse.GetValue(retained));
 
             string modelPath = parse.GetValue(model)!;
             using var loaded = ProgressRenderer.Run(stderr, (progress, _) => ModelLoader.Load(modelPath, ModelOptions.Loading(parse, dtype, device) with { Progress = progress }));
@@ -75,16 +69,7 @@ internal static class EditEvalCommand
                 var edit = editor.Create(parse, loaded.Model, progress, log);
                 try
                 {
-                    var runParams = new JsonObject
-                    {
-                        ["model"] = Path.GetFullPath(modelPath),
-                        ["dataset"] = Path.GetFullPath(datasetPath),
-                        ["dataset_format"] = cases[0].Format.ToString(),
-                        ["zsre_target"] = cases[0].Format == EditDatasetFormat.Zsre ? target.ToString().ToLowerInvariant() : null,
-                        ["start"] = first,
-                        ["count"] = cases.Count,
-                        ["scope"] = edit.Scope.Label(new Memory.FfnMemory(loaded.Model)),
-                    };
+                    var runParams = RunParameters(modelPath, datasetPath, cases, target, first, edit.Scope.Label(new Memory.FfnMemory(loaded.Model)));
                     log($"{edit.Method} {runParams["scope"]} on {cases.Count} cases of {Path.GetFileName(datasetPath)} ({cases[0].Format}), mode {EditModes.Name(editMode)} → {run.OutputDir}");
                     return run.Run(loaded.Model, tok, edit, cases, runParams, progress, log);
                 }
@@ -97,4 +82,29 @@ internal static class EditEvalCommand
         }));
         return command;
     }
+
+    /// <summary>The dataset's slice [first, first + n) (n = 0: to the end) and the <paramref name="keep"/> records after it, checked before any work.</summary>
+    private static (List<EditCase> Cases, List<EditCase> Kept) Slice(string datasetPath, ZsreTarget target, int first, int n, int keep)
+    {
+        if (first < 0 || n < 0 || keep < 0) throw new UsageException("--start, --count and --retained must be >= 0");
+        var all = EditDatasets.Load(datasetPath, target);
+        if (first >= all.Count) throw new UsageException($"--start {first} is past the dataset's {all.Count} records");
+        var cases = all.Skip(first).Take(n == 0 ? int.MaxValue : n).ToList();
+        var kept = all.Skip(first + cases.Count).Take(keep).ToList();
+        if (kept.Count < keep) throw new UsageException($"--retained {keep}: only {kept.Count} records follow the slice");
+        EditRun.RefuseSharedCaseFiles(cases, datasetPath);
+        return (cases, kept);
+    }
+
+    /// <summary>What params.json records about the run (a resumed run must match it).</summary>
+    private static JsonObject RunParameters(string modelPath, string datasetPath, IReadOnlyList<EditCase> cases, ZsreTarget target, int first, string scope) => new()
+    {
+        ["model"] = Path.GetFullPath(modelPath),
+        ["dataset"] = Path.GetFullPath(datasetPath),
+        ["dataset_format"] = cases[0].Format.ToString(),
+        ["zsre_target"] = cases[0].Format == EditDatasetFormat.Zsre ? target.ToString().ToLowerInvariant() : null,
+        ["start"] = first,
+        ["count"] = cases.Count,
+        ["scope"] = scope,
+    };
 }
