@@ -157,7 +157,7 @@ public static class TorchRuntime
                     SHA256.HashData(File.ReadAllBytes(target)).AsSpan()[..8].SequenceEqual(SHA256.HashData(patched).AsSpan()[..8]))
                     return target;
                 Directory.CreateDirectory(dir);
-                string tmp = target + $".{Environment.ProcessId}.tmp";
+                string tmp = target + $".{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
                 File.WriteAllBytes(tmp, patched);
                 File.Move(tmp, target, overwrite: true); // Atomic: concurrent processes write identical bytes.
                 return target;

@@ -68,7 +68,7 @@ public static partial class LayerStatsFile
         Buffer.BlockCopy(data, 0, bytes, 0, bytes.Length);
         string? dir = Path.GetDirectoryName(Path.GetFullPath(path));
         if (dir is not null) Directory.CreateDirectory(dir);
-        string tmp = path + $".{Environment.ProcessId}.tmp";
+        string tmp = path + $".{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";
         try
         {
             using (var stream = File.Create(tmp))

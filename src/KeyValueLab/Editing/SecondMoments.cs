@@ -323,7 +323,7 @@ public sealed class SecondMoments
     private static void Write(string file, Tensor moment, JsonObject header)
     {
         Directory.CreateDirectory(Path.GetDirectoryName(file)!);
-        string tmp = file + $".{Environment.ProcessId}.tmp";
+        string tmp = file + $".{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";  // unique per writer: two threads of one process may compute the same entry
         byte[] head = Encoding.UTF8.GetBytes(header.ToJsonString());
         float[] data = moment.contiguous().data<float>().ToArray();
         using (var stream = File.Create(tmp))
