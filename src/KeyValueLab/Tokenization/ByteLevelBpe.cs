@@ -37,38 +37,11 @@ internal sealed class ByteLevelBpe
     /// <summary>The ids of one pre-token, or null when one of its bytes has no token (left to the library's unknown handling).</summary>
     public int[]? Encode(ReadOnlySpan<byte> bytes)
     {
-        int n = bytes.Length;
-        var token = new int[n];
-        var next = new int[n];
-        var prev = new int[n];
-        for (int i = 0; i < n; i++)
-        {
-            token[i] = _byteIds[bytes[i]];
-            if (token[i] < 0) return null;
-            (prev[i], next[i]) = (i - 1, i + 1 < n ? i + 1 : -1);
-        }
-        // Node indices keep the original order, so the smaller left index is the leftmost pair.
-        var agenda = new PriorityQueue<(int Left, int Right, int LeftToken, int RightToken, int Merged), (int Rank, int Left)>();
-        void Consider(int left, int right)
-        {
-            if (left >= 0 && right >= 0 && _merges.TryGetValue(Key(token[left], token[right]), out var m))
-                agenda.Enqueue((left, right, token[left], token[right], m.Merged), (m.Rank, left));
-        }
-        for (int i = 0; i + 1 < n; i++) Consider(i, i + 1);
-        while (agenda.TryDequeue(out var pair, out _))
-        {
-            // Stale: no longer neighbours, or one side has been merged since.
-            if (next[pair.Left] != pair.Right || token[pair.Left] != pair.LeftToken || token[pair.Right] != pair.RightToken) continue;
-            token[pair.Left] = pair.Merged;
-            token[pair.Right] = -1;
-            next[pair.Left] = next[pair.Right];
-            if (next[pair.Right] >= 0) prev[next[pair.Right]] = pair.Left;
-            next[pair.Right] = -1;
-            Consider(prev[pair.Left], pair.Left);
-            Consider(pair.Left, next[pair.Left]);
-        }
-        var ids = new List<int>();
-        for (int i = 0; i >= 0 && i < n; i = next[i]) ids.Add(token[i]);
-        return [.. ids];
+        var token = new int[bytes.Length];
+        for (int i = 0; i < token.Length; i++)
+            if ((token[i] = _byteIds[bytes[i]]) < 0) return null;
+        // Lowest merge rank first (the order of merges.txt).
+        return [.. PairMerge.Run(token, (left, right) => _merges.TryGetValue(Key(left, right), out var m) ? (m.Merged, m.Rank) : null,
+            Comparer<(int Rank, int Left)>.Default)];
     }
 }

@@ -141,41 +141,14 @@ public sealed class Llama2cTokenizer : ITokenizer
 
     /// <summary>
     /// Repeatedly merges the adjacent pair whose concatenation is the best-scoring vocabulary entry (leftmost on
-    /// ties, never at or below -1e10), as run.c does. run.c rescans the whole sequence after every merge (quadratic:
-    /// 5.6 s for 100 KB); here the candidate pairs wait in a priority queue ordered by (score, position) over a
-    /// linked list of tokens, so each merge costs O(log n): the same merges in the same order, O(n log n).
+    /// ties, never at or below -1e10), as run.c does, in O(n log n) (<see cref="PairMerge"/>).
     /// </summary>
     private void MergeGreedily(List<int> tokens)
     {
-        int n = tokens.Count;
-        var token = tokens.ToArray();
-        var next = new int[n];
-        var prev = new int[n];
-        for (int i = 0; i < n; i++) (prev[i], next[i]) = (i - 1, i + 1 < n ? i + 1 : -1);
-        // A node keeps its index in the original order, so the smaller left index is the leftmost pair.
-        var agenda = new PriorityQueue<(int Left, int Right, int LeftToken, int RightToken, int Merged), (float Score, int Left)>(
+        var merged = PairMerge.Run([.. tokens], (left, right) => PairId(left, right) is int id and not -1 && _scores[id] > -1e10f ? (id, _scores[id]) : null,
             Comparer<(float Score, int Left)>.Create((a, b) => a.Score != b.Score ? b.Score.CompareTo(a.Score) : a.Left.CompareTo(b.Left)));
-        void Consider(int left, int right)
-        {
-            if (left < 0 || right < 0) return;
-            int id = PairId(token[left], token[right]);
-            if (id != -1 && _scores[id] > -1e10f) agenda.Enqueue((left, right, token[left], token[right], id), (_scores[id], left));
-        }
-        for (int i = 0; i + 1 < n; i++) Consider(i, i + 1);
-        while (agenda.TryDequeue(out var pair, out _))
-        {
-            // Stale: the two are no longer neighbours, or one of them has been merged since.
-            if (next[pair.Left] != pair.Right || token[pair.Left] != pair.LeftToken || token[pair.Right] != pair.RightToken) continue;
-            token[pair.Left] = pair.Merged;
-            token[pair.Right] = -1;
-            next[pair.Left] = next[pair.Right];
-            if (next[pair.Right] >= 0) prev[next[pair.Right]] = pair.Left;
-            next[pair.Right] = -1;
-            Consider(prev[pair.Left], pair.Left);
-            Consider(pair.Left, next[pair.Left]);
-        }
         tokens.Clear();
-        for (int i = 0; i >= 0 && i < n; i = next[i]) tokens.Add(token[i]);
+        tokens.AddRange(merged);
     }
 
     private int PairId(int left, int right) => _lookup.GetValueOrDefault(string.Concat(_keys[left], _keys[right]), -1);
