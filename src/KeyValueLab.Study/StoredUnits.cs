@@ -9,10 +9,15 @@ namespace KeyValueLab.Study;
 /// </summary>
 public static class StoredUnits
 {
-    public static (List<EditUnitResult> Edits, List<TuneUnitResult> Tunes) Read(string storePath, IReadOnlyList<UnitRecord> units)
+    public static (List<EditUnitResult> Edits, List<TuneUnitResult> Tunes) Read(string storePath, IReadOnlyList<UnitRecord> units) =>
+        Read(storePath, units, out _);
+
+    /// <summary>As <see cref="Read(string, IReadOnlyList{UnitRecord})"/>, with the lifelong units in <paramref name="lifelong"/>.</summary>
+    public static (List<EditUnitResult> Edits, List<TuneUnitResult> Tunes) Read(string storePath, IReadOnlyList<UnitRecord> units, out List<LifelongUnitResult> lifelong)
     {
         var edits = new List<EditUnitResult>();
         var tunes = new List<TuneUnitResult>();
+        lifelong = [];
         foreach (var u in units)
         {
             InputException Bad(string problem) => new(storePath, $"unit {u.UnitId}: {problem}; remove the row (the next kvlab study reruns the unit) or restore results.db from a copy");
@@ -37,8 +42,18 @@ public static class StoredUnits
                     }
                     tunes.Add(tune);
                     break;
+                case "lifelong":
+                    var sequence = Parse<LifelongUnitResult>(u, Bad);
+                    if (sequence.Seed != u.Seed) throw Bad($"result's seed {sequence.Seed} is not the row's seed {u.Seed}");
+                    if (sequence.Cases is null || sequence.Cases.Count == 0) throw Bad("result holds no cases");
+                    if (sequence.Cases.Any(c => c is null || c.CaseId is null || c.Pre is null || c.Post is null)) throw Bad("a case lacks its id or its pre or post metrics");
+                    if (sequence.Checkpoints is null || sequence.Checkpoints.Any(c => c is null || c.Means is null || c.Edits < 1 || c.Edits > sequence.Cases.Count))
+                        throw Bad($"a checkpoint is not a count of edits in [1, {sequence.Cases.Count}] with its means");
+                    if (!double.IsFinite(sequence.Seconds) || sequence.Seconds < 0) throw Bad($"seconds {sequence.Seconds} is not a duration");
+                    lifelong.Add(sequence);
+                    break;
                 default:
-                    throw Bad($"unknown kind \"{u.Kind}\" (expected edit or tune)");
+                    throw Bad($"unknown kind \"{u.Kind}\" (expected edit, lifelong or tune)");
             }
         }
         return (edits, tunes);

@@ -40,6 +40,8 @@ public sealed record StudyFile
     public StudySpec Validate(string file)
     {
         InputException Error(string field, string problem) => new(file, $"{field}: {problem}");
+        var warnings = new List<string>();
+        void Warn(string field, string text) => warnings.Add($"{file}: {field}: {text}");
         var tasks = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var (name, path) in Tasks ?? [])
         {
@@ -60,12 +62,12 @@ public sealed record StudyFile
         };
         if (spec.Seeds.Count == 0) throw Error("seeds", "give at least one seed");
         if (spec.Seeds.Distinct().Count() != spec.Seeds.Count) throw Error("seeds", "seeds repeat");
-        if (Editing is not null) spec = spec with { Editing = Editing.Validate(Error) };
+        if (Editing is not null) spec = spec with { Editing = Editing.Validate(Error, Warn) };
         if (Tuning is not null) spec = spec with { Tuning = Tuning.Validate(Error) };
         if (spec.Editing is null && spec.Tuning is null) throw new InputException(file, "the study has neither an editing nor a tuning section: nothing to run");
         if (spec.Editing is not null && spec.EditData is null) throw Error("edit_data", "an editing section needs edit_data (a CounterFact/zsRE file or \"organism\")");
         if (spec.Tuning is not null && spec.Tasks.Count == 0) throw Error("tasks", "a tuning section needs tasks (name: path, or name: organism)");
-        return spec;
+        return spec with { Warnings = warnings };
     }
 
     internal static int Whole(int? value, int fallback, string field, Func<string, string, InputException> error, int min, int max = int.MaxValue) =>
@@ -165,8 +167,9 @@ public sealed record EditingFile
     public int? GenerationTokens { get; init; }
     public string? StatsCorpus { get; init; }
     public int? StatsSamples { get; init; }
+    public LifelongFile? Lifelong { get; init; }
 
-    internal EditingSpec Validate(Func<string, string, InputException> error)
+    internal EditingSpec Validate(Func<string, string, InputException> error, Action<string, string> warn)
     {
         const string p = "editing.";
         var d = new EditingSpec();
@@ -185,14 +188,14 @@ public sealed record EditingFile
             StatsCorpus = StatsCorpus,
             StatsSamples = StatsSamples is null ? null : StudyFile.Whole(StatsSamples, 0, p + "stats_samples", error, 1),
         };
-        if (Runs is not { Count: > 0 }) throw error(p + "runs", "give a list of runs, each with a method (ft, ft-l, rome, keyrome, memit)");
+        var lifelong = Lifelong?.Validate(p + "lifelong.", error, warn);
+        if (Runs is not { Count: > 0 } && lifelong is null)
+            throw error(p + "runs", $"give a list of runs, each with a method ({string.Join(", ", EditorFactory.Methods)})");
         var conditions = new List<EditCondition>();
-        for (int i = 0; i < Runs.Count; i++)
-            conditions.AddRange((Runs[i] ?? throw error($"{p}runs[{i}]", "must be a mapping")).Validate($"{p}runs[{i}].", error));
-        // The same method, side and layers may appear with different settings (FT at two budgets): a condition is its id and its overrides.
-        var dup = conditions.GroupBy(c => (c.Id, string.Join("\n", c.Overrides.Texts))).FirstOrDefault(g => g.Count() > 1);
-        if (dup is not null) throw error(p + "runs", $"condition {dup.Key.Id} appears twice with the same settings");
-        return spec with { Conditions = conditions };
+        for (int i = 0; i < (Runs?.Count ?? 0); i++)
+            conditions.AddRange((Runs![i] ?? throw error($"{p}runs[{i}]", "must be a mapping")).Validate($"{p}runs[{i}].", error, warn, null));
+        RunFile.CheckDistinct(conditions, p + "runs", error);
+        return spec with { Conditions = conditions, Lifelong = lifelong };
     }
 }
 
@@ -207,22 +210,36 @@ public sealed record RunFile
     public string? Mode { get; init; }
     /// <summary>Hyperparameter overrides, name=value as <c>--set</c> takes them.</summary>
     [JsonConverter(typeof(OneOrMany))] public List<string>? Set { get; init; }
+    /// <summary>Sequential modes: requests per editor call (B), checkpoint every M edits (sequential-final), generation-based scores.</summary>
+    public int? Chunk { get; init; }
+    public int? CheckpointEvery { get; init; }
+    public bool? Generation { get; init; }
 
-    internal IEnumerable<EditCondition> Validate(string q, Func<string, string, InputException> error)
+    /// <summary>The same method, side and layers may appear with different settings (FT at two budgets): a condition is its id, mode and overrides.</summary>
+    internal static void CheckDistinct(IReadOnlyList<EditCondition> conditions, string field, Func<string, string, InputException> error)
+    {
+        var dup = conditions.GroupBy(c => (c.Id, c.Mode, string.Join("\n", c.Overrides.Texts))).FirstOrDefault(g => g.Count() > 1);
+        if (dup is not null) throw error(field, $"condition {dup.Key.Id} appears twice with the same settings");
+    }
+
+    /// <summary>The conditions of this run. <paramref name="lifelong"/>: the lifelong section's defaults (mode sequential-final, its
+    /// chunk, checkpoints and generation setting); null for a run of <c>editing.runs</c> (mode single, or batch for MEMIT).</summary>
+    internal IEnumerable<EditCondition> Validate(string q, Func<string, string, InputException> error, Action<string, string> warn, SequenceSpec? lifelong)
     {
         string method = (Method ?? throw error(q + "method", "missing")).Trim().ToLowerInvariant();
         if (!EditorFactory.Methods.Contains(method) && method != "key-rome")
             throw error(q + "method", $"unknown editor \"{method}\" (known: {string.Join(", ", EditorFactory.Methods)})");
         if (method == "key-rome") method = "keyrome";
         var sides = new List<string>([.. Sides ?? [], .. Side ?? []]);
-        if (sides.Count == 0) sides.Add(method is "keyrome" ? "keys" : "values");
+        if (sides.Count == 0) sides.Add(method is "keyrome" or "keymemit" or "keyalphaedit" ? "keys" : "values");
         IReadOnlyList<string?> layers = Layers is { Count: > 0 } ? [.. Layers] : [null];
-        var mode = (Mode ?? (method == "memit" ? "batch" : "single")).ToLowerInvariant() switch
-        {
-            "single" => EditMode.Single,
-            "batch" => EditMode.Batch,
-            _ => throw error(q + "mode", "must be single or batch"),
-        };
+        string modeName = (Mode ?? (lifelong is not null ? "sequential-final" : method == "memit" ? "batch" : "single")).Trim().ToLowerInvariant();
+        EditMode mode;
+        try { mode = EditModes.Parse(modeName, note => warn(q + "mode", note)); }
+        catch (ArgumentException) { throw error(q + "mode", $"must be one of {string.Join(", ", EditModes.Names)} (sequential: deprecated, = sequential-immediate), not \"{Mode}\""); }
+        if (lifelong is not null && mode is EditMode.Single or EditMode.Batch)
+            throw error(q + "mode", "a lifelong run is sequential-final or sequential-immediate");
+        var sequence = Sequence(q, mode, lifelong, error);
         HyperparameterOverrides overrides;
         try { overrides = HyperparameterOverrides.Parse(method, Set ?? []); }
         catch (ArgumentException e) { throw error(q + "set", e.Message); }
@@ -233,6 +250,9 @@ public sealed record RunFile
             if (method == "rome" && normalised != "values") throw error(q + "sides", "ROME edits the values; use method keyrome for the keys");
             if (method == "memit" && normalised != "values") throw error(q + "sides", "MEMIT edits the values");
             if (method == "keyrome" && normalised == "values") throw error(q + "sides", "Key-ROME edits the keys; use method rome for the values");
+            if (method == "alphaedit" && normalised != "values") throw error(q + "sides", "AlphaEdit edits the values; use method keyalphaedit for the keys");
+            if (method is "keymemit" or "keyalphaedit" && normalised == "values")
+                throw error(q + "sides", $"{method} edits the keys; use method {method[3..]} for the values");
             foreach (string? layer in layers)
             {
                 if (layer is not null)
@@ -240,10 +260,34 @@ public sealed record RunFile
                     try { EditScope.ParseLayers(layer); }
                     catch (ArgumentException ex) { throw error(q + "layers", ex.Message); }
                 }
-                conditions.Add(new EditCondition(method, normalised, layer, mode, overrides));
+                conditions.Add(new EditCondition(method, normalised, layer, mode, overrides, sequence));
             }
         }
         return conditions;
+    }
+
+    /// <summary>A sequential mode's chunk, checkpoints and generation setting (the run's, else the lifelong section's, else B = 1,
+    /// no checkpoints, generation scores on); null for single and batch, which take none of them.</summary>
+    private SequenceSpec? Sequence(string q, EditMode mode, SequenceSpec? defaults, Func<string, string, InputException> error)
+    {
+        if (mode is EditMode.Single or EditMode.Batch)
+        {
+            string? given = Chunk is not null ? "chunk" : CheckpointEvery is not null ? "checkpoint_every" : Generation is not null ? "generation" : null;
+            if (given is not null) throw error(q + given, "only a sequential mode (sequential-final, sequential-immediate) takes it");
+            return null;
+        }
+        int chunk = StudyFile.Whole(Chunk, defaults?.Chunk ?? 1, q + "chunk", error, 1, 100_000);
+        int? every = CheckpointEvery is null ? defaults?.CheckpointEvery : StudyFile.Whole(CheckpointEvery, 0, q + "checkpoint_every", error, 1, 100_000);
+        if (mode == EditMode.SequentialImmediate)
+        {
+            // Each case is scored right after its own edit: one request per call, and every score is already a curve point.
+            if (Chunk is not null && chunk != 1) throw error(q + "chunk", "sequential-immediate edits one case at a time (chunk 1)");
+            if (CheckpointEvery is not null) throw error(q + "checkpoint_every", "only sequential-final takes checkpoints");
+            return new SequenceSpec(1, null, Generation ?? defaults?.Generation ?? true);
+        }
+        if (every is int m && m % chunk != 0)
+            throw error(q + (CheckpointEvery is null ? "chunk" : "checkpoint_every"), $"checkpoints every {m} edits must be a multiple of the chunk size {chunk}");
+        return new SequenceSpec(chunk, every, Generation ?? defaults?.Generation ?? true);
     }
 
     private static string NormaliseSide(string side, string q, Func<string, string, InputException> error) => side.Trim().ToLowerInvariant() switch
@@ -254,6 +298,34 @@ public sealed record RunFile
         "values" or "value" or "down_proj" => "values",
         _ => throw error(q + "sides", $"unknown side \"{side}\" (keys, keys:up, keys:gate, values)"),
     };
+}
+
+/// <summary>The lifelong section as written (<c>editing.lifelong</c>): N edits per replicate in chunks of B, checkpoints every M,
+/// generation scores or not, and its runs (mode sequential-final unless a run says sequential-immediate).</summary>
+public sealed record LifelongFile
+{
+    public int? Edits { get; init; }
+    public int? Chunk { get; init; }
+    public int? CheckpointEvery { get; init; }
+    public bool? Generation { get; init; }
+    public List<RunFile>? Runs { get; init; }
+
+    internal LifelongSpec Validate(string p, Func<string, string, InputException> error, Action<string, string> warn)
+    {
+        var d = new LifelongSpec();
+        int edits = StudyFile.Whole(Edits, d.Edits, p + "edits", error, 1, 1_000_000);
+        int chunk = StudyFile.Whole(Chunk, 10, p + "chunk", error, 1, 100_000);
+        int? every = CheckpointEvery is null ? null : StudyFile.Whole(CheckpointEvery, 0, p + "checkpoint_every", error, 1, 100_000);
+        if (every is int m && (m % chunk != 0 || m >= edits))
+            throw error(p + "checkpoint_every", $"must be a multiple of the chunk size {chunk} below edits ({edits}), not {m}");
+        if (Runs is not { Count: > 0 }) throw error(p + "runs", "give a list of runs, e.g. {method: memit, layers: \"0-1\"}");
+        var defaults = new SequenceSpec(chunk, every, Generation ?? true);
+        var conditions = new List<EditCondition>();
+        for (int i = 0; i < Runs.Count; i++)
+            conditions.AddRange((Runs[i] ?? throw error($"{p}runs[{i}]", "must be a mapping")).Validate($"{p}runs[{i}].", error, warn, defaults));
+        RunFile.CheckDistinct(conditions, p + "runs", error);
+        return new LifelongSpec { Edits = edits, Conditions = conditions };
+    }
 }
 
 /// <summary>The tuning section as written.</summary>

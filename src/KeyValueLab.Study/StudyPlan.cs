@@ -1,6 +1,7 @@
 using System.Globalization;
 using KeyValueLab.Checkpoints;
 using KeyValueLab.Editing;
+using KeyValueLab.Evaluation;
 using KeyValueLab.Memory;
 using KeyValueLab.Models;
 using KeyValueLab.Organism;
@@ -8,8 +9,9 @@ using KeyValueLab.Tuning;
 
 namespace KeyValueLab.Study;
 
-/// <summary>What a unit is: one edit case, or one LoRA training run with its evaluation. Stored lower-case ("edit", "tune").</summary>
-public enum UnitKind { Edit, Tune }
+/// <summary>What a unit is: one edit case, one LoRA training run with its evaluation, or one sequence of edits on one model
+/// (a sequential condition on one replicate). Stored lower-case ("edit", "tune", "lifelong").</summary>
+public enum UnitKind { Edit, Tune, Lifelong }
 
 /// <summary>A group of units that run together: one editing condition × seed (its cases), or one tuning run (targets × seed).</summary>
 public sealed record UnitGroup(string GroupId, UnitKind Kind, int Seed, EditCondition? Condition, string? Targets, IReadOnlyList<string> UnitIds, IReadOnlyList<EditCase> Cases)
@@ -176,7 +178,8 @@ public sealed class StudyPlan
             if (inputs.StatsCorpus is { } corpus && corpus != "generated" && !File.Exists(corpus))
                 throw new InputException(corpus, "editing.stats_corpus: no such file (use \"generated\", \"organism\" or a text file)");
             var memory = new FfnMemory(meta);
-            foreach (var condition in editing.Conditions)
+            var lifelong = editing.Lifelong?.Conditions ?? [];
+            foreach (var condition in editing.Conditions.Concat(lifelong))
             {
                 try
                 {
@@ -190,14 +193,22 @@ public sealed class StudyPlan
                 }
             }
             var variants = editing.Conditions.Select(c => Variant(c, editing.Conditions)).ToList();
-            var ids = editing.Conditions.Select((c, i) => c.Id + (variants[i].Length == 0 ? "" : $"[{variants[i]}]")).ToList();
-            if (ids.GroupBy(id => id).FirstOrDefault(g => g.Count() > 1) is { } twice)
+            var ids = editing.Conditions.Select((c, i) => c.Id + (variants[i].Length == 0 ? "" : $"[{variants[i]}]")
+                + (c.IsSequential ? "/" + EditModes.Name(c.Mode) : "")).ToList();
+            var lifelongVariants = lifelong.Select(c => Variant(c, lifelong)).ToList();
+            var lifelongIds = lifelong.Select((c, i) => c.Id + (lifelongVariants[i].Length == 0 ? "" : $"[{lifelongVariants[i]}]") + "/" + EditModes.Name(c.Mode)).ToList();
+            if (ids.Concat(lifelongIds.Select(id => "lifelong " + id)).GroupBy(id => id).FirstOrDefault(g => g.Count() > 1) is { } twice)
                 throw new InputException(studyFile, $"editing run {twice.Key} appears twice with the same settings");
-            // One permutation of the data, cut into one block of cases per replicate: a case is drawn at most once.
+            // One permutation of the data, cut into one block of cases per replicate: a case is drawn at most once. The
+            // lifelong arm's blocks come after all the single-edit blocks, so its cases never overlap them.
             var replicates = Replicates(spec, inputs);
-            int perReplicate = Math.Min(editing.Cases, all.Count / replicates.Count);
-            if (perReplicate == 0)
+            int perReplicate = editing.Conditions.Count == 0 ? 0 : Math.Min(editing.Cases, all.Count / replicates.Count);
+            if (perReplicate == 0 && editing.Conditions.Count > 0)
                 throw new InputException(data, $"edit_data holds {all.Count} records, too few for one case per seed ({replicates.Count} seeds)");
+            int offset = perReplicate * replicates.Count;
+            int perSequence = editing.Lifelong is { } arm ? Math.Min(arm.Edits, (all.Count - offset) / replicates.Count) : 0;
+            if (editing.Lifelong is not null && perSequence == 0)
+                throw new InputException(data, $"edit_data holds {all.Count} records: after {offset} single-edit cases none are left for the lifelong arm's {replicates.Count} sequences");
             var permutation = TaskLoader.Permutation(all.Count, spec.Seeds[0]);
             for (int r = 0; r < replicates.Count; r++)
             {
@@ -207,10 +218,22 @@ public sealed class StudyPlan
                 foreach (int c in TaskLoader.Permutation(editing.Conditions.Count, seed))
                 {
                     string group = $"edit/{Prefix(model)}{ids[c]}/s{seed}";
-                    groups.Add(new UnitGroup(group, UnitKind.Edit, seed, editing.Conditions[c], null, [.. cases.Select(x => $"{group}/{x.CaseId}")], cases)
+                    var condition = editing.Conditions[c];
+                    groups.Add(new UnitGroup(group, condition.IsSequential ? UnitKind.Lifelong : UnitKind.Edit, seed, condition, null,
+                        condition.IsSequential ? [group] : [.. cases.Select(x => $"{group}/{x.CaseId}")], cases)
                     {
                         Organism = model.Organism,
                         Variant = variants[c],
+                    });
+                }
+                var sequence = permutation.Skip(offset + r * perSequence).Take(perSequence).Select(i => all[i]).ToList();
+                foreach (int c in TaskLoader.Permutation(lifelong.Count, seed))
+                {
+                    string group = $"lifelong/{Prefix(model)}{lifelongIds[c]}/s{seed}";
+                    groups.Add(new UnitGroup(group, UnitKind.Lifelong, seed, lifelong[c], null, [group], sequence)
+                    {
+                        Organism = model.Organism,
+                        Variant = lifelongVariants[c],
                     });
                 }
             }

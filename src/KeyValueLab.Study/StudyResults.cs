@@ -35,6 +35,51 @@ public sealed record EditUnitResult
     public long ParametersChanged { get; init; }
 }
 
+/// <summary>One case of a lifelong unit: its scores on the unedited model and on the model after the whole sequence
+/// (sequential-final) or right after its own edit (sequential-immediate), the per-prompt losses behind ES/PS/NS, and the
+/// generation-based scores (null when not taken).</summary>
+public sealed record LifelongCaseResult
+{
+    public required string CaseId { get; init; }
+    public required CaseMetrics Pre { get; init; }
+    public required CaseMetrics Post { get; init; }
+    public CaseLosses? PreLosses { get; init; }
+    public CaseLosses? PostLosses { get; init; }
+    public GenerationMetrics? Generation { get; init; }
+}
+
+/// <summary>Means (×100) over every case edited so far after <see cref="Edits"/> edits, by metric key (es, ps, ns, gen_es,
+/// gen_ps, gen_ns; a metric no case has is absent). The last checkpoint is the final model.</summary>
+public sealed record LifelongCheckpoint(int Edits, IReadOnlyDictionary<string, double> Means);
+
+/// <summary>
+/// One finished lifelong unit: one sequence of edits (one editor, one side, one replicate) on one model, never restored
+/// in between; stored whole when the sequence ends (a killed run re-runs the whole sequence).
+/// </summary>
+public sealed record LifelongUnitResult
+{
+    public required string Method { get; init; }
+    public required string Side { get; init; }
+    public required string Layers { get; init; }
+    public required int Seed { get; init; }
+    /// <summary>"sequential-final" or "sequential-immediate".</summary>
+    public required string Mode { get; init; }
+    public string Organism { get; init; } = "";
+    public string Variant { get; init; } = "";
+    /// <summary>"lifelong" (the study's lifelong arm, cases of its own) or "editing" (a sequential run of <c>editing.runs</c> on the single-edit cases).</summary>
+    public string Arm { get; init; } = "lifelong";
+    public required int Chunk { get; init; }
+    public int? CheckpointEvery { get; init; }
+    public required IReadOnlyList<LifelongCaseResult> Cases { get; init; }
+    public required IReadOnlyList<LifelongCheckpoint> Checkpoints { get; init; }
+    /// <summary>Wall seconds of the editor calls (all chunks) and of the whole unit (scoring included).</summary>
+    public required double Seconds { get; init; }
+    public double WallSeconds { get; init; }
+    public IReadOnlyList<double> ChunkSeconds { get; init; } = [];
+    /// <summary>Weights that differ from the unedited model's after the whole sequence.</summary>
+    public long ParametersChanged { get; init; }
+}
+
 /// <summary>One task's evaluation inside a tuning unit; <see cref="Correct"/> is per evaluation example, in a fixed order
 /// (the same examples in the same order for every target and seed, so targets can be compared pairwise and seeds paired).</summary>
 public sealed record TaskOutcome(string Task, int Count, double Accuracy, double MacroF1, double? LabelLikelihoodAccuracy, IReadOnlyList<bool> Correct)
@@ -90,4 +135,8 @@ public sealed record StudyInfo
 }
 
 /// <summary>Everything a report is built from; read back from the results store by <c>kvlab report</c>.</summary>
-public sealed record StudyResults(StudyInfo Info, IReadOnlyList<EditUnitResult> Edits, IReadOnlyList<TuneUnitResult> Tunes);
+public sealed record StudyResults(StudyInfo Info, IReadOnlyList<EditUnitResult> Edits, IReadOnlyList<TuneUnitResult> Tunes)
+{
+    /// <summary>The lifelong units (sequences of edits), empty when the study has none.</summary>
+    public IReadOnlyList<LifelongUnitResult> Lifelong { get; init; } = [];
+}

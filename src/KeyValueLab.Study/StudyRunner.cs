@@ -163,7 +163,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
         string host = Environment.MachineName, versions = Versions();
         try
         {
-            var edits = groups.Where(g => g.Kind == UnitKind.Edit && g.UnitIds.Any(id => !state.IsStored(id))).ToList();
+            var edits = groups.Where(g => g.Kind is UnitKind.Edit or UnitKind.Lifelong && g.UnitIds.Any(id => !state.IsStored(id))).ToList();
             if (edits.Count > 0)
             {
                 loaded ??= ModelLoader.Load(model.ModelPath);
@@ -171,7 +171,8 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
                 foreach (var group in edits)
                 {
                     cancel.ThrowIfCancellationRequested();
-                    RunEditGroup(loaded.Model, tokenizer, group, state, host, versions, cancel);
+                    if (group.Kind == UnitKind.Lifelong) RunLifelongGroup(loaded.Model, tokenizer, group, state, host, versions, cancel);
+                    else RunEditGroup(loaded.Model, tokenizer, group, state, host, versions, cancel);
                 }
             }
         }
@@ -268,6 +269,120 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
         {
             (editor as IDisposable)?.Dispose();
         }
+    }
+
+    /// <summary>
+    /// One sequence: the group's cases edited in chunks on the loaded model without restoring it, scored by the condition's
+    /// protocol (<see cref="SequentialEditing.Run"/>), stored as one unit when it ends; then the weights are restored and
+    /// checked by hash, so the next group starts from the unedited model.
+    /// </summary>
+    private void RunLifelongGroup(CausalLM model, ITokenizer tokenizer, UnitGroup group, RunState state, string host, string versions, CancellationToken cancel)
+    {
+        var condition = group.Condition!;
+        var sequence = condition.Sequence!;
+        var editing = plan.Spec.Editing!;
+        var protocol = condition.Mode == EditMode.SequentialFinal ? SequentialProtocol.Final : SequentialProtocol.Immediate;
+        var editor = EditorFactory.Create(model, StudyPlan.Choice(condition, plan.Inputs, editing));
+        try
+        {
+            state.Report($"preparing {group.GroupId}");
+            var started = DateTime.UtcNow;
+            var clock = Stopwatch.StartNew();
+            foreach (string line in editor.Prepare(model, tokenizer)) Log(line);
+            // GE (sampled texts) is left out of sequences: the generation-based scores stand for free generation there.
+            var evaluation = new EvaluationOptions { GenerationPrompts = 0, GenerationTokens = editing.GenerationTokens, Seed = (ulong)group.Seed };
+            var evaluator = new CaseEvaluator(model, tokenizer, evaluation);
+            var options = new SequentialOptions { ChunkSize = sequence.Chunk, CheckpointEvery = sequence.CheckpointEvery, Generation = sequence.Generation };
+            var names = editor.ParameterNames(model);
+            string before = ParameterHash.Sha256(model);
+            using var snapshot = WeightSnapshot.Take(model, names);
+            SequentialResult run;
+            long changed;
+            try
+            {
+                run = SequentialEditing.Run(model, tokenizer, editor, group.Cases, protocol, options, evaluator, cancel: cancel, prepared: true);
+                changed = EditRun.Changed(model, snapshot);
+            }
+            finally
+            {
+                snapshot.Restore(model);
+                (editor as IEditHistory)?.ResetHistory();
+            }
+            if (ParameterHash.Sha256(model) != before)
+                throw new InvalidOperationException($"after {group.GroupId} the restored model's parameter hash differs from the original's");
+            var checkpoints = run.Checkpoints.Select(c => new LifelongCheckpoint(c.Edits, LifelongMeans(c.Cases))).ToList();
+            if (protocol == SequentialProtocol.Immediate) checkpoints.Add(new LifelongCheckpoint(run.Cases.Count, LifelongMeans(run.Cases)));
+            var result = new LifelongUnitResult
+            {
+                Method = editor.Method,
+                Side = condition.Side,
+                Layers = string.Join(",", editor.Scope.Layers),
+                Seed = group.Seed,
+                Mode = EditModes.Name(condition.Mode),
+                Organism = group.Organism,
+                Variant = group.Variant,
+                Arm = group.GroupId.StartsWith("lifelong/", StringComparison.Ordinal) ? "lifelong" : "editing",
+                Chunk = sequence.Chunk,
+                CheckpointEvery = sequence.CheckpointEvery,
+                Cases = [.. run.Cases.Select(c => new LifelongCaseResult
+                {
+                    CaseId = c.Case.CaseId,
+                    Pre = CaseMetrics.From(c.Pre!, c.Case.Format),
+                    Post = c.Metrics,
+                    PreLosses = CaseLosses.From(c.Pre!),
+                    PostLosses = CaseLosses.From(c.Post),
+                    Generation = c.Generation,
+                })],
+                Checkpoints = checkpoints,
+                Seconds = run.ChunkSeconds.Sum(),
+                WallSeconds = clock.Elapsed.TotalSeconds,
+                ChunkSeconds = run.ChunkSeconds,
+                ParametersChanged = changed,
+            };
+            var config = new JsonObject
+            {
+                ["kind"] = Name(UnitKind.Lifelong),
+                ["method"] = editor.Method,
+                ["side"] = condition.Side,
+                ["layers"] = result.Layers,
+                ["mode"] = result.Mode,
+                ["seed"] = group.Seed,
+                ["organism"] = group.Organism,
+                ["variant"] = group.Variant,
+                ["order"] = plan.Order(group),
+                ["edits"] = group.Cases.Count,
+                ["chunk"] = sequence.Chunk,
+                ["checkpoint_every"] = sequence.CheckpointEvery,
+                ["generation_scores"] = sequence.Generation,
+                ["case_ids"] = new JsonArray([.. group.Cases.Select(c => (JsonNode?)c.CaseId)]),
+                ["hyperparameters"] = editor.Hyperparameters.DeepClone(),
+                ["evaluation"] = JsonSerializer.SerializeToNode(evaluation, Json),
+            };
+            state.Add([new UnitRecord(group.UnitIds[0], Name(UnitKind.Lifelong), group.GroupId, group.Seed, config.ToJsonString(), JsonSerializer.Serialize(result, Json),
+                clock.Elapsed.TotalSeconds, Stamp(started), Now(), host, versions, "")], group.GroupId);
+        }
+        finally
+        {
+            (editor as IDisposable)?.Dispose();
+        }
+    }
+
+    /// <summary>Means over <paramref name="cases"/> of ES, PS, NS and the generation-based scores (a metric no case has is left out).</summary>
+    public static IReadOnlyDictionary<string, double> LifelongMeans(IReadOnlyList<SequentialCase> cases)
+    {
+        var means = new SortedDictionary<string, double>(StringComparer.Ordinal);
+        void Add(string key, Func<SequentialCase, double?> select)
+        {
+            var values = cases.Select(select).OfType<double>().ToList();
+            if (values.Count > 0) means[key] = values.Average();
+        }
+        Add("es", c => c.Metrics.ES);
+        Add("ps", c => c.Metrics.PS);
+        Add("ns", c => c.Metrics.NS);
+        Add("gen_es", c => c.Generation?.GenES);
+        Add("gen_ps", c => c.Generation?.GenPS);
+        Add("gen_ns", c => c.Generation?.GenNS);
+        return means;
     }
 
     private static UnitRecord EditRecord(UnitGroup group, int i, EditCondition condition, IKnowledgeEditor editor, CaseScores pre, CaseScores post,
@@ -378,7 +493,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
     public static StudyResults Load(ResultsStore store, string name)
     {
         var units = store.Units();
-        var (edits, tunes) = StoredUnits.Read(store.Path, units);
+        var (edits, tunes) = StoredUnits.Read(store.Path, units, out var lifelong);
         var spec = JsonNode.Parse(store.Get("study_json") ?? "{}") as JsonObject ?? [];
         int total = 0;
         if (store.Get("units_total") is string t) total = int.Parse(t, CultureInfo.InvariantCulture);
@@ -397,6 +512,6 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
             UnitsDone = units.Count,
             UnitsTotal = Math.Max(total, units.Count),
         };
-        return new StudyResults(info, edits, tunes);
+        return new StudyResults(info, edits, tunes) { Lifelong = lifelong };
     }
 }

@@ -17,9 +17,14 @@ namespace KeyValueLab.Study;
 /// <param name="Layers">Layers as "1", "0-2" or "3,5"; null = the hyperparameter file's (published) layers.</param>
 /// <param name="Mode">single (each case on the original model) or batch (all of a seed's cases in one call).</param>
 /// <param name="Overrides">Hyperparameter overrides (the run's <c>set:</c>), parsed for the method; stored as given.</param>
+/// <param name="Sequence">Chunks, checkpoints and generation scores of a sequential mode (sequential-final, sequential-immediate); null otherwise.</param>
 public sealed record EditCondition(string Method, string Side, string? Layers, EditMode Mode,
-    [property: JsonConverter(typeof(OverridesAsGiven))] HyperparameterOverrides Overrides)
+    [property: JsonConverter(typeof(OverridesAsGiven))] HyperparameterOverrides Overrides,
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] SequenceSpec? Sequence = null)
 {
+    /// <summary>True for sequential-final and sequential-immediate: one unit edits all the condition's cases on one model.</summary>
+    [JsonIgnore] public bool IsSequential => Mode is EditMode.SequentialFinal or EditMode.SequentialImmediate;
+
     /// <summary>Stable name used in unit ids, e.g. "ft/keys:up/L1".</summary>
     public string Id => $"{Method}/{Side}/L{Layers ?? "default"}";
 }
@@ -38,6 +43,24 @@ public sealed record EditingSpec
     /// <summary>Text for ROME/MEMIT/Key-ROME statistics: "generated", a file, or "organism" (the organism's corpus).</summary>
     public string? StatsCorpus { get; init; }
     public int? StatsSamples { get; init; }
+    /// <summary>The lifelong arm: sequences of edits on cases of their own (null = none).</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public LifelongSpec? Lifelong { get; init; }
+}
+
+/// <summary>How a sequential condition edits: <see cref="Chunk"/> requests per editor call (B), scores of every case edited so
+/// far after every <see cref="CheckpointEvery"/> edits (M, a multiple of B; sequential-final only; null = at the end only), and
+/// whether generation-based scores (gen_es, gen_ps, gen_ns) are taken.</summary>
+public sealed record SequenceSpec(int Chunk, int? CheckpointEvery, bool Generation);
+
+/// <summary>
+/// The lifelong arm of a study: every condition edits the same <see cref="Edits"/> cases of each replicate in sequence on
+/// one model (one unit per condition and replicate). Its cases are drawn after the single-edit cases of the same
+/// permutation, so they never overlap them.
+/// </summary>
+public sealed record LifelongSpec
+{
+    public int Edits { get; init; } = 40;
+    public IReadOnlyList<EditCondition> Conditions { get; init; } = [];
 }
 
 /// <summary>What a command line changes in a study: null (or empty) fields keep the study's.</summary>
@@ -93,6 +116,8 @@ public sealed record StudySpec
     public IReadOnlyList<int> Seeds { get; init; } = [1, 2];
     public EditingSpec? Editing { get; init; }
     public TuningSpec? Tuning { get; init; }
+    /// <summary>What reading the file found worth saying but not refusing (a deprecated mode name); not part of the grid.</summary>
+    [JsonIgnore] public IReadOnlyList<string> Warnings { get; init; } = [];
 
     public static readonly JsonSerializerOptions Json = new()
     {
@@ -124,6 +149,9 @@ public sealed record StudySpec
                         StatsCorpus = "generated",
                         StatsSamples = null,
                         Conditions = [.. result.Editing!.Conditions.Select(c => c with { Layers = null, Overrides = HyperparameterOverrides.None })],
+                        Lifelong = result.Editing!.Lifelong is { } arm
+                            ? arm with { Conditions = [.. arm.Conditions.Select(c => c with { Layers = null, Overrides = HyperparameterOverrides.None })] }
+                            : null,
                     },
                     Tuning = overrides.Tasks is { Count: > 0 } ? new TuningSpec { Targets = result.Tuning!.Targets } : null,
                 };
@@ -174,6 +202,7 @@ public sealed record StudySpec
                 new("keyrome", "keys:up", "1", EditMode.Single, HyperparameterOverrides.Parse("keyrome", ["fact_token=\"last\""])),
                 new("memit", "values", "0-1", EditMode.Batch, HyperparameterOverrides.Parse("memit", ["fact_token=\"last\"", "mom2_update_weight=350"])),
             ],
+            Lifelong = DefaultLifelong(),
         },
         Tuning = new TuningSpec
         {
@@ -189,6 +218,37 @@ public sealed record StudySpec
             MaxLength = 256,
         },
     };
+
+    /// <summary>
+    /// The built-in study's small lifelong arm: on each organism, <see cref="DefaultLifelongEdits"/> cases of its own edited
+    /// sequential-final in chunks of <see cref="DefaultLifelongChunk"/>, scored every <see cref="DefaultLifelongCheckpoint"/>
+    /// edits: FT-BF on keys:up vs values at layer 1, MEMIT vs Key-MEMIT and AlphaEdit vs Key-AlphaEdit over layers 0–1 (keyed on
+    /// the last token, MEMIT's λ = 350 on both MEMIT sides, as the single-edit MEMIT batch). The target optimisation of the
+    /// closed-form editors is cut to 10 steps and the "{}" template for the time budget (docs/editing.md, "Lifelong editing on
+    /// the organism"); sized in docs/study.md ("The built-in study").
+    /// </summary>
+    public static LifelongSpec DefaultLifelong()
+    {
+        var sequence = new SequenceSpec(DefaultLifelongChunk, DefaultLifelongCheckpoint, Generation: true);
+        string[] target = ["fact_token=\"last\"", "v_num_grad_steps=10", "context_template_length_params=[]"];
+        EditCondition Closed(string method, string side, params string[] extra) =>
+            new(method, side, "0-1", EditMode.SequentialFinal, HyperparameterOverrides.Parse(method, [.. target, .. extra]), sequence);
+        return new LifelongSpec
+        {
+            Edits = DefaultLifelongEdits,
+            Conditions =
+            [
+                new("ft-bf", "keys:up", "1", EditMode.SequentialFinal, HyperparameterOverrides.None, sequence),
+                new("ft-bf", "values", "1", EditMode.SequentialFinal, HyperparameterOverrides.None, sequence),
+                Closed("memit", "values", "mom2_update_weight=350"),
+                Closed("keymemit", "keys:up", "mom2_update_weight=350"),
+                Closed("alphaedit", "values"),
+                Closed("keyalphaedit", "keys:up"),
+            ],
+        };
+    }
+
+    public const int DefaultLifelongEdits = 20, DefaultLifelongChunk = 5, DefaultLifelongCheckpoint = 10;
 
     /// <summary>The resolved grid as canonical JSON (what the results store keeps and compares on resume).</summary>
     public string Canonical() => JsonSerializer.Serialize(this, Json);

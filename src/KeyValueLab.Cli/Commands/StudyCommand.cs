@@ -51,6 +51,7 @@ internal static class StudyCommand
             string file = parse.GetValue(studyFile) ?? "(built-in study)";
             var spec = Overridden(parse.GetValue(studyFile) is string path ? StudySpec.Load(path) : null, parse.GetValue(model), parse.GetValue(tokenizer),
                 parse.GetValue(editData), parse.GetValue(tasks), parse.GetValue(seeds));
+            foreach (string warning in spec.Warnings) stderr.WriteLine($"kvlab: warning: {warning}");
             var inputs = StudyPlan.Resolve(spec, organisms => OrganismCommand.BuildManyWithProgress(organisms, null, stderr),
                 new OrganismOptions { Threads = parse.GetValue(organismThreads) });
             var studyPlan = StudyPlan.Build(spec, inputs, file);

@@ -16,7 +16,7 @@ public sealed record GroupReference(string Name, IReadOnlyList<double?> Values, 
 /// the right, a sans-serif font when the machine has one. Rendering depends only on the data, so equal results give
 /// equal PNGs on the same machine.
 /// </summary>
-public static class ReportFigures
+public static partial class ReportFigures
 {
     private static readonly Color[] Palette =
     [

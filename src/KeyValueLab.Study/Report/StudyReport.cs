@@ -14,7 +14,7 @@ public sealed record ReportFiles(string Markdown, string Html, IReadOnlyList<str
 /// PNG), figures/*.png and tables/*.csv + *.json. The paper's five claims come first in plain words, then editing,
 /// tuning and the run's details. The same results give the same files.
 /// </summary>
-public static class StudyReport
+public static partial class StudyReport
 {
     public static ReportFiles Write(StudyResults results, string outDir) => Write(results, outDir, new ReportOptions());
 
@@ -29,7 +29,8 @@ public static class StudyReport
         var editing = results.Edits.Count > 0 ? EditingAnalysis.Analyze(results.Edits, options) : null;
         var tuning = results.Tunes.Count > 0 ? TuningAnalysis.Analyze(results.Tunes, options) : null;
         var claims = PaperClaims.Judge(editing, tuning, options);
-        var builder = new Builder(results, editing, tuning, claims, options);
+        var lifelong = results.Lifelong.Count > 0 ? LifelongAnalysis.Analyze(results.Lifelong, options) : null;
+        var builder = new Builder(results, editing, tuning, claims, options) { LifelongResults = lifelong };
         var document = builder.Build();
 
         CheckReplaceable(outDir);
@@ -96,18 +97,20 @@ public static class StudyReport
     }
 
     /// <summary>Builds the document section by section and collects the tables and notes on the way.</summary>
-    private sealed class Builder(StudyResults results, EditingResults? editing, TuningResults? tuning, IReadOnlyList<ClaimResult> claims, ReportOptions options)
+    private sealed partial class Builder(StudyResults results, EditingResults? editing, TuningResults? tuning, IReadOnlyList<ClaimResult> claims, ReportOptions options)
     {
         private readonly ReportDocument _doc = new($"Keys or values: study report for {results.Info.Name}");
         private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
 
         public List<ReportTable> Tables { get; } = [];
         public List<string> Notes { get; } = [];
+        public LifelongResults? LifelongResults { get; init; }
 
         public ReportDocument Build()
         {
             Summary();
             Editing();
+            Lifelong(LifelongResults, results, options);
             Tuning();
             if ((editing?.SecondsDifferences.Count ?? 0) + (tuning?.SecondsDifferences.Count ?? 0) > 0)
                 Tables.Add(ReportTables.CostDifferences(editing, tuning));
