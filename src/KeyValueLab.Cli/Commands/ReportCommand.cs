@@ -39,7 +39,7 @@ internal static class ReportCommand
             stderr?.WriteLine($"merged {added} units from {other}");
         }
         var results = StudyRunner.Load(store, Path.GetFileName(Path.GetFullPath(run)));
-        if (results.Edits.Count == 0 && results.Tunes.Count == 0) throw new InputException(store.Path, "no finished units yet: nothing to report");
+        if (results.Edits.Count == 0 && results.Tunes.Count == 0 && results.Lifelong.Count == 0) throw new InputException(store.Path, "no finished units yet: nothing to report");
         string dir = outDir ?? Path.Combine(run, "report");
         var files = KeyValueLab.Study.Report.StudyReport.Write(results, dir);
         stdout.Write(Headline(File.ReadAllText(files.Markdown)));

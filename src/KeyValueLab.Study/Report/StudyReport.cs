@@ -138,6 +138,8 @@ public static partial class StudyReport
                 parts.Add($"{results.Tunes.Count} LoRA run{S(results.Tunes.Count)} ({string.Join(", ", tuning.Labels)}) on "
                     + $"{tuning.Tasks.Count} task{S(tuning.Tasks.Count)} with {seeds} seed{S(seeds)}");
             }
+            if (results.Lifelong.Count > 0)
+                parts.Add($"{results.Lifelong.Count} lifelong sequence{S(results.Lifelong.Count)} of edits ({string.Join(", ", results.Lifelong.Select(u => u.Method).Distinct())})");
             string scope = parts.Count == 0 ? "no finished units yet" : string.Join(", and ", parts);
             int organisms = results.Edits.Select(e => e.Organism).Concat(results.Tunes.Select(t => t.Organism)).Distinct().Count();
             string models = organisms > 1 ? $"**{Count(organisms)} organisms** of `{info.Model}` (replicates: every interval resamples organisms, then cases within each)"

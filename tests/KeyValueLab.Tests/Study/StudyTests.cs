@@ -174,7 +174,7 @@ public class StudySpecTests
     [InlineData("""{"editing": {"runs": [{"method": "ft", "set": ["stepz=3"]}]}}""", "editing.runs[0].set: stepz: not a hyperparameter of ft")]
     [InlineData("""{"editing": {"runs": [{"method": "memit", "set": ["mom2_update_weight=-5"]}]}}""", "editing.runs[0].set: mom2_update_weight: must be a finite number >= 0, not -5")]
     [InlineData("""{"editing": {"runs": [{"method": "ft", "sides": {"a": 1}}]}}""", "editing.runs[0].sides: must be a string or a list of strings, not {\"a\":1}")]
-    [InlineData("""{"editing": {"runs": [{"method": "ft", "stepz": 3}]}}""", "editing.runs[0].stepz: unknown field (known here: method, sides, side, layers, mode, set)")]
+    [InlineData("""{"editing": {"runs": [{"method": "ft", "stepz": 3}]}}""", "editing.runs[0].stepz: unknown field (known here: method, sides, side, layers, mode, set, chunk, checkpoint_every, generation)")]
     [InlineData("""{"editing": {"runs": [5]}}""", "editing.runs[0]: must be a mapping, not 5")]
     [InlineData("""{"seeds": "1", "editing": {"runs": [{"method": "ft"}]}}""", "seeds: must be a list of whole numbers, not \"1\"")]
     [InlineData("""{"editing": {"zsre_target": "both", "runs": [{"method": "ft"}]}}""", "editing.zsre_target: must be answer or alt")]
