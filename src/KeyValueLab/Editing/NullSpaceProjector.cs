@@ -44,6 +44,16 @@ public sealed class NullSpaceProjector : IDisposable
         _basis = vectors.index_select(1, keep).to(ScalarType.Float32).contiguous().DetachFromDisposeScope();
     }
 
+    /// <summary>A projector onto a given kept basis Û <c>[d, k]</c> (orthonormal columns; copied as float32), without an
+    /// eigendecomposition: for a P computed elsewhere, and for timing the update at a shape whose decomposition is too slow to wait for.</summary>
+    public NullSpaceProjector(Tensor basis)
+    {
+        if (basis.dim() != 2 || basis.shape[1] > basis.shape[0]) throw new ArgumentException("the basis must be d × k with k <= d", nameof(basis));
+        Dim = (int)basis.shape[0];
+        Kept = (int)basis.shape[1];
+        _basis = basis.detach().to(ScalarType.Float32).contiguous().clone();
+    }
+
     /// <summary>Input dimension d.</summary>
     public int Dim { get; }
 

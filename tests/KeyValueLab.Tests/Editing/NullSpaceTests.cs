@@ -1,6 +1,7 @@
 using KeyValueLab.Editing;
 using KeyValueLab.Memory;
 using KeyValueLab.Models;
+using KeyValueLab.Tests.Models;
 using KeyValueLab.Tests.Tuning;
 using KeyValueLab.Tokenization;
 using TorchSharp;
@@ -67,6 +68,29 @@ public sealed class NullSpaceTests
         var ours = projector.Delta(keys.to(ScalarType.Float32), residual.to(ScalarType.Float32), L2);
         // float32 against float64 on well-conditioned systems (L2 = 10 bounds the solve's condition): 1e-5 relative.
         AssertRelative(Plain(c, 2e-2, keys, residual, history), ours, 1e-5, $"Δ with {earlier} earlier keys");
+    }
+
+    [Fact]
+    public void AProjectorBuiltFromItsKeptBasisGivesTheDecompositionsDelta()
+    {
+        using var scope = NewDisposeScope();
+        const int d = 20, keep = 7, dOut = 5;
+        // C diagonal, its first `keep` eigenvalues below the threshold: the kept basis is those columns of the identity
+        // (eigh returns them in another order and sign, which Δ does not depend on). The benchmark's AlphaEdit row relies on it.
+        var lambda = ones(d);
+        lambda[TensorIndex.Slice(0, keep)] = tensor(1e-3f);
+        using var g = new Generator(5);
+        var keys = randn(4, d, generator: g);
+        var residuals = randn(4, dOut, generator: g);
+        var history = randn(9, d, generator: g);
+        using var decomposed = new NullSpaceProjector(diag(lambda), 2e-2);
+        using var given = new NullSpaceProjector(eye(d).narrow(1, 0, keep));
+        Assert.Equal((keep, keep, d), (decomposed.Kept, given.Kept, given.Dim));
+        decomposed.AddHistory(history);
+        given.AddHistory(history);
+        var expected = decomposed.Delta(keys, residuals, L2);
+        TensorAssert.CloseFp32(expected, given.Delta(keys, residuals, L2), "Δ from the given basis");
+        Assert.Throws<ArgumentException>(() => new NullSpaceProjector(eye(3).narrow(0, 0, 2)));
     }
 
     [Fact]
