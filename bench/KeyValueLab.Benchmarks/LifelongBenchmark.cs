@@ -11,7 +11,9 @@ namespace KeyValueLab.Benchmarks;
 /// <c>Delta</c> then <c>AddHistory</c>), timed, with its ratio to the time its FLOP would take at the matmul rate of the same
 /// run, and the bytes P and the key store hold. The target optimisation (MEMIT's z, the forward/backward passes) is not in
 /// these rows; P is built from a synthetic second moment whose spectrum puts the chosen share of directions below the
-/// threshold (AlphaEdit reports about 70% kept on Llama-3-8B), and the eigendecomposition, done once per model, is timed apart.
+/// threshold (AlphaEdit reports about 70% kept on Llama-3-8B), and the eigendecomposition, done once per model, is timed apart
+/// for the key row (<c>--no-eig</c>: not at all); the value row always builds P from its kept basis (its 6400² decomposition
+/// takes minutes on a loaded 2-core machine).
 /// </summary>
 internal static class LifelongBenchmark
 {
