@@ -6,7 +6,7 @@ namespace KeyValueLab.Study;
 
 /// <summary>
 /// What the plan can check before any unit runs, so that a run does not stop midway at the same unit every time it is
-/// resumed: every prompt an editing unit scores, with its longest target, must fit the model's positions (a 307-token
+/// resumed: every prompt an editing or lifelong unit scores, with its longest target, must fit the model's positions (a 307-token
 /// prompt once passed the plan and stopped a run at its unit: "307 tokens exceed the model's 64 positions").
 /// </summary>
 public static class StudyPreflight
@@ -14,7 +14,7 @@ public static class StudyPreflight
     /// <summary>Throws an <see cref="InputException"/> naming the edit data, the case and the prompt that cannot fit.</summary>
     public static void Check(StudyPlan plan, Func<ITokenizer> tokenizer)
     {
-        var cases = plan.Groups.Where(g => g.Kind == UnitKind.Edit).SelectMany(g => g.Cases).DistinctBy(c => c.CaseId).ToList();
+        var cases = plan.Groups.Where(g => g.Kind is UnitKind.Edit or UnitKind.Lifelong).SelectMany(g => g.Cases).DistinctBy(c => c.CaseId).ToList();
         if (cases.Count == 0) return;
         var tok = tokenizer();
         int positions = plan.Config.MaxPositions;
