@@ -189,7 +189,7 @@ internal static class MemoryBenchmark
                 using var lora = LoraModel.Attach(model, new LoraConfig { TargetModules = LoraConfig.ResolveTargets("q,v,keys:up", c.ModelType) }, seed: 1);
                 lora.Training = true;
                 // As QLoRA trains: each decoder layer recomputed in the backward pass, so the step holds one layer's activations
-                // (about 0.2 GB a layer at 128 tokens otherwise, 6.4 GB at 32 layers).
+                // (otherwise ≈ 0.17 GB a layer at 128 tokens, measured at 2 and 4 layers: see docs/performance.md).
                 model.GradientCheckpointing = checkpointing;
                 using var optimizer = new AdamWOptimizer(lora.Parameters(), 2e-4);
                 using var ids = randint(0, c.VocabSize, [1, 128], generator: new torch.Generator(7));
