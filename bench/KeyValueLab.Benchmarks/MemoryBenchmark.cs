@@ -16,8 +16,10 @@ namespace KeyValueLab.Benchmarks;
 /// weights (N(0, 0.02), norms 1, biases 0) with the project's own writer into a temporary folder, then runs the work in a
 /// child process (so its peak RSS, VmHWM, is the work's own) and prints the peak against the row's goal, the time against
 /// the FLOP-bound time at the same child's measured matmul rate, and deletes the folder.
-///   memory [--row tune-llama|ft-gptj|rome-llama|ft-gpt2xl|all] [--layers N] [--steps S]
-/// --layers cuts every model to its first N layers (the published widths, vocabularies and heads stay).
+///   memory [--row tune-llama|ft-gptj|rome-llama|ft-gpt2xl|all] [--layers N] [--steps S] [--folder DIR] [--no-checkpointing]
+/// --layers cuts every model to its first N layers (the published widths, vocabularies and heads stay). --folder keeps the
+/// checkpoint in DIR (written when DIR has none) for the next run of the same row; --no-checkpointing trains the Llama row
+/// without gradient checkpointing.
 /// </summary>
 internal static class MemoryBenchmark
 {
@@ -41,7 +43,7 @@ internal static class MemoryBenchmark
 
     public static int Run(string[] args)
     {
-        if (Option(args, "--child") is string child) return RunChild(child, Option(args, "--checkpoint")!, Int(args, "--steps", 3));
+        if (Option(args, "--child") is string child) return RunChild(child, Option(args, "--checkpoint")!, Int(args, "--steps", 3), checkpointing: !args.Contains("--no-checkpointing"));
         string which = Option(args, "--row") ?? "all";
         var rows = which == "all" ? Rows : Rows.Where(r => r.Name == which).ToArray();
         if (rows.Length == 0)
@@ -53,20 +55,32 @@ internal static class MemoryBenchmark
         var summary = new List<string>();
         foreach (var row in rows)
         {
-            string folder = Directory.CreateTempSubdirectory("kvlab-bench-").FullName;
+            // --folder keeps the checkpoint for the next run (one row only); it is written when the folder has none.
+            string? kept = rows.Length == 1 ? Option(args, "--folder") : null;
+            string folder = kept ?? Directory.CreateTempSubdirectory("kvlab-bench-").FullName;
             try
             {
                 int used = Math.Min(layers ?? row.Layers, row.Layers);
                 var clock = Stopwatch.StartNew();
-                long stored = WriteCheckpoint(row, used, folder);
-                Console.WriteLine($"{row.Name}: wrote {row.Shape} shape, {used} of {row.Layers} layers, {row.DType}: {stored / 1e9:F2} GB in {clock.Elapsed.TotalSeconds:F0} s");
+                long stored;
+                if (kept is not null && File.Exists(Path.Combine(kept, "config.json")))
+                {
+                    stored = Directory.GetFiles(folder, "*.safetensors").Sum(f => new FileInfo(f).Length);
+                    Console.WriteLine($"{row.Name}: reusing {folder} ({stored / 1e9:F2} GB; --layers must match it)");
+                }
+                else
+                {
+                    Directory.CreateDirectory(folder);
+                    stored = WriteCheckpoint(row, used, folder);
+                    Console.WriteLine($"{row.Name}: wrote {row.Shape} shape, {used} of {row.Layers} layers, {row.DType}: {stored / 1e9:F2} GB in {clock.Elapsed.TotalSeconds:F0} s");
+                }
                 var result = RunInChild(row.Name, folder, args);
                 if (result is null) return 1;
                 summary.Add(Summarise(row, used, stored, result));
             }
             finally
             {
-                Directory.Delete(folder, recursive: true);
+                if (kept is null) Directory.Delete(folder, recursive: true);
             }
         }
         Console.WriteLine();
@@ -105,14 +119,32 @@ internal static class MemoryBenchmark
             int s = seed++;
             return TensorToSave.Lazy(t.Name, t.Shape, row.DType, () =>
             {
-                if (t.Shape.Length == 1) return t.Name.EndsWith(".bias", StringComparison.Ordinal) ? zeros(t.Shape) : ones(t.Shape);
-                using var generator = new torch.Generator((ulong)s);
-                return randn(t.Shape, generator: generator).mul_(0.02);
+                var dtype = SafetensorsDType.ToScalarType(row.DType);
+                if (t.Shape.Length == 1) return t.Name.EndsWith(".bias", StringComparison.Ordinal) ? zeros(t.Shape, dtype) : ones(t.Shape, dtype);
+                return Synthetic(t.Shape, dtype, (ulong)s);
             });
         }).ToList();
         HfCheckpointWriter.Save(folder, config, tensors, maxShardBytes: 5_000_000_000);
         return Directory.GetFiles(folder, "*.safetensors").Sum(f => new FileInfo(f).Length);
     }
+
+    /// <summary>Values drawn per tensor from N(0, 0.02) in the stored dtype.</summary>
+    /// <remarks>
+    /// Drawing every value took ~4 min per 3.8 GB here; one block of <see cref="SyntheticBlock"/> values (a prime, so rows
+    /// of any width start at different places in it and no two rows are equal) repeated over the tensor costs a copy. The
+    /// values are Gaussian either way, which is what NF4's block statistics see.
+    /// </remarks>
+    private static Tensor Synthetic(long[] shape, ScalarType dtype, ulong seed)
+    {
+        using var scope = NewDisposeScope();
+        long n = shape.Aggregate(1L, (a, b) => a * b);
+        using var generator = new torch.Generator(seed);
+        var block = randn(Math.Min(n, SyntheticBlock), generator: generator).mul_(0.02).to(dtype);
+        long copies = (n + block.shape[0] - 1) / block.shape[0];
+        return block.repeat(copies).narrow(0, 0, n).view(shape).MoveToOuterDisposeScope();
+    }
+
+    private const long SyntheticBlock = 1_048_573;
 
     private static Dictionary<string, double>? RunInChild(string row, string folder, string[] args)
     {
@@ -120,6 +152,7 @@ internal static class MemoryBenchmark
         var start = new ProcessStartInfo(self) { RedirectStandardOutput = true, UseShellExecute = false };
         if (Path.GetFileNameWithoutExtension(self) == "dotnet") start.ArgumentList.Add(typeof(MemoryBenchmark).Assembly.Location);
         foreach (string a in new[] { "memory", "--child", row, "--checkpoint", folder, "--steps", Option(args, "--steps") ?? "3" }) start.ArgumentList.Add(a);
+        if (args.Contains("--no-checkpointing")) start.ArgumentList.Add("--no-checkpointing");
         using var child = Process.Start(start) ?? throw new InvalidOperationException($"could not start {self}");
         Dictionary<string, double>? result = null;
         while (child.StandardOutput.ReadLine() is string line)
@@ -135,7 +168,7 @@ internal static class MemoryBenchmark
         return null;
     }
 
-    private static int RunChild(string row, string folder, int steps)
+    private static int RunChild(string row, string folder, int steps, bool checkpointing)
     {
         var values = new Dictionary<string, double>();
         double matmul = 2.0 * 1024 * 1024 * 1024 / RuntimeBenchmark.Best(3, RuntimeBenchmark.MatmulOnce, out _) / 1e9;
@@ -155,9 +188,12 @@ internal static class MemoryBenchmark
             {
                 using var lora = LoraModel.Attach(model, new LoraConfig { TargetModules = LoraConfig.ResolveTargets("q,v,keys:up", c.ModelType) }, seed: 1);
                 lora.Training = true;
+                // As QLoRA trains: each decoder layer recomputed in the backward pass, so the step holds one layer's activations
+                // (otherwise ≈ 0.17 GB a layer at 128 tokens, measured at 2 and 4 layers: see docs/performance.md).
+                model.GradientCheckpointing = checkpointing;
                 using var optimizer = new AdamWOptimizer(lora.Parameters(), 2e-4);
                 using var ids = randint(0, c.VocabSize, [1, 128], generator: new torch.Generator(7));
-                LoraBenchmark.Step(model, optimizer, ids, lora);
+                TunePhases(model, optimizer, ids, lora, values);
                 break;
             }
             case "rome-llama":
@@ -200,6 +236,24 @@ internal static class MemoryBenchmark
         Console.WriteLine($"work {values["work_s"]:F1} s; peak RSS {values["peak_rss"] / 1e9:F2} GB");
         Console.WriteLine(ResultPrefix + string.Join(" ", values.Select(kv => string.Create(CultureInfo.InvariantCulture, $"{kv.Key}={kv.Value:R}"))));
         return 0;
+    }
+
+    /// <summary>One optimizer step as <see cref="LoraBenchmark.Step"/>, printing RSS after the forward pass, the backward pass and the update.</summary>
+    private static void TunePhases(CausalLM model, AdamWOptimizer optimizer, Tensor ids, LoraModel lora, Dictionary<string, double> values)
+    {
+        using var scope = NewDisposeScope();
+        optimizer.ZeroGrad();
+        var logits = model.Forward(ids);
+        var loss = nn.functional.cross_entropy(logits[.., ..^1].reshape(-1, logits.shape[2]), ids[.., 1..].reshape(-1));
+        values["forward_rss"] = ProcessMemory.ResidentBytes();
+        values["forward_peak"] = ProcessMemory.PeakResidentBytes();
+        loss.backward();
+        values["backward_rss"] = ProcessMemory.ResidentBytes();
+        values["backward_peak"] = ProcessMemory.PeakResidentBytes();
+        GradientClipping.ClipGradNorm(lora.Parameters(), 0.3);
+        optimizer.Step();
+        Console.WriteLine($"RSS (peak so far) after forward {values["forward_rss"] / 1e9:F2} ({values["forward_peak"] / 1e9:F2}) GB, " +
+                          $"after backward {values["backward_rss"] / 1e9:F2} ({values["backward_peak"] / 1e9:F2}) GB, after the update {ProcessMemory.ResidentBytes() / 1e9:F2} GB");
     }
 
     /// <summary>Seconds to widen every frozen weight of <paramref name="model"/> once, block by block as a forward pass does.</summary>

@@ -101,6 +101,17 @@ internal sealed class AttentionContext
         return new AttentionContext(batch, length, past, positions, mask, isCausal, cache, windowMasks);
     }
 
+    /// <summary>
+    /// Takes this context's tensors out of every dispose scope, for layers recomputed in the backward pass
+    /// (<see cref="LayerCheckpoint"/>), which runs after the forward pass's scopes are gone: the garbage collector frees them
+    /// with the graph that refers to them (a few small tensors per step).
+    /// </summary>
+    public AttentionContext KeepForBackward()
+    {
+        foreach (var t in new[] { Positions, Mask, Cos, Sin }.Concat(_windowMasks.Values)) t?.DetachFromDisposeScope();
+        return this;
+    }
+
     /// <summary>The additive mask for a layer with sliding window <paramref name="window"/> (null: full attention), or null for plain causal attention.</summary>
     public Tensor? MaskFor(int? window) => window is int w && _windowMasks.TryGetValue(w, out var m) ? m : Mask;
 

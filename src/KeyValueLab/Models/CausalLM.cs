@@ -17,6 +17,29 @@ public abstract class CausalLM : nn.Module
     public abstract ModelConfig Config { get; }
 
     /// <summary>
+    /// Recompute each decoder layer in the backward pass instead of keeping its activations (<see cref="LayerCheckpoint"/>):
+    /// a training step then holds one layer's activations at a time. Only architectures that return true from
+    /// <see cref="SupportsGradientCheckpointing"/> honour it; setting it on another one throws.
+    /// </summary>
+    public bool GradientCheckpointing
+    {
+        get => _gradientCheckpointing;
+        set
+        {
+            if (value && !SupportsGradientCheckpointing) throw new NotSupportedException($"{Config.ModelType} models have no gradient checkpointing");
+            _gradientCheckpointing = value;
+        }
+    }
+
+    private bool _gradientCheckpointing;
+
+    /// <summary>Whether the architecture's layer loop honours <see cref="GradientCheckpointing"/>.</summary>
+    public virtual bool SupportsGradientCheckpointing => false;
+
+    /// <summary>Generators (besides torch's global one) whose state a checkpointed layer restores before it is recomputed, so that dropout draws the same masks twice (LoRA's <see cref="Tuning.LoraModel.DropoutGenerator"/>).</summary>
+    internal List<Generator> CheckpointGenerators { get; } = [];
+
+    /// <summary>
     /// Logits <c>[B, T, vocab]</c> (fp32) for <paramref name="inputIds"/> <c>[B, T]</c> (int64).
     /// <paramref name="attentionMask"/> <c>[B, T_past + T]</c> is 1 for real tokens and 0 for padding
     /// (right or left padding); <paramref name="positionIds"/> <c>[B, T]</c> defaults to the number of real

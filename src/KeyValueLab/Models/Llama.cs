@@ -193,11 +193,15 @@ internal sealed class LlamaModel : nn.Module<Tensor, AttentionContext, Tensor>
     public TokenEmbedding EmbedTokens => _embedTokens;
     public ModuleList<LlamaDecoderLayer> Layers => _layers;
 
+    /// <summary>Set while the owning model checkpoints its layers: the generators to restore before recomputing one (see <see cref="LayerCheckpoint"/>).</summary>
+    internal IReadOnlyList<Generator>? Checkpointed { get; set; }
+
     public override Tensor forward(Tensor inputIds, AttentionContext ctx)
     {
         var x = _embedTokens.call(inputIds);  // [B, T, C]
         if (_embedScale is not null) x = x.mul(_embedScale);
-        foreach (var layer in _layers) x = layer.call(x, ctx);
+        foreach (var layer in _layers)
+            x = Checkpointed is { } generators ? LayerCheckpoint.Apply(h => layer.call(h, ctx), x, generators) : layer.call(x, ctx);
         return _norm.call(x);
     }
 }
@@ -313,12 +317,25 @@ public sealed class Llama : CausalLM
         };
     }
 
+    public override bool SupportsGradientCheckpointing => true;
+
     public override Tensor Hidden(Tensor inputIds, Tensor? attentionMask = null, Tensor? positionIds = null, KvCache? cache = null)
     {
         using var scope = NewDisposeScope();
+        var ctx = Context(inputIds, attentionMask, positionIds, cache);
+        // Checkpointed layers run again in the backward pass, after this call: their shared mask and rotary tables must outlive it.
+        bool checkpoint = GradientCheckpointing && is_grad_enabled();
+        if (checkpoint) ctx.KeepForBackward();
+        _model.Checkpointed = checkpoint ? CheckpointGenerators : null;
+        try { return _model.call(inputIds, ctx).MoveToOuterDisposeScope(); }  // [B, T, C]
+        finally { _model.Checkpointed = null; }
+    }
+
+    private AttentionContext Context(Tensor inputIds, Tensor? attentionMask, Tensor? positionIds, KvCache? cache)
+    {
         var ctx = AttentionContext.Build(inputIds, attentionMask, positionIds, cache, _options.Windows, explicitMask: _options.ScoreScale is not null);
         (ctx.Cos, ctx.Sin) = HalfRotary.Tables(ctx.Positions, Config.HeadDim, _options.RopeTheta, _options.RopePositionScale);
-        return _model.call(inputIds, ctx).MoveToOuterDisposeScope();  // [B, T, C]
+        return ctx;
     }
 
     /// <summary>Logits through <c>lm_head</c>, or the tied token embedding.</summary>

@@ -62,7 +62,19 @@ public sealed class LoraModel : IDisposable
     /// Source of the dropout masks while training. A private generator, so seeded training does not
     /// depend on (or disturb) torch's global random state; null uses the global generator.
     /// </summary>
-    public torch.Generator? DropoutGenerator { get; set; }
+    public torch.Generator? DropoutGenerator
+    {
+        get => _dropoutGenerator;
+        set
+        {
+            // A checkpointed model recomputes each layer in the backward pass from this generator's saved state.
+            if (_dropoutGenerator is not null) Model.CheckpointGenerators.Remove(_dropoutGenerator);
+            _dropoutGenerator = value;
+            if (value is not null) Model.CheckpointGenerators.Add(value);
+        }
+    }
+
+    private torch.Generator? _dropoutGenerator;
 
     /// <summary>True after <see cref="Merge"/>: B·A is inside W and the hooks add nothing.</summary>
     public bool Merged { get; private set; }
@@ -268,6 +280,7 @@ public sealed class LoraModel : IDisposable
     public void Dispose()
     {
         if (Merged) Unmerge();
+        DropoutGenerator = null;
         foreach (var unhook in _unhook) unhook();
         _unhook.Clear();
         foreach (var p in Parameters()) p.Dispose();
