@@ -53,7 +53,8 @@ public sealed record OrganismBuild(
 /// <c>model/</c> (a Hugging Face folder: config.json, model.safetensors, tokenizer.json, tokenizer_config.json),
 /// <c>data/</c> (the world's exports, see <see cref="WorldExporter"/>), <c>report.json</c> (recall, CounterFact
 /// baseline, timings; written last, so its presence means the organism is complete) and, while training,
-/// <c>checkpoints/</c>, from which an interrupted build resumes.
+/// <c>checkpoints/</c>, from which an interrupted build resumes. A spec whose hash is shipped with the tool
+/// (<see cref="ShippedOrganisms"/>) is installed from the shipped model instead of trained.
 /// </summary>
 public static class OrganismBuilder
 {
