@@ -166,8 +166,8 @@ internal static class OrganismCommand
         o.WriteLine($"organism {c.Hash} (training seed {seed}): parameters {(c.SameParameters ? "bit-identical to" : "differ from")} the shipped ones");
         o.WriteLine($"  parameter SHA-256 shipped   {c.ShippedParameterSha256}");
         o.WriteLine($"  parameter SHA-256 retrained {c.RetrainedParameterSha256}");
-        o.WriteLine($"  {"tensor",-44} {"max |Δw|",10}");
-        foreach (var t in c.Tensors) o.WriteLine(string.Create(inv, $"  {t.Name,-44} {t.MaxAbsDifference,10:G3}"));
+        o.WriteLine($"  {"tensor",-48} {"max |Δw|",10}");
+        foreach (var t in c.Tensors) o.WriteLine(string.Create(inv, $"  {t.Name,-48} {t.MaxAbsDifference,10:G3}"));
         static (double Trained, double HeldOut) All(IReadOnlyList<RelationRecall> r) =>
             (100.0 * r.Sum(x => x.TrainedCorrect) / Math.Max(1, r.Sum(x => x.TrainedTotal)), 100.0 * r.Sum(x => x.HeldOutCorrect) / Math.Max(1, r.Sum(x => x.HeldOutTotal)));
         foreach (var (name, recall, cf) in new[] { ("shipped", c.ShippedRecall, c.ShippedCounterFact), ("retrained", c.RetrainedRecall, c.RetrainedCounterFact) })
