@@ -32,6 +32,10 @@ public sealed record EditUnitResult
     public CaseLosses? PostLosses { get; init; }
     /// <summary>Wall seconds of the edit itself (a batch's time divided by its size).</summary>
     public required double Seconds { get; init; }
+    /// <summary>CPU seconds of the edit itself (<see cref="CpuTime"/>: the worker thread's with one torch thread, else the
+    /// process's; a batch's divided by its size): what the timing claim compares, as contention does not inflate it.
+    /// Null in stores written before it was kept.</summary>
+    public double? CpuSeconds { get; init; }
     public long ParametersChanged { get; init; }
 }
 

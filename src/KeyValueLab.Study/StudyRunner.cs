@@ -246,8 +246,8 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
                     (k, pre, post, _) => scored.Add((missing[k], pre, post)), cancel: cancel);
                 // Each case's share of the group's wall time and of the edit's time.
                 double share = (DateTime.UtcNow - started).TotalSeconds / group.Cases.Count;
-                var records = scored.Select(x => EditRecord(group, x.Case, condition, editor, x.Pre, x.Post, cost.Seconds / group.Cases.Count, cost.Changed,
-                    config, started, share, host, versions)).ToList();
+                var records = scored.Select(x => EditRecord(group, x.Case, condition, editor, x.Pre, x.Post, cost.Seconds / group.Cases.Count,
+                    cost.CpuSeconds / group.Cases.Count, cost.Changed, config, started, share, host, versions)).ToList();
                 state.Add(records, group.GroupId);
             }
             else
@@ -258,7 +258,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
                     if (state.IsStored(group.UnitIds[i])) continue;
                     var started = DateTime.UtcNow;
                     var e = EditRun.EditOnce(model, tokenizer, editor, evaluator, group.Cases[i], snapshot, names, edited);
-                    state.Add([EditRecord(group, i, condition, editor, e.Pre, e.Post, e.Seconds, e.Changed, config, started,
+                    state.Add([EditRecord(group, i, condition, editor, e.Pre, e.Post, e.Seconds, e.CpuSeconds, e.Changed, config, started,
                         (DateTime.UtcNow - started).TotalSeconds, host, versions)], group.UnitIds[i]);
                 }
             }
@@ -386,7 +386,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
     }
 
     private static UnitRecord EditRecord(UnitGroup group, int i, EditCondition condition, IKnowledgeEditor editor, CaseScores pre, CaseScores post,
-        double seconds, long changed, JsonObject config, DateTime started, double wallSeconds, string host, string versions)
+        double seconds, double cpuSeconds, long changed, JsonObject config, DateTime started, double wallSeconds, string host, string versions)
     {
         var c = group.Cases[i];
         var result = new EditUnitResult
@@ -404,6 +404,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
             PreLosses = CaseLosses.From(pre),
             PostLosses = CaseLosses.From(post),
             Seconds = seconds,
+            CpuSeconds = double.IsFinite(cpuSeconds) ? cpuSeconds : null,
             ParametersChanged = changed,
         };
         var unitConfig = (JsonObject)config.DeepClone();

@@ -78,6 +78,12 @@ public sealed record EditingResults(HeadlineMetrics Headline, IReadOnlyList<Edit
 {
     public const string Score = "Score";
     public const string Seconds = "Seconds per edit";
+    public const string CpuLogRatio = "log CPU-seconds ratio";
+
+    /// <summary>Per pair of cases, ln(keys' CPU seconds / values' CPU seconds) of the edit, with its hierarchical interval:
+    /// the timing claim's endpoint. A ratio of two timings on one machine and thread count is, to first order, the same on
+    /// any machine (a faster CPU divides both), where a difference of seconds is not. Empty for stores without CPU times.</summary>
+    public IReadOnlyList<PairedDifference> CpuRatios { get; init; } = [];
 }
 
 /// <summary>Groups editing units into conditions, summarises them and pairs keys with values case by case.</summary>
@@ -112,6 +118,7 @@ public static class EditingAnalysis
 
         var differences = new List<PairedDifference>();
         var seconds = new List<PairedDifference>();
+        var ratios = new List<PairedDifference>();
         // Keys and values are paired within a method family: FT-type editors with themselves, Key-ROME with ROME
         // (the paper's closed-form editor on the values and its key-side counterpart).
         foreach (var family in groups.GroupBy(g => (Family(g.Condition.Method), g.Condition.Layers, g.Condition.Mode)))
@@ -129,9 +136,11 @@ public static class EditingAnalysis
                     differences.Add(ScoreDifference(keys.Condition, values.Condition, pairs, headline, options));
                 if (Difference(keys.Condition, values.Condition, EditingResults.Seconds, pairs, u => u.Seconds, options) is { } s)
                     seconds.Add(s);
+                if (Difference(keys.Condition, values.Condition, EditingResults.CpuLogRatio, pairs, u => u.CpuSeconds is > 0 and double c ? Math.Log(c) : null, options) is { } r)
+                    ratios.Add(r);
             }
         }
-        return new EditingResults(headline, metrics, summary, differences, costs, seconds);
+        return new EditingResults(headline, metrics, summary, differences, costs, seconds) { CpuRatios = ratios };
     }
 
     /// <summary>The method as the report names a condition: with its variant when it has one ("FT [lr=5e-3]", a second

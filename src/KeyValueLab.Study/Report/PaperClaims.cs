@@ -42,7 +42,8 @@ public sealed record ClaimResult(string Id, string Claim, string OppositeText, V
 /// <para>Each claim has one primary endpoint, fixed before looking at the data: for (a)–(c) the FT comparison of the
 /// first keys side (keys, or keys:up on Llama) with the values at the first layers, single edits (the paper edits by
 /// gradient fine-tuning); for (d) the first keys target set (+keys or +keys:up) against +values on the mean over
-/// tasks; for (e) the seconds per edit of (a)'s FT comparison, or training seconds when the study has no edits. The
+/// tasks; for (e) the keys/values ratio of CPU seconds per edit of (a)'s FT comparison (its log, paired by case, with the
+/// hierarchical interval; wall seconds for stores without CPU times), or training seconds when the study has no edits. The
 /// claim's verdict is its primary endpoint's. The primary p-values are Holm-corrected across the claims; the
 /// secondary comparisons, reported beside them, are Holm-corrected among themselves.</para>
 /// <para>A comparison holds when its 95% interval excludes 0 in the claim's direction, its Holm-adjusted p &lt; alpha,
@@ -54,6 +55,9 @@ public sealed record ClaimResult(string Id, string Claim, string OppositeText, V
 /// </summary>
 public static class PaperClaims
 {
+    /// <summary>The unit of a comparison made on ln(keys/values): its numbers are printed as the ratio.</summary>
+    public const string Ratio = "ratio";
+
     private sealed record Candidate(string Comparison, string Unit, int Pairs, string Noun, Estimate Difference, TestResult Test,
         int Direction, IReadOnlyList<string> Organisms, IReadOnlyList<double> PerOrganism, int Differing, bool PreferredPrimary)
     {
@@ -90,8 +94,15 @@ public static class PaperClaims
 
         var timeCandidates = new List<Candidate>();
         if (editing is not null)
-            foreach (var d in editing.SecondsDifferences)
-                timeCandidates.Add(FromEdit($"seconds per edit, {Describe(d)}", "s", d, -1));
+        {
+            // The ratio of CPU seconds where the store has them (machine-independent to first order); wall seconds otherwise.
+            if (editing.CpuRatios.Count > 0)
+                foreach (var d in editing.CpuRatios)
+                    timeCandidates.Add(FromEdit($"keys/values CPU seconds per edit, {Describe(d)}", Ratio, d, -1));
+            else
+                foreach (var d in editing.SecondsDifferences)
+                    timeCandidates.Add(FromEdit($"seconds per edit, {Describe(d)}", "s", d, -1));
+        }
         if (tuning is not null)
             foreach (var s in tuning.SecondsDifferences.Where(s => TuningAnalysis.IsKeysLabel(s.A) && s.B == TuningResults.Values))
                 timeCandidates.Add(new Candidate($"training seconds, {s.A} vs {s.B}", "s", s.Seeds, "paired seeds", s.Difference, s.Test, -1,
@@ -169,6 +180,13 @@ public static class PaperClaims
     public static string Numbers(ClaimEvidence e)
     {
         var inv = CultureInfo.InvariantCulture;
+        if (e.Unit == Ratio)
+        {
+            string organisms1 = e.PerOrganism.Count < 2 ? "" : "; per organism " + string.Join(", ", e.PerOrganism.Select(x => Math.Exp(x).ToString("F3", inv)));
+            string holm1 = double.IsNaN(e.AdjustedP) ? "" : $" (Holm-adjusted {ReportFormat.P(e.AdjustedP)})";
+            return string.Create(inv, $"keys/values ratio {Math.Exp(e.Difference.Value):F3} [95% CI {Math.Exp(e.Difference.Low):F3}, {Math.Exp(e.Difference.High):F3}] (geometric mean over cases), " +
+                $"{e.Test.Test} on the log ratio {ReportFormat.PClause(e.Test.P)}{holm1}, {e.Pairs} {e.PairsNoun}{organisms1}");
+        }
         string value = e.Unit == "s" ? ReportFormat.SecondsWithInterval(e.Difference, signed: true) : ReportFormat.SignedWithInterval(e.Difference);
         int bracket = value.IndexOf(" [", StringComparison.Ordinal);
         string unit = e.Unit == "s" ? " s" : " points";

@@ -166,7 +166,11 @@ public sealed class EditRun
     }
 
     /// <summary>What one single-mode edit gave: scores before and after, the editor's report, its seconds, the weights it changed and the generation-based scores (null when not taken).</summary>
-    public sealed record SingleEdit(CaseScores Pre, CaseScores Post, EditReport Report, double Seconds, long Changed, GenerationMetrics? Generation = null);
+    public sealed record SingleEdit(CaseScores Pre, CaseScores Post, EditReport Report, double Seconds, long Changed, GenerationMetrics? Generation = null)
+    {
+        /// <summary>CPU seconds of the edit (<see cref="CpuTime.Now"/>); NaN where not measured.</summary>
+        public double CpuSeconds { get; init; } = double.NaN;
+    }
 
     /// <summary>
     /// One case in single mode: scores before, the edit (timed; changed weights counted against <paramref name="snapshot"/>),
@@ -179,7 +183,7 @@ public sealed class EditRun
         var pre = evaluator.Measure(c);
         var answers = generation?.Generate(c);
         (editor as IEditHistory)?.ResetHistory();   // every case from clean state (SPEC §7: EasyEdit's leaking key cache)
-        var (report, seconds) = Timed(() => editor.Apply(model, tokenizer, [c.Request]));
+        var (report, seconds, cpu) = Timed(() => editor.Apply(model, tokenizer, [c.Request]));
         long changed = Changed(model, snapshot);
         var post = evaluator.Measure(c);
         var gen = generation is null ? null : GenerationScorer.Score(c, answers!, generation.Generate(c));
@@ -187,7 +191,7 @@ public sealed class EditRun
         (editor as IEditHistory)?.ResetHistory();
         if (ParameterHash.Sha256(model, names) != editedHash)
             throw new InvalidOperationException($"case {c.CaseId}: restoring the weights did not give back the original parameters");
-        return new SingleEdit(pre, post, report, seconds, changed, gen);
+        return new SingleEdit(pre, post, report, seconds, changed, gen) { CpuSeconds = cpu };
     }
 
     private void RunBatch(CausalLM model, ITokenizer tokenizer, IKnowledgeEditor editor, CaseEvaluator evaluator, GenerationScorer? generation,
@@ -207,7 +211,11 @@ public sealed class EditRun
     }
 
     /// <summary>What a batch edit cost: the editor's report, its seconds and the weights it changed; the measured cases' generation-based scores when taken.</summary>
-    public sealed record BatchCost(EditReport Report, double Seconds, long Changed, IReadOnlyList<GenerationMetrics>? Generation = null);
+    public sealed record BatchCost(EditReport Report, double Seconds, long Changed, IReadOnlyList<GenerationMetrics>? Generation = null)
+    {
+        /// <summary>CPU seconds of the batch edit (<see cref="CpuTime.Now"/>); NaN where not measured.</summary>
+        public double CpuSeconds { get; init; } = double.NaN;
+    }
 
     /// <summary>
     /// One batch edit: <paramref name="measured"/> scored before, every request of <paramref name="all"/> applied in one editor call
@@ -229,9 +237,9 @@ public sealed class EditRun
             onPre?.Invoke(i);
         }
         (editor as IEditHistory)?.ResetHistory();
-        var (report, seconds) = Timed(() => editor.Apply(model, tokenizer, [.. all.Select(c => c.Request)]));
+        var (report, seconds, cpu) = Timed(() => editor.Apply(model, tokenizer, [.. all.Select(c => c.Request)]));
         var gen = generation is null ? null : measured.Select((c, i) => GenerationScorer.Score(c, answers[i], generation.Generate(c))).ToList();
-        var cost = new BatchCost(report, seconds, Changed(model, snapshot), gen);
+        var cost = new BatchCost(report, seconds, Changed(model, snapshot), gen) { CpuSeconds = cpu };
         for (int i = 0; i < measured.Count; i++)
         {
             cancel.ThrowIfCancellationRequested();
@@ -264,7 +272,7 @@ public sealed class EditRun
             }
             var pre = evaluator.Measure(c);
             var answers = generation?.Generate(c);
-            var (report, seconds) = Timed(() => editor.Apply(model, tokenizer, [c.Request]));
+            var (report, seconds, _) = Timed(() => editor.Apply(model, tokenizer, [c.Request]));
             long changed = Changed(model, snapshot);
             var post = evaluator.Measure(c);
             var gen = generation is null ? null : GenerationScorer.Score(c, answers!, generation.Generate(c));
@@ -384,11 +392,13 @@ public sealed class EditRun
         }
     }
 
-    private static (EditReport Report, double Seconds) Timed(Func<EditReport> edit)
+    /// <summary>The edit with its wall seconds and its CPU seconds (<see cref="CpuTime.Now"/>).</summary>
+    private static (EditReport Report, double Seconds, double CpuSeconds) Timed(Func<EditReport> edit)
     {
+        double cpu = CpuTime.Now();
         var watch = Stopwatch.StartNew();
         var report = edit();
-        return (report, watch.Elapsed.TotalSeconds);
+        return (report, watch.Elapsed.TotalSeconds, CpuTime.Now() - cpu);
     }
 
     /// <summary>How many weights differ (bitwise) from the snapshot.</summary>

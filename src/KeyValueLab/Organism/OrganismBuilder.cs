@@ -42,14 +42,19 @@ public sealed record OrganismSpec
 /// <summary>A built (or reused) organism: where its files are and what it knows.</summary>
 public sealed record OrganismBuild(
     string Folder, string ModelFolder, string DataFolder, string Hash, bool Reused,
-    IReadOnlyList<RelationRecall> Recall, CounterFactBaseline CounterFact, double TrainingSeconds, double BuildSeconds);
+    IReadOnlyList<RelationRecall> Recall, CounterFactBaseline CounterFact, double TrainingSeconds, double BuildSeconds)
+{
+    /// <summary>The model came from a shipped organism (<see cref="ShippedOrganisms"/>) rather than from training here.</summary>
+    public bool Shipped { get; init; }
+}
 
 /// <summary>
 /// Builds organisms into a per-user cache, one folder per <see cref="OrganismSpec.Hash"/>:
 /// <c>model/</c> (a Hugging Face folder: config.json, model.safetensors, tokenizer.json, tokenizer_config.json),
 /// <c>data/</c> (the world's exports, see <see cref="WorldExporter"/>), <c>report.json</c> (recall, CounterFact
 /// baseline, timings; written last, so its presence means the organism is complete) and, while training,
-/// <c>checkpoints/</c>, from which an interrupted build resumes.
+/// <c>checkpoints/</c>, from which an interrupted build resumes. A spec whose hash is shipped with the tool
+/// (<see cref="ShippedOrganisms"/>) is installed from the shipped model instead of trained.
 /// </summary>
 public static class OrganismBuilder
 {
@@ -62,11 +67,13 @@ public static class OrganismBuilder
     public static string FolderOf(OrganismSpec spec, string? cacheRoot = null) => Path.Combine(cacheRoot ?? DefaultCacheRoot(), spec.Hash());
 
     /// <summary>
-    /// Returns the organism of <paramref name="spec"/>, building it unless a complete one is cached (or <paramref name="force"/>).
+    /// Returns the organism of <paramref name="spec"/>: a complete one in the cache, else the shipped one of its hash
+    /// installed into the cache (<see cref="ShippedOrganisms"/> under <paramref name="shipped"/>, null = next to the
+    /// program, <see cref="ShippedOrganisms.None"/> = none), else one trained here. <paramref name="force"/> always trains.
     /// <paramref name="log"/> receives one-line messages; <paramref name="onProgress"/> the training progress.
     /// </summary>
     public static OrganismBuild Build(OrganismSpec spec, string? cacheRoot = null, bool force = false,
-        Action<string>? log = null, Action<TrainingProgress>? onProgress = null, CancellationToken cancel = default)
+        Action<string>? log = null, Action<TrainingProgress>? onProgress = null, CancellationToken cancel = default, string? shipped = null)
     {
         ArgumentNullException.ThrowIfNull(spec);
         spec.World.Validate();
@@ -78,6 +85,9 @@ public static class OrganismBuilder
         string report = Path.Combine(folder, ReportFile);
         if (!force && File.Exists(report)) return ReadReport(report, folder, modelDir, dataDir, spec.Hash(), clock.Elapsed.TotalSeconds);
         if (force && File.Exists(report)) File.Delete(report);
+        var copy = force ? null : ShippedOrganisms.Find(spec.Hash(), shipped);
+        if (copy is not null && copy.Spec != spec.Canonical())
+            throw new InputException(Path.Combine(copy.Folder, "spec.txt"), $"not the spec of hash {spec.Hash()} (re-ship with kvlab organism ship)");
 
         Directory.CreateDirectory(folder);
         WorldJson.WriteText(Path.Combine(folder, "spec.txt"), spec.Canonical());
@@ -85,6 +95,7 @@ public static class OrganismBuilder
         if (Directory.Exists(dataDir)) Directory.Delete(dataDir, recursive: true);
         WorldExporter.Export(world, dataDir);
         log?.Invoke($"world: {world.Subjects.Count} subjects × {world.Relations.Count} relations = {world.Facts.Count} facts; datasets in {dataDir}");
+        if (copy is not null) return Install(spec, copy, world, folder, modelDir, dataDir, clock, log);
 
         var tokenizer = OrganismTokenizer.Build(world);
         var documents = Documents(world, tokenizer, spec.Model.Architecture);
@@ -115,6 +126,23 @@ public static class OrganismBuilder
         return build;
     }
 
+    /// <summary>The shipped model into the cache, then evaluated and reported as a trained one would be (no training).</summary>
+    private static OrganismBuild Install(OrganismSpec spec, ShippedOrganism copy, World world, string folder, string modelDir, string dataDir,
+        Stopwatch clock, Action<string>? log)
+    {
+        string checkpoints = Path.Combine(folder, "checkpoints");
+        if (Directory.Exists(checkpoints)) Directory.Delete(checkpoints, recursive: true);
+        ShippedOrganisms.InstallModel(copy, modelDir);
+        log?.Invoke($"installed the shipped organism {copy.Hash} (no training); evaluating");
+        using var model = ModelLoader.Load(modelDir);
+        var tok = TokenizerLoader.Load(modelDir);
+        var recall = OrganismEvaluation.Recall(model.Model, tok, world);
+        var cf = OrganismEvaluation.CounterFact(model.Model, tok, WorldExporter.CounterFact(world).ToList());
+        var build = new OrganismBuild(folder, modelDir, dataDir, spec.Hash(), false, recall, cf, 0, clock.Elapsed.TotalSeconds) { Shipped = true };
+        WorldJson.WriteJson(Path.Combine(folder, ReportFile), ToJson(build, ParameterHash.Sha256(model.Model)));
+        return build;
+    }
+
     /// <summary>
     /// Builds (or reuses) several organisms. When each trains on one torch thread (<see cref="TrainingConfig.Threads"/> = 1),
     /// they train side by side, one .NET thread each: the organism's ops are too small to gain from a second intra-op
@@ -123,11 +151,11 @@ public static class OrganismBuilder
     /// and may be called from several threads at once.
     /// </summary>
     public static IReadOnlyList<OrganismBuild> BuildMany(IReadOnlyList<OrganismSpec> specs, string? cacheRoot = null,
-        Action<int, string>? log = null, Action<int, TrainingProgress>? onProgress = null, CancellationToken cancel = default)
+        Action<int, string>? log = null, Action<int, TrainingProgress>? onProgress = null, CancellationToken cancel = default, string? shipped = null)
     {
         ArgumentNullException.ThrowIfNull(specs);
         OrganismBuild One(int i) => Build(specs[i], cacheRoot, false, log is null ? null : line => log(i, line),
-            onProgress is null ? null : p => onProgress(i, p), cancel);
+            onProgress is null ? null : p => onProgress(i, p), cancel, shipped);
         // Two specs of one hash would share a folder: build each hash once.
         var first = specs.Select((s, i) => (Hash: s.Hash(), i)).GroupBy(x => x.Hash).ToDictionary(g => g.Key, g => g.First().i);
         var distinct = first.Values.Order().ToList();
@@ -168,6 +196,7 @@ public static class OrganismBuilder
     private static JsonObject ToJson(OrganismBuild b, string parameterHash) => new()
     {
         ["hash"] = b.Hash,
+        ["source"] = b.Shipped ? "shipped" : "trained",
         ["parameter_sha256"] = parameterHash,
         ["training_seconds"] = Math.Round(b.TrainingSeconds, 2),
         ["build_seconds"] = Math.Round(b.BuildSeconds, 2),
@@ -194,7 +223,8 @@ public static class OrganismBuilder
             var cf = j["counterfact"]!;
             static double D(JsonNode? n) => n is null ? double.NaN : (double)n;
             return new OrganismBuild(folder, modelDir, dataDir, hash, true, recall,
-                new CounterFactBaseline((int)cf["cases"]!, D(cf["es"]), D(cf["ps"]), D(cf["ns"])), D(j["training_seconds"]), seconds);
+                new CounterFactBaseline((int)cf["cases"]!, D(cf["es"]), D(cf["ps"]), D(cf["ns"])), D(j["training_seconds"]), seconds)
+            { Shipped = (string?)j["source"] == "shipped" };
         }
         catch (Exception e) when (e is System.Text.Json.JsonException or InvalidOperationException or NullReferenceException or FormatException)
         {

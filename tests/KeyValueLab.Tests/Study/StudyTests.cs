@@ -92,7 +92,7 @@ internal static class Studies
         return StudyPlan.Build(spec, StudyPlan.Resolve(spec, _ => throw new InvalidOperationException("no organism in these tests")), file);
     }
 
-    /// <summary>Every stored unit's result with the wall-clock fields removed, by unit id.</summary>
+    /// <summary>Every stored unit's result with the wall-clock and CPU-time fields removed, by unit id.</summary>
     public static SortedDictionary<string, string> Numbers(string runFolder)
     {
         using var store = ResultsStore.Open(runFolder, create: false);
@@ -100,7 +100,7 @@ internal static class Studies
         foreach (var u in store.Units())
         {
             var node = JsonNode.Parse(u.Result)!.AsObject();
-            foreach (string key in new[] { "seconds", "train_seconds", "tokens_per_second", "peak_resident_bytes" }) node.Remove(key);
+            foreach (string key in new[] { "seconds", "cpu_seconds", "train_seconds", "tokens_per_second", "peak_resident_bytes" }) node.Remove(key);
             map[u.UnitId] = node.ToJsonString();
         }
         return map;

@@ -159,6 +159,61 @@ public class PaperClaimsTests
         Assert.Equal(PairedTests.ExactWilcoxon, claim.PrimaryEvidence.Test.Test);
         Assert.Equal(0.5, claim.PrimaryEvidence.Test.P, 12);  // two differences of the same sign: 2 of 4 sign patterns as extreme
     }
+
+    /// <summary>FT keys:up and values on three organisms × 30 cases, every case of organism k run at speed factor
+    /// <c>speed(k)</c> (a slower machine or a busier core multiplies both sides' CPU seconds); values take
+    /// <c>1.25 × (1 ± a few %)</c> of the keys' time, the same on every organism; wall seconds are noise that favours values.</summary>
+    private static List<EditUnitResult> Timed(Func<int, double> speed, bool withCpu = true)
+    {
+        var units = new List<EditUnitResult>();
+        for (int k = 0; k < 3; k++)
+            for (int i = 0; i < 30; i++)
+            {
+                double keys = speed(k) * (0.5 + 0.01 * i), values = keys * 1.25 * (1 + 0.02 * ((i * 7 + k) % 5 - 2));
+                foreach (var (side, cpu) in new[] { ("keys:up", keys), ("values", values) })
+                    units.Add(new EditUnitResult
+                    {
+                        Method = "FT", Side = side, Layers = "1", Seed = 1, Mode = "single", CaseId = $"case{i:D2}", Organism = $"org{k}",
+                        Pre = new CaseMetrics(), Post = new CaseMetrics { ES = 100, PS = 100, NS = 100 },
+                        Seconds = side == "values" ? 1 : 1 + 0.1 * ((i + k) % 3), CpuSeconds = withCpu ? cpu : null,
+                    });
+            }
+        return units;
+    }
+
+    [Fact]
+    public void TheTimingClaimRestsOnTheRatioOfCpuSecondsWhichAMachinesSpeedDoesNotChange()
+    {
+        var here = EditingAnalysis.Analyze(Timed(k => 1.0 + k), Fast);
+        var ratio = here.CpuRatios.Single();
+        Assert.Equal(EditingResults.CpuLogRatio, ratio.Metric);
+        // Per case ln(keys/values) = −ln 1.25 − ln(1 + 0.02·m), m in −2..2; the mean of the m over an organism's 30 cases is 0
+        // only approximately, so compare with the mean of the exact per-case values.
+        double expected = Enumerable.Range(0, 3).SelectMany(k => Enumerable.Range(0, 30).Select(i => -Math.Log(1.25 * (1 + 0.02 * ((i * 7 + k) % 5 - 2))))).Average();
+        Assert.Equal(expected, ratio.Difference.Value, 1e-9);
+        Assert.True(ratio.Difference.High < 0, $"interval {ratio.Difference}");
+        var claim = PaperClaims.Judge(here, null, Fast)[4];
+        Assert.Equal("e", claim.Id);
+        Assert.Equal(Verdict.Held, claim.Verdict);
+        Assert.Equal(PaperClaims.Ratio, claim.PrimaryEvidence!.Unit);
+        Assert.StartsWith("keys/values ratio 0.8", PaperClaims.Numbers(claim.PrimaryEvidence));
+
+        // The same study on a machine three to nine times slower, its organisms at other relative speeds: the same ratio
+        // and interval (to rounding), where a difference of seconds would scale with the machine.
+        var slower = EditingAnalysis.Analyze(Timed(k => 3.0 * (3 - k)), Fast);
+        var again = slower.CpuRatios.Single();
+        Assert.Equal(ratio.Difference.Value, again.Difference.Value, 1e-12);
+        Assert.Equal(ratio.Difference.Low, again.Difference.Low, 1e-12);
+        Assert.Equal(ratio.Difference.High, again.Difference.High, 1e-12);
+        Assert.Equal(Verdict.Held, PaperClaims.Judge(slower, null, Fast)[4].Verdict);
+
+        // A store without CPU times: the claim falls back on the wall seconds (here noise in which values are faster).
+        var old = EditingAnalysis.Analyze(Timed(k => 1.0, withCpu: false), Fast);
+        Assert.Empty(old.CpuRatios);
+        var fallback = PaperClaims.Judge(old, null, Fast)[4];
+        Assert.Equal("s", fallback.PrimaryEvidence!.Unit);
+        Assert.NotEqual(Verdict.Held, fallback.Verdict);
+    }
 }
 
 /// <summary>The report's minimum detectable differences against a direct computation from the paired differences.</summary>
