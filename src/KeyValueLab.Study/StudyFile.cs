@@ -344,6 +344,7 @@ public sealed record TuningFile
     public double? MaxGradNorm { get; init; }
     public int? MaxLength { get; init; }
     public bool? AnswerOnlyLoss { get; init; }
+    public bool? Packing { get; init; }
     public int? MaxTrain { get; init; }
     public int? MaxEval { get; init; }
     public bool? Shuffle { get; init; }
@@ -371,6 +372,7 @@ public sealed record TuningFile
             MaxGradNorm = StudyFile.Number(MaxGradNorm, d.MaxGradNorm, p + "max_grad_norm", error, 1e-12, 1e9),
             MaxLength = StudyFile.Whole(MaxLength, d.MaxLength, p + "max_length", error, 2),
             AnswerOnlyLoss = AnswerOnlyLoss ?? d.AnswerOnlyLoss,
+            Packing = Packing ?? d.Packing,
             MaxTrain = StudyFile.Whole(MaxTrain, d.MaxTrain, p + "max_train", error, 1),
             MaxEval = StudyFile.Whole(MaxEval, d.MaxEval, p + "max_eval", error, 1),
             Shuffle = Shuffle ?? d.Shuffle,

@@ -430,7 +430,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
             {
                 LearningRate = tuning.Lr, WarmupRatio = tuning.WarmupRatio, MaxGradNorm = tuning.MaxGradNorm, Epochs = tuning.Epochs,
                 MicroBatch = tuning.Batch, GradientAccumulation = tuning.GradAccum, MaxLength = tuning.MaxLength,
-                AnswerOnlyLoss = tuning.AnswerOnlyLoss, Seed = group.Seed, CheckpointDir = Path.Combine(folder, "checkpoints"), Resume = true,
+                AnswerOnlyLoss = tuning.AnswerOnlyLoss, Packing = tuning.Packing, Seed = group.Seed, CheckpointDir = Path.Combine(folder, "checkpoints"), Resume = true,
             },
             AdapterFolder = adapter, EvalBatch = tuning.EvalBatch, LabelLikelihood = tuning.LabelLikelihood,
         };

@@ -91,6 +91,8 @@ public sealed record TuningSpec
     public double MaxGradNorm { get; init; } = 0.3;
     public int MaxLength { get; init; } = 512;
     public bool AnswerOnlyLoss { get; init; }
+    /// <summary>Pack examples into rows of <see cref="MaxLength"/> (the paper's TRL packing); false: one example a row (<see cref="KeyValueLab.Tuning.TrainOptions.Packing"/>).</summary>
+    public bool Packing { get; init; } = true;
     public int MaxTrain { get; init; } = 5000;
     public int MaxEval { get; init; } = 1000;
     public bool Shuffle { get; init; } = true;
@@ -213,6 +215,7 @@ public sealed record StudySpec
             GradAccum = 2,
             Lr = 2e-3,
             AnswerOnlyLoss = true,
+            Packing = false,  // one example a row, as the evaluator sees it (docs/tuning.md, "Why the adapters answered nothing")
             MaxTrain = 500,
             MaxEval = 100,
             MaxLength = 256,

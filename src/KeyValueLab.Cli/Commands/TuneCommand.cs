@@ -35,6 +35,7 @@ internal static class TuneCommand
         var clip = new Option<double>("--max-grad-norm") { Description = "Gradient-norm clip.", DefaultValueFactory = _ => train.MaxGradNorm };
         var maxLength = new Option<int>("--max-length") { Description = "Packed row length in tokens (capped at the model's positions).", DefaultValueFactory = _ => train.MaxLength };
         var answerOnly = new Option<bool>("--answer-only-loss") { Description = "Loss on the label tokens only (the paper used every token)." };
+        var noPacking = new Option<bool>("--no-packing") { Description = "One example a row, padded, as the evaluator sees it (the paper packed examples into rows of --max-length)." };
         var seed = new Option<int>("--seed") { Description = "Seed for adapters, shuffling and dropout.", DefaultValueFactory = _ => train.Seed };
         var maxSteps = new Option<int>("--max-steps") { Description = "Stop after N optimizer steps (0 = all epochs).", DefaultValueFactory = _ => train.MaxSteps };
         var maxTrain = new Option<int>("--max-train") { Description = "Training examples per task.", DefaultValueFactory = _ => selection.MaxTrain };
@@ -48,7 +49,7 @@ internal static class TuneCommand
         var command = new Command("tune", "LoRA-tune a model (optionally on a 4-bit NF4 base) on classification tasks and evaluate by exact match.")
         {
             model, dtype, device, tokenizer, tasks, output, targets, targetRegex, rank, alpha, dropout, rsLora, fourBit, epochs, batch, accumulation, lr, warmup,
-            clip, maxLength, answerOnly, seed, maxSteps, maxTrain, maxEval, noShuffle, resume, evalBatch, likelihood, noEval,
+            clip, maxLength, answerOnly, noPacking, seed, maxSteps, maxTrain, maxEval, noShuffle, resume, evalBatch, likelihood, noEval,
         };
         command.SetAction(parse => CommandRunner.Run(stderr, () =>
         {
@@ -68,7 +69,7 @@ internal static class TuneCommand
                 {
                     LearningRate = parse.GetValue(lr), WarmupRatio = parse.GetValue(warmup), MaxGradNorm = parse.GetValue(clip), Epochs = parse.GetValue(epochs),
                     MicroBatch = parse.GetValue(batch), GradientAccumulation = parse.GetValue(accumulation), MaxLength = parse.GetValue(maxLength),
-                    AnswerOnlyLoss = parse.GetValue(answerOnly), Seed = parse.GetValue(seed), MaxSteps = parse.GetValue(maxSteps),
+                    AnswerOnlyLoss = parse.GetValue(answerOnly), Packing = !parse.GetValue(noPacking), Seed = parse.GetValue(seed), MaxSteps = parse.GetValue(maxSteps),
                     CheckpointDir = Path.Combine(outDir, "checkpoints"), Resume = parse.GetValue(resume),
                 },
                 Evaluate = !parse.GetValue(noEval), EvalBatch = parse.GetValue(evalBatch), LabelLikelihood = parse.GetValue(likelihood),

@@ -12,7 +12,7 @@ namespace KeyValueLab.Organism;
 public sealed record OrganismSpec
 {
     /// <summary>Bumped whenever a change of code changes what a spec builds, so old cache entries are not reused.</summary>
-    public const string FormatVersion = "keyvaluelab-organism/2";  // 2: the classification tasks were redesigned (issue 10)
+    public const string FormatVersion = "keyvaluelab-organism/3";  // 2: the classification tasks were redesigned (issue 10); 3: the corpus holds the template words
 
     public WorldConfig World { get; init; } = new();
     public OrganismModelConfig Model { get; init; } = new();

@@ -24,9 +24,8 @@ public static class OrganismTokenizer
         {
             foreach (var o in r.Objects) Add(o);
             foreach (var t in r.Definition.Statements.Concat(r.Definition.Questions)) Add(t);
-            foreach (var t in new[] { r.Definition.YesNoQuestion, r.Definition.CausePremise, r.Definition.Effect }) Add(t.Replace("{s}", "").Replace("{o}", ""));
         }
-        foreach (var t in TemplateWords.Texts) Add(t);
+        foreach (var t in world.TemplateTexts()) Add(t);
         return new WordLevelTokenizer([Unknown, Bos, Eos, .. words], Unknown, Bos, Eos);
     }
 

@@ -28,6 +28,13 @@ public sealed record TrainOptions
 
     /// <summary>Count the loss on the label tokens (and the EOS after them) only; the paper trained on every token.</summary>
     public bool AnswerOnlyLoss { get; init; }
+
+    /// <summary>
+    /// Concatenate the examples and cut them into rows of <see cref="MaxLength"/> (the paper's TRL packing: an example sees
+    /// the ones before it in its row, and one in each row is cut in two). False: one example a row, right-padded, as the
+    /// evaluator sees it (alone, from position 0).
+    /// </summary>
+    public bool Packing { get; init; } = true;
     public int Seed { get; init; } = 42;
 
     /// <summary>Stop after this many optimizer steps in all (0 = no limit); for smoke tests.</summary>
@@ -110,6 +117,41 @@ public static class SftTrainer
         return new PackedData(rowIds, rowLabels, lengths, ids.Count);
     }
 
+    /// <summary>
+    /// One example a row (<c>[BOS] prompt+label EOS</c>, its last <paramref name="maxLength"/> tokens when longer), padded to
+    /// <paramref name="maxLength"/> after its end; the loss and attention ignore the padding.
+    /// </summary>
+    public static PackedData OnePerRow(CausalLM model, ITokenizer tokenizer, IEnumerable<TaskExample> examples, int maxLength, bool answerOnly)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxLength, 2);
+        int eos = tokenizer.EosId ?? throw new ArgumentException("the tokenizer has no EOS token to end each example with");
+        var rowIds = new List<long[]>();
+        var rowLabels = new List<long[]>();
+        var lengths = new List<int>();
+        long tokens = 0;
+        foreach (var example in examples)
+        {
+            var full = PromptEncoding.Encode(model, tokenizer, example.TrainingText);
+            int answerStart = answerOnly ? AnswerStart(model, tokenizer, example, full) : 0;
+            int total = full.Length + 1, drop = Math.Max(0, total - maxLength), len = total - drop;
+            var ids = new long[maxLength];
+            var labels = new long[maxLength];
+            Array.Fill(ids, eos);
+            Array.Fill(labels, IgnoreIndex);
+            for (int i = drop; i < total; i++)
+            {
+                long id = i < full.Length ? full[i] : eos;
+                ids[i - drop] = id;
+                if (i >= answerStart) labels[i - drop] = id;
+            }
+            rowIds.Add(ids);
+            rowLabels.Add(labels);
+            lengths.Add(len);
+            tokens += total;
+        }
+        return new PackedData([.. rowIds], [.. rowLabels], [.. lengths], tokens);
+    }
+
     /// <summary>Index of the first label token in the ids of prompt+label: where they stop agreeing with the prompt's own ids.</summary>
     internal static int AnswerStart(CausalLM model, ITokenizer tokenizer, TaskExample example, int[] full)
     {
@@ -130,7 +172,9 @@ public static class SftTrainer
         IProgress<WorkProgress>? progress = null, Action<string>? log = null, CancellationToken cancel = default)
     {
         var model = lora.Model;
-        var data = Pack(model, tokenizer, examples, options.MaxLength, options.AnswerOnlyLoss);
+        var data = options.Packing
+            ? Pack(model, tokenizer, examples, options.MaxLength, options.AnswerOnlyLoss)
+            : OnePerRow(model, tokenizer, examples, options.MaxLength, options.AnswerOnlyLoss);
         int perStep = options.MicroBatch * options.GradientAccumulation;
         int stepsPerEpoch = (data.Rows + perStep - 1) / perStep;
         int totalSteps = stepsPerEpoch * options.Epochs;
