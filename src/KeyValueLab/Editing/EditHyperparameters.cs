@@ -15,7 +15,7 @@ public enum FactToken { SubjectLast, Last }
 /// Hyperparameters of the fine-tuning editor (SPEC §4: ROME's FT/FT+L, EasyEdit's FT-M/FT-L).
 /// Files in <c>hparams/FT*/</c> hold the published values per model family.
 /// </summary>
-public sealed record FtHyperparameters
+public sealed record FtHyperparameters : IFineTuneHyperparameters
 {
     public string Method { get; init; } = "FT";
     public string? ModelFamily { get; init; }
