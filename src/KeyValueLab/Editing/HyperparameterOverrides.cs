@@ -39,13 +39,12 @@ public sealed class HyperparameterOverrides
     public int Count => Texts.Count;
 
     /// <summary>The record an editor method reads (method names as <see cref="EditorFactory.Methods"/>).</summary>
-    public static HyperparameterKind KindOf(string method) => method.Trim().ToLowerInvariant() switch
+    public static HyperparameterKind KindOf(string method) => EditorFactory.HparamsFolder(method) switch
     {
-        "ft" or "ft-l" => HyperparameterKind.FineTune,
-        "ft-bf" or "locft-bf" => HyperparameterKind.BreadthFirstFineTune,
-        "alphaedit" or "keyalphaedit" or "key-alphaedit" => HyperparameterKind.NullSpace,
-        "rome" or "keyrome" or "key-rome" or "memit" or "keymemit" or "key-memit" => HyperparameterKind.LocateEdit,
-        _ => throw new ArgumentException($"unknown method \"{method}\"; use one of {string.Join(", ", EditorFactory.Methods)}"),
+        "FT" or "FT-L" => HyperparameterKind.FineTune,
+        "FT-BF" => HyperparameterKind.BreadthFirstFineTune,
+        "AlphaEdit" or "KeyAlphaEdit" => HyperparameterKind.NullSpace,
+        _ => HyperparameterKind.LocateEdit,
     };
 
     /// <summary>Parses <c>name=value</c> overrides for <paramref name="method"/>'s record; ArgumentException "name: problem" on a bad one.</summary>
