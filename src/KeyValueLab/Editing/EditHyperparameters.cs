@@ -144,12 +144,16 @@ public static class HyperparameterFiles
         }
     }
 
-    /// <summary>Loads a user's file, or when <paramref name="path"/> is null the shipped one for <paramref name="modelType"/> (<see cref="Family"/>).</summary>
-    public static T Load<T>(string? path, string method, string modelType)
+    /// <summary>
+    /// Loads a user's file, or when <paramref name="path"/> is null the shipped one for <paramref name="modelType"/> (<see cref="Family"/>),
+    /// every value checked with the rules of <c>--set</c> (<see cref="HyperparameterOverrides.Validate"/>).
+    /// </summary>
+    public static T Load<T>(string? path, string method, string modelType) where T : notnull
     {
-        if (path is null) return Parse<T>(Builtin(method, Family(method, modelType)), Source(null, method, modelType));
-        if (!File.Exists(path)) throw new InputException(path, "no such hyperparameter file");
-        return Parse<T>(File.ReadAllText(path), path);
+        if (path is not null && !File.Exists(path)) throw new InputException(path, "no such hyperparameter file");
+        string source = Source(path, method, modelType);
+        string text = path is null ? Builtin(method, Family(method, modelType)) : File.ReadAllText(path);
+        return HyperparameterOverrides.Validate(Parse<T>(text, source), source);
     }
 
     /// <summary>The record as a JSON object (snake_case), for params.json.</summary>
