@@ -210,10 +210,10 @@ public sealed record RunFile
 
     internal IEnumerable<EditCondition> Validate(string q, Func<string, string, InputException> error)
     {
-        string method = (Method ?? throw error(q + "method", "missing")).Trim().ToLowerInvariant();
-        if (!EditorFactory.Methods.Contains(method) && method != "key-rome")
-            throw error(q + "method", $"unknown editor \"{method}\" (known: {string.Join(", ", EditorFactory.Methods)})");
-        if (method == "key-rome") method = "keyrome";
+        EditorMethod parsed;
+        try { parsed = EditorMethod.Parse(Method ?? throw error(q + "method", "missing")); }
+        catch (ArgumentException e) { throw error(q + "method", e.Message); }
+        string method = parsed.Name;
         var sides = new List<string>([.. Sides ?? [], .. Side ?? []]);
         if (sides.Count == 0) sides.Add(method is "keyrome" ? "keys" : "values");
         IReadOnlyList<string?> layers = Layers is { Count: > 0 } ? [.. Layers] : [null];
@@ -229,10 +229,12 @@ public sealed record RunFile
         var conditions = new List<EditCondition>();
         foreach (string side in sides)
         {
-            string normalised = NormaliseSide(side, q, error);
-            if (method == "rome" && normalised != "values") throw error(q + "sides", "ROME edits the values; use method keyrome for the keys");
-            if (method == "memit" && normalised != "values") throw error(q + "sides", "MEMIT edits the values");
-            if (method == "keyrome" && normalised == "values") throw error(q + "sides", "Key-ROME edits the keys; use method rome for the values");
+            StudySide normalised;
+            try { normalised = StudySide.Parse(side); }
+            catch (ArgumentException e) { throw error(q + "sides", e.Message); }
+            if (method == "rome" && normalised != StudySide.Values) throw error(q + "sides", "ROME edits the values; use method keyrome for the keys");
+            if (method == "memit" && normalised != StudySide.Values) throw error(q + "sides", "MEMIT edits the values");
+            if (method == "keyrome" && normalised == StudySide.Values) throw error(q + "sides", "Key-ROME edits the keys; use method rome for the values");
             foreach (string? layer in layers)
             {
                 if (layer is not null)
@@ -240,20 +242,11 @@ public sealed record RunFile
                     try { EditScope.ParseLayers(layer); }
                     catch (ArgumentException ex) { throw error(q + "layers", ex.Message); }
                 }
-                conditions.Add(new EditCondition(method, normalised, layer, mode, overrides));
+                conditions.Add(new EditCondition(parsed, normalised, layer, mode, overrides));
             }
         }
         return conditions;
     }
-
-    private static string NormaliseSide(string side, string q, Func<string, string, InputException> error) => side.Trim().ToLowerInvariant() switch
-    {
-        "keys" or "key" => "keys",
-        "keys:up" or "up" or "up_proj" => "keys:up",
-        "keys:gate" or "gate" or "gate_proj" => "keys:gate",
-        "values" or "value" or "down_proj" => "values",
-        _ => throw error(q + "sides", $"unknown side \"{side}\" (keys, keys:up, keys:gate, values)"),
-    };
 }
 
 /// <summary>The tuning section as written.</summary>

@@ -221,7 +221,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
             {
                 ["kind"] = Name(UnitKind.Edit),
                 ["method"] = editor.Method,
-                ["side"] = condition.Side,
+                ["side"] = condition.Side.ToString(),
                 ["layers"] = string.Join(",", editor.Scope.Layers),
                 ["mode"] = Name(condition.Mode),
                 ["seed"] = group.Seed,
@@ -277,7 +277,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
         var result = new EditUnitResult
         {
             Method = editor.Method,
-            Side = condition.Side,
+            Side = condition.Side.ToString(),
             Layers = string.Join(",", editor.Scope.Layers),
             Seed = group.Seed,
             Mode = Name(condition.Mode),
