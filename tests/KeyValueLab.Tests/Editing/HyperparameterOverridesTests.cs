@@ -89,7 +89,7 @@ public sealed class HyperparameterFileRangeTests : IClassFixture<EditorTests.Sto
     private readonly EditorTests.Stories _f;
     public HyperparameterFileRangeTests(EditorTests.Stories f) => _f = f;
 
-    /// <summary>The shipped llama file of <paramref name="folder"/> with one field set to <paramref name="value"/> (JSON), read as a user's file.</summary>
+    /// <summary>The shipped llama file of <paramref name="method"/> with one field set to <paramref name="value"/> (JSON), read as a user's file through the factory.</summary>
     [Theory]
     [InlineData("ft", "lr", "-0.001", "lr: must be a finite number > 0, not -0.001")]
     [InlineData("ft", "steps", "0", "steps: must be a whole number >= 1, not 0")]
