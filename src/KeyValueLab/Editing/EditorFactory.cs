@@ -1,4 +1,3 @@
-using KeyValueLab.Memory;
 using KeyValueLab.Models;
 
 namespace KeyValueLab.Editing;
@@ -53,9 +52,7 @@ public static class EditorFactory
         int[]? layers = choice.Layers is null ? null : [.. EditScope.ParseLayers(choice.Layers)];
         if (folder is "FT" or "FT-L")
         {
-            var file = HyperparameterFiles.Load<FtHyperparameters>(choice.HparamsFile, folder, family);
-            var hp = choice.Overrides.ApplyTo(file);
-            FileLayersExist(model, file.Layers, layers ?? hp.Layers, HyperparameterFiles.Source(choice.HparamsFile, folder, family));
+            var hp = choice.Overrides.ApplyTo(HyperparameterFiles.Load<FtHyperparameters>(choice.HparamsFile, folder, family));
             hp = hp with
             {
                 Layers = layers ?? hp.Layers,
@@ -66,9 +63,7 @@ public static class EditorFactory
         }
         if (folder is "FT-BF")
         {
-            var file = HyperparameterFiles.Load<BreadthFirstFtHyperparameters>(choice.HparamsFile, folder, family);
-            var hp = choice.Overrides.ApplyTo(file);
-            FileLayersExist(model, file.Layers, layers ?? hp.Layers, HyperparameterFiles.Source(choice.HparamsFile, folder, family));
+            var hp = choice.Overrides.ApplyTo(HyperparameterFiles.Load<BreadthFirstFtHyperparameters>(choice.HparamsFile, folder, family));
             hp = hp with
             {
                 Layers = layers ?? hp.Layers,
@@ -77,8 +72,8 @@ public static class EditorFactory
             };
             return new BreadthFirstFtEditor(hp);
         }
-        if (folder is "AlphaEdit" or "KeyAlphaEdit" or "KeyMEMIT") return CreateMultiLayer(model, folder, family, choice, layers);
-        var lhp = Chosen(Read(model, choice, folder, family, layers), choice, layers);
+        if (folder is "AlphaEdit" or "KeyAlphaEdit" or "KeyMEMIT") return CreateMultiLayer(folder, family, choice, layers);
+        var lhp = Chosen(Read(choice, folder, family), choice, layers);
         var side = choice.Side;
         if (folder == "ROME" && side is EditSide.Keys) throw new ArgumentException("ROME edits the values; use --method keyrome for the keys");
         if (folder == "KeyROME" && side is EditSide.Values) throw new ArgumentException("Key-ROME edits the keys; use --method rome for the values");
@@ -94,13 +89,13 @@ public static class EditorFactory
     }
 
     /// <summary>AlphaEdit, Key-AlphaEdit, Key-MEMIT.</summary>
-    private static IKnowledgeEditor CreateMultiLayer(CausalLM model, string folder, string family, EditorChoice choice, int[]? layers)
+    private static IKnowledgeEditor CreateMultiLayer(string folder, string family, EditorChoice choice, int[]? layers)
     {
         var side = choice.Side;
         if (folder == "AlphaEdit" && side is EditSide.Keys) throw new ArgumentException("AlphaEdit edits the values; use --method keyalphaedit for the keys");
         if (folder != "AlphaEdit" && side is EditSide.Values) throw new ArgumentException($"{folder} edits the keys; use --method {(folder == "KeyMEMIT" ? "memit" : "alphaedit")} for the values");
         if (side is EditSide.Both) throw new ArgumentException($"{folder} edits one side; --side both is for ft");
-        var hp = Chosen(Read(model, choice, folder, family, layers), choice, layers) with { Method = folder };
+        var hp = Chosen(Read(choice, folder, family), choice, layers) with { Method = folder };
         var nullSpace = NullSpaceSettings.From(hp, HyperparameterFiles.Source(choice.HparamsFile, folder, family));
         var stats = Statistics(hp, choice);
         var kinds = EditScope.ParseKeyKinds(hp.KeyKinds);
@@ -122,28 +117,13 @@ public static class EditorFactory
     /// The file's hyperparameters with the user's overrides; AlphaEdit's null-space pair only where the method uses it
     /// (a ROME or MEMIT file that sets it would otherwise be read without a word).
     /// </summary>
-    private static LocateEditHyperparameters Read(CausalLM model, EditorChoice choice, string folder, string modelType, int[]? layers)
+    private static LocateEditHyperparameters Read(EditorChoice choice, string folder, string modelType)
     {
         string source = HyperparameterFiles.Source(choice.HparamsFile, folder, modelType);
-        var file = HyperparameterFiles.Load<LocateEditHyperparameters>(choice.HparamsFile, folder, modelType);
-        var hp = choice.Overrides.ApplyTo(file);
-        FileLayersExist(model, file.Layers, layers ?? hp.Layers, source);
+        var hp = choice.Overrides.ApplyTo(HyperparameterFiles.Load<LocateEditHyperparameters>(choice.HparamsFile, folder, modelType));
         if (folder is not ("AlphaEdit" or "KeyAlphaEdit") && (hp.NullspaceThreshold is not null || hp.L2 is not null))
             throw new InputException(source, $"nullspace_threshold and l2 are AlphaEdit's; {folder} does not use them");
         return hp;
-    }
-
-    /// <summary>
-    /// Where the edit keeps the file's layers (no <c>--layers</c>, no <c>--set layers</c> changed them), they must be layers of
-    /// the model: a file written for GPT-2 XL names layer 17, which a 12-layer GPT-2 lacks. Chosen layers are checked by the scope.
-    /// </summary>
-    private static void FileLayersExist(CausalLM model, int[] fileLayers, int[] used, string source)
-    {
-        if (!fileLayers.SequenceEqual(used)) return;
-        int count = new FfnMemory(model).Layers;
-        foreach (int layer in fileLayers)
-            if (layer >= count)
-                throw new InputException(source, $"layers: {layer} is not a layer of this {model.Config.ModelType} model (0..{count - 1}); pass --layers or --set layers=[...]");
     }
 
     /// <summary>The file's hyperparameters with the user's typed choices on top.</summary>

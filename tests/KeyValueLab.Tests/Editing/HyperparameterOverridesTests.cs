@@ -119,16 +119,4 @@ public sealed class HyperparameterFileRangeTests : IClassFixture<EditorTests.Sto
         // One validation: the same value as a --set is refused with the same problem.
         Assert.Equal(problem, Assert.Throws<ArgumentException>(() => HyperparameterOverrides.Parse(method, [$"{field}={value}"])).Message);
     }
-
-    /// <summary>A shipped file's layers the model lacks (Llama-7B's ROME layer 5 on the 5-layer stories260K) are the file's problem; --layers or --set layers take them over.</summary>
-    [Fact]
-    public void FileLayersTheModelLacksAreRefusedNamingTheFile()
-    {
-        var model = _f.Loaded.Model;
-        var e = Assert.Throws<InputException>(() => EditorFactory.Create(model, new EditorChoice { Method = "rome" }));
-        Assert.Equal("hparams/ROME/llama.json", e.FilePath);
-        Assert.StartsWith("layers: 5 is not a layer of this llama model (0..4)", e.Problem);
-        Assert.Equal("ROME", EditorFactory.Create(model, new EditorChoice { Method = "rome", Layers = "4" }).Method);
-        Assert.Equal("ROME", EditorFactory.Create(model, new EditorChoice { Method = "rome", Overrides = HyperparameterOverrides.Parse("rome", ["layers=[2]"]) }).Method);
-    }
 }
