@@ -16,7 +16,12 @@ public static class Program
             Console.Error.WriteLine($"kvlab: {e.Message}");
             return ExitCodes.Runtime;
         }
-        return Run(args, Console.Out, Console.Error);
+        // Commands write to the stdout they are handed; whatever else writes to Console.Out goes to stderr, so stdout carries
+        // only the command's output (TorchSharp's loader prints its whole search trace to Console.Out when the native library
+        // fails to load, e.g. with KVLAB_NATIVE_PATCH=0 on a system that needs the patch).
+        var stdout = Console.Out;
+        Console.SetOut(Console.Error);
+        return Run(args, stdout, Console.Error);
     }
 
     /// <summary>Every command of kvlab, writing to <paramref name="stdout"/> and <paramref name="stderr"/>.</summary>

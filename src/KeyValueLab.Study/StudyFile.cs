@@ -226,10 +226,10 @@ public sealed record RunFile
     /// chunk, checkpoints and generation setting); null for a run of <c>editing.runs</c> (mode single, or batch for MEMIT).</summary>
     internal IEnumerable<EditCondition> Validate(string q, Func<string, string, InputException> error, Action<string, string> warn, SequenceSpec? lifelong)
     {
-        string method = (Method ?? throw error(q + "method", "missing")).Trim().ToLowerInvariant();
-        if (!EditorFactory.Methods.Contains(method) && method != "key-rome")
-            throw error(q + "method", $"unknown editor \"{method}\" (known: {string.Join(", ", EditorFactory.Methods)})");
-        if (method == "key-rome") method = "keyrome";
+        EditorMethod parsed;
+        try { parsed = EditorMethod.Parse(Method ?? throw error(q + "method", "missing")); }
+        catch (ArgumentException e) { throw error(q + "method", e.Message); }
+        string method = parsed.Name;
         var sides = new List<string>([.. Sides ?? [], .. Side ?? []]);
         if (sides.Count == 0) sides.Add(method is "keyrome" or "keymemit" or "keyalphaedit" ? "keys" : "values");
         IReadOnlyList<string?> layers = Layers is { Count: > 0 } ? [.. Layers] : [null];
@@ -246,12 +246,14 @@ public sealed record RunFile
         var conditions = new List<EditCondition>();
         foreach (string side in sides)
         {
-            string normalised = NormaliseSide(side, q, error);
-            if (method == "rome" && normalised != "values") throw error(q + "sides", "ROME edits the values; use method keyrome for the keys");
-            if (method == "memit" && normalised != "values") throw error(q + "sides", "MEMIT edits the values");
-            if (method == "keyrome" && normalised == "values") throw error(q + "sides", "Key-ROME edits the keys; use method rome for the values");
-            if (method == "alphaedit" && normalised != "values") throw error(q + "sides", "AlphaEdit edits the values; use method keyalphaedit for the keys");
-            if (method is "keymemit" or "keyalphaedit" && normalised == "values")
+            StudySide normalised;
+            try { normalised = StudySide.Parse(side); }
+            catch (ArgumentException e) { throw error(q + "sides", e.Message); }
+            if (method == "rome" && normalised != StudySide.Values) throw error(q + "sides", "ROME edits the values; use method keyrome for the keys");
+            if (method == "memit" && normalised != StudySide.Values) throw error(q + "sides", "MEMIT edits the values");
+            if (method == "keyrome" && normalised == StudySide.Values) throw error(q + "sides", "Key-ROME edits the keys; use method rome for the values");
+            if (method == "alphaedit" && normalised != StudySide.Values) throw error(q + "sides", "AlphaEdit edits the values; use method keyalphaedit for the keys");
+            if (method is "keymemit" or "keyalphaedit" && normalised == StudySide.Values)
                 throw error(q + "sides", $"{method} edits the keys; use method {method[3..]} for the values");
             foreach (string? layer in layers)
             {
@@ -260,7 +262,7 @@ public sealed record RunFile
                     try { EditScope.ParseLayers(layer); }
                     catch (ArgumentException ex) { throw error(q + "layers", ex.Message); }
                 }
-                conditions.Add(new EditCondition(method, normalised, layer, mode, overrides, sequence));
+                conditions.Add(new EditCondition(parsed, normalised, layer, mode, overrides, sequence));
             }
         }
         return conditions;
@@ -289,15 +291,6 @@ public sealed record RunFile
             throw error(q + (CheckpointEvery is null ? "chunk" : "checkpoint_every"), $"checkpoints every {m} edits must be a multiple of the chunk size {chunk}");
         return new SequenceSpec(chunk, every, Generation ?? defaults?.Generation ?? true);
     }
-
-    private static string NormaliseSide(string side, string q, Func<string, string, InputException> error) => side.Trim().ToLowerInvariant() switch
-    {
-        "keys" or "key" => "keys",
-        "keys:up" or "up" or "up_proj" => "keys:up",
-        "keys:gate" or "gate" or "gate_proj" => "keys:gate",
-        "values" or "value" or "down_proj" => "values",
-        _ => throw error(q + "sides", $"unknown side \"{side}\" (keys, keys:up, keys:gate, values)"),
-    };
 }
 
 /// <summary>The lifelong section as written (<c>editing.lifelong</c>): N edits per replicate in chunks of B, checkpoints every M,

@@ -298,18 +298,11 @@ public sealed class StudyPlan
     /// <summary>The editor choice of a condition: side "keys:up" = keys with the up matrix only, and so on.</summary>
     public static EditorChoice Choice(EditCondition condition, StudyInputs inputs, EditingSpec editing)
     {
-        var (side, kinds) = condition.Side switch
-        {
-            "keys:up" => (EditSide.Keys, "up"),
-            "keys:gate" => (EditSide.Keys, "gate"),
-            "keys" => (EditSide.Keys, (string?)null),
-            _ => (EditSide.Values, null),
-        };
         return new EditorChoice
         {
-            Method = condition.Method,
-            Side = side,
-            KeyKinds = kinds,
+            Method = condition.Method.Name,
+            Side = condition.Side.Side,
+            KeyKinds = condition.Side.KeyKinds,
             Layers = condition.Layers,
             Overrides = condition.Overrides,
             StatsCorpus = inputs.StatsCorpus,

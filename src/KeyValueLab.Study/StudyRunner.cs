@@ -222,7 +222,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
             {
                 ["kind"] = Name(UnitKind.Edit),
                 ["method"] = editor.Method,
-                ["side"] = condition.Side,
+                ["side"] = condition.Side.ToString(),
                 ["layers"] = string.Join(",", editor.Scope.Layers),
                 ["mode"] = Name(condition.Mode),
                 ["seed"] = group.Seed,
@@ -315,7 +315,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
             var result = new LifelongUnitResult
             {
                 Method = editor.Method,
-                Side = condition.Side,
+                Side = condition.Side.ToString(),
                 Layers = string.Join(",", editor.Scope.Layers),
                 Seed = group.Seed,
                 Mode = EditModes.Name(condition.Mode),
@@ -343,7 +343,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
             {
                 ["kind"] = Name(UnitKind.Lifelong),
                 ["method"] = editor.Method,
-                ["side"] = condition.Side,
+                ["side"] = condition.Side.ToString(),
                 ["layers"] = result.Layers,
                 ["mode"] = result.Mode,
                 ["seed"] = group.Seed,
@@ -392,7 +392,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
         var result = new EditUnitResult
         {
             Method = editor.Method,
-            Side = condition.Side,
+            Side = condition.Side.ToString(),
             Layers = string.Join(",", editor.Scope.Layers),
             Seed = group.Seed,
             Mode = Name(condition.Mode),

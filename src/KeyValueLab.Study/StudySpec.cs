@@ -6,19 +6,72 @@ using System.Text.Json.Nodes;
 using System.Text.Json.Serialization;
 using KeyValueLab.Editing;
 using KeyValueLab.Evaluation;
+using KeyValueLab.Memory;
 using YamlDotNet.Core;
 using YamlDotNet.RepresentationModel;
 
 namespace KeyValueLab.Study;
 
+/// <summary>An editor method of a study, parsed once where the study is read: one of <see cref="EditorFactory.Methods"/> ("key-rome" = keyrome).</summary>
+[JsonConverter(typeof(AsText<EditorMethod>))]
+public sealed record EditorMethod
+{
+    private EditorMethod(string name) => Name = name;
+
+    /// <summary>The method's name as <see cref="EditorFactory"/> takes it.</summary>
+    public string Name { get; }
+
+    /// <summary>ArgumentException "unknown editor …" for a name <see cref="EditorFactory"/> does not know.</summary>
+    public static EditorMethod Parse(string text)
+    {
+        string name = text.Trim().ToLowerInvariant();
+        if (name == "key-rome") name = "keyrome";
+        return EditorFactory.Methods.Contains(name) ? new(name) : throw new ArgumentException($"unknown editor \"{name}\" (known: {string.Join(", ", EditorFactory.Methods)})");
+    }
+
+    public override string ToString() => Name;
+}
+
+/// <summary>The FFN side a study condition edits: the values, the keys, or one of Llama's key matrices ("keys:up", "keys:gate").</summary>
+[JsonConverter(typeof(AsText<StudySide>))]
+public sealed record StudySide(EditSide Side, KeyKind? Keys = null)
+{
+    public static StudySide Values { get; } = new(EditSide.Values);
+
+    /// <summary>The editor's key kinds: "up", "gate", or null for every key matrix.</summary>
+    public string? KeyKinds => Keys?.ToString().ToLowerInvariant();
+
+    /// <summary>Parses a study file's side (keys, keys:up/up/up_proj, keys:gate/gate/gate_proj, values/down_proj); ArgumentException otherwise.</summary>
+    public static StudySide Parse(string text) => text.Trim().ToLowerInvariant() switch
+    {
+        "keys" or "key" => new(EditSide.Keys),
+        "keys:up" or "up" or "up_proj" => new(EditSide.Keys, KeyKind.Up),
+        "keys:gate" or "gate" or "gate_proj" => new(EditSide.Keys, KeyKind.Gate),
+        "values" or "value" or "down_proj" => Values,
+        _ => throw new ArgumentException($"unknown side \"{text}\" (keys, keys:up, keys:gate, values)"),
+    };
+
+    /// <summary>"values", "keys", "keys:up" or "keys:gate": the text unit ids and the results store keep.</summary>
+    public override string ToString() => Side == EditSide.Values ? "values" : Keys is null ? "keys" : $"keys:{KeyKinds}";
+}
+
+/// <summary>Writes a typed value as its text (<c>ToString</c>), so canonical JSON and study hashes stay what the strings gave.</summary>
+internal sealed class AsText<T> : JsonConverter<T> where T : class
+{
+    public override T Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options) =>
+        throw new NotSupportedException($"{typeof(T).Name} is parsed where a study is read, not read alone");
+
+    public override void Write(Utf8JsonWriter writer, T value, JsonSerializerOptions options) => writer.WriteStringValue(value.ToString());
+}
+
 /// <summary>One editing condition of the grid: an editor on one side of the FFN at one set of layers.</summary>
-/// <param name="Method">ft, ft-l, rome, keyrome or memit.</param>
-/// <param name="Side">"keys", "keys:up", "keys:gate" or "values" (ROME/MEMIT: values; Key-ROME: keys…).</param>
+/// <param name="Method">The editor (ft, ft-l, ft-bf, rome, keyrome, memit, …).</param>
+/// <param name="Side">keys, keys:up, keys:gate or values (ROME/MEMIT: values; Key-ROME: keys…).</param>
 /// <param name="Layers">Layers as "1", "0-2" or "3,5"; null = the hyperparameter file's (published) layers.</param>
 /// <param name="Mode">single (each case on the original model) or batch (all of a seed's cases in one call).</param>
 /// <param name="Overrides">Hyperparameter overrides (the run's <c>set:</c>), parsed for the method; stored as given.</param>
 /// <param name="Sequence">Chunks, checkpoints and generation scores of a sequential mode (sequential-final, sequential-immediate); null otherwise.</param>
-public sealed record EditCondition(string Method, string Side, string? Layers, EditMode Mode,
+public sealed record EditCondition(EditorMethod Method, StudySide Side, string? Layers, EditMode Mode,
     [property: JsonConverter(typeof(OverridesAsGiven))] HyperparameterOverrides Overrides,
     [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] SequenceSpec? Sequence = null)
 {
@@ -195,14 +248,14 @@ public sealed record StudySpec
             StatsSamples = 1000,
             Conditions =
             [
-                new("ft", "keys:up", "1", EditMode.Single, HyperparameterOverrides.None),
-                new("ft", "keys:gate", "1", EditMode.Single, HyperparameterOverrides.None),
-                new("ft", "values", "1", EditMode.Single, HyperparameterOverrides.None),
-                new("ft", "keys:up", "1", EditMode.Single, HyperparameterOverrides.Parse("ft", ["lr=5e-3"])),
-                new("ft", "values", "1", EditMode.Single, HyperparameterOverrides.Parse("ft", ["lr=5e-3"])),
-                new("rome", "values", "1", EditMode.Single, HyperparameterOverrides.Parse("rome", ["fact_token=\"last\""])),
-                new("keyrome", "keys:up", "1", EditMode.Single, HyperparameterOverrides.Parse("keyrome", ["fact_token=\"last\""])),
-                new("memit", "values", "0-1", EditMode.Batch, HyperparameterOverrides.Parse("memit", ["fact_token=\"last\"", "mom2_update_weight=350"])),
+                new(EditorMethod.Parse("ft"), StudySide.Parse("keys:up"), "1", EditMode.Single, HyperparameterOverrides.None),
+                new(EditorMethod.Parse("ft"), StudySide.Parse("keys:gate"), "1", EditMode.Single, HyperparameterOverrides.None),
+                new(EditorMethod.Parse("ft"), StudySide.Parse("values"), "1", EditMode.Single, HyperparameterOverrides.None),
+                new(EditorMethod.Parse("ft"), StudySide.Parse("keys:up"), "1", EditMode.Single, HyperparameterOverrides.Parse("ft", ["lr=5e-3"])),
+                new(EditorMethod.Parse("ft"), StudySide.Parse("values"), "1", EditMode.Single, HyperparameterOverrides.Parse("ft", ["lr=5e-3"])),
+                new(EditorMethod.Parse("rome"), StudySide.Parse("values"), "1", EditMode.Single, HyperparameterOverrides.Parse("rome", ["fact_token=\"last\""])),
+                new(EditorMethod.Parse("keyrome"), StudySide.Parse("keys:up"), "1", EditMode.Single, HyperparameterOverrides.Parse("keyrome", ["fact_token=\"last\""])),
+                new(EditorMethod.Parse("memit"), StudySide.Parse("values"), "0-1", EditMode.Batch, HyperparameterOverrides.Parse("memit", ["fact_token=\"last\"", "mom2_update_weight=350"])),
             ],
             Lifelong = DefaultLifelong(),
         },
@@ -236,14 +289,14 @@ public sealed record StudySpec
         var sequence = new SequenceSpec(DefaultLifelongChunk, DefaultLifelongCheckpoint, Generation: true);
         string[] target = ["fact_token=\"last\"", "v_num_grad_steps=10", "context_template_length_params=[]"];
         EditCondition Closed(string method, string side, params string[] extra) =>
-            new(method, side, "0-1", EditMode.SequentialFinal, HyperparameterOverrides.Parse(method, [.. target, .. extra]), sequence);
+            new(EditorMethod.Parse(method), StudySide.Parse(side), "0-1", EditMode.SequentialFinal, HyperparameterOverrides.Parse(method, [.. target, .. extra]), sequence);
         return new LifelongSpec
         {
             Edits = DefaultLifelongEdits,
             Conditions =
             [
-                new("ft-bf", "keys:up", "1", EditMode.SequentialFinal, HyperparameterOverrides.None, sequence),
-                new("ft-bf", "values", "1", EditMode.SequentialFinal, HyperparameterOverrides.None, sequence),
+                new(EditorMethod.Parse("ft-bf"), StudySide.Parse("keys:up"), "1", EditMode.SequentialFinal, HyperparameterOverrides.None, sequence),
+                new(EditorMethod.Parse("ft-bf"), StudySide.Parse("values"), "1", EditMode.SequentialFinal, HyperparameterOverrides.None, sequence),
                 Closed("memit", "values", "mom2_update_weight=350"),
                 Closed("keymemit", "keys:up", "mom2_update_weight=350"),
                 Closed("alphaedit", "values"),

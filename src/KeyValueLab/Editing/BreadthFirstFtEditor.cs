@@ -1,4 +1,3 @@
-using System.Text.Json.Nodes;
 using KeyValueLab.Memory;
 using KeyValueLab.Models;
 using KeyValueLab.Tokenization;
@@ -10,7 +9,7 @@ namespace KeyValueLab.Editing;
 /// Hyperparameters of breadth-first fine-tuning (LocFT-BF, Yang et al., "Fine-tuning Done Right in Model Editing",
 /// arXiv 2509.22072; code ICT-STAR/LocFT <c>fine-tune.py</c>, <c>hparams/*.yaml</c>). Files in <c>hparams/FT-BF/</c>.
 /// </summary>
-public sealed record BreadthFirstFtHyperparameters
+public sealed record BreadthFirstFtHyperparameters : IFineTuneHyperparameters
 {
     public string Method { get; init; } = "FT-BF";
     public string? ModelFamily { get; init; }
@@ -46,78 +45,52 @@ public sealed record BreadthFirstFtHyperparameters
 /// In a sequential run with chunks of B each chunk is one call, so the pipeline is breadth-first within a chunk;
 /// LocFT's own setting (all edits at once) is one chunk of N.
 /// </summary>
-public sealed class BreadthFirstFtEditor : IKnowledgeEditor
+public sealed class BreadthFirstFtEditor : FineTuneEditorBase<BreadthFirstFtHyperparameters>
 {
-    private readonly BreadthFirstFtHyperparameters _hp;
-
-    public BreadthFirstFtEditor(BreadthFirstFtHyperparameters hp, EditScope? scope = null)
+    public BreadthFirstFtEditor(BreadthFirstFtHyperparameters hp, EditScope? scope = null) : base(hp, scope)
     {
-        _hp = hp;
         if (hp.Epochs < 1) throw new ArgumentException("epochs must be at least 1");
         if (hp.BatchSize < 1) throw new ArgumentException("batch_size must be at least 1");
-        if (hp.Layers.Length != 1) throw new ArgumentException($"FT-BF edits one layer; got layers {string.Join(",", hp.Layers)}");
-        Scope = scope ?? new EditScope(EditScope.ParseSide(hp.Side), hp.Layers, EditScope.ParseKeyKinds(hp.KeyKinds));
+        if (Scope.Layers.Count != 1) throw new ArgumentException($"FT-BF edits one layer; got layers {string.Join(",", Scope.Layers)}");
         if (Scope.Side == EditSide.Both) throw new ArgumentException("FT-BF edits the keys or the values of one layer, not both");
     }
 
-    public string Method => _hp.Method;
-    public EditScope Scope { get; }
-    public bool JointBatch => true;
-
-    public JsonObject Hyperparameters
-    {
-        get
-        {
-            var json = HyperparameterFiles.ToJson(_hp with { Layers = [.. Scope.Layers], Side = Scope.Side.ToString().ToLowerInvariant() });
-            if (Scope.KeyKinds is not null) json["key_kinds"] = string.Join("+", Scope.KeyKinds).ToLowerInvariant();
-            return json;
-        }
-    }
-
-    public IReadOnlyList<string> ParameterNames(CausalLM model) => [.. Scope.Matrices(new FfnMemory(model)).Select(m => m.Name)];
-
-    public IReadOnlyList<string> Prepare(CausalLM model, ITokenizer tokenizer)
-    {
-        Scope.Matrices(new FfnMemory(model));  // checks the layer and key kinds
-        return [];
-    }
-
-    public EditReport Apply(CausalLM model, ITokenizer tokenizer, IReadOnlyList<EditRequest> requests)
+    public override EditReport Apply(CausalLM model, ITokenizer tokenizer, IReadOnlyList<EditRequest> requests)
     {
         if (requests.Count == 0) return new EditReport(0, double.NaN);
         var weights = Scope.Matrices(new FfnMemory(model)).Select(m => m.Weight).ToList();
         int padId = tokenizer.EosId ?? 0;
-        int? eos = _hp.AppendEos ? tokenizer.EosId : null;
+        int? eos = Hp.AppendEos ? tokenizer.EosId : null;
         var rows = requests.Select(r =>
         {
             var row = EditPrompts.Build(model, tokenizer, r.Prompt, r.Subject, r.TargetNew);
             return eos is int e ? row with { TargetIds = [.. row.TargetIds, e] } : row;
         }).ToArray();
         using var frozen = new FrozenParameters(model, weights);
-        using var adam = Tuning.AdamWOptimizer.Adam(weights, _hp.Lr, _hp.WeightDecay);
+        using var adam = Tuning.AdamWOptimizer.Adam(weights, Hp.Lr, Hp.WeightDecay);
         var order = Enumerable.Range(0, rows.Length).ToArray();
-        var shuffle = new Random(_hp.ShuffleSeed);
+        var shuffle = new Random(Hp.ShuffleSeed);
         int steps = 0;
         double epochLoss = double.NaN;
-        for (int epoch = 0; epoch < _hp.Epochs; epoch++)
+        for (int epoch = 0; epoch < Hp.Epochs; epoch++)
         {
             shuffle.Shuffle(order);
             double sum = 0;
-            foreach (var part in order.Chunk(_hp.BatchSize))
+            foreach (var part in order.Chunk(Hp.BatchSize))
             {
                 using var scope = NewDisposeScope();
                 using var batch = new RewriteBatch([.. part.Select(i => rows[i])], [], padId);
                 var objective = batch.Nll(batch.Forward(model));
                 double loss = objective.item<float>();
                 sum += loss * part.Length;
-                if (loss < _hp.EarlyStopLoss) continue;
+                if (loss < Hp.EarlyStopLoss) continue;
                 adam.ZeroGrad();
                 objective.backward();
                 adam.Step();
                 steps++;
             }
             epochLoss = sum / rows.Length;
-            if (epochLoss < _hp.EarlyStopLoss) break;
+            if (epochLoss < Hp.EarlyStopLoss) break;
         }
         foreach (var w in weights) w.grad?.zero_();
         return new EditReport(steps, epochLoss);

@@ -15,7 +15,7 @@ public enum FactToken { SubjectLast, Last }
 /// Hyperparameters of the fine-tuning editor (SPEC §4: ROME's FT/FT+L, EasyEdit's FT-M/FT-L).
 /// Files in <c>hparams/FT*/</c> hold the published values per model family.
 /// </summary>
-public sealed record FtHyperparameters
+public sealed record FtHyperparameters : IFineTuneHyperparameters
 {
     public string Method { get; init; } = "FT";
     public string? ModelFamily { get; init; }
@@ -96,9 +96,6 @@ public static class HyperparameterFiles
         Converters = { new JsonStringEnumConverter(JsonNamingPolicy.SnakeCaseLower, allowIntegerValues: false) },
     };
 
-    /// <summary>Method folders shipped: FT, FT-L, ROME, KeyROME, MEMIT.</summary>
-    public static IReadOnlyList<string> Methods => ["FT", "FT-L", "ROME", "KeyROME", "MEMIT"];
-
     /// <summary>The shipped file text for a method and a model family (Hugging Face <c>model_type</c>).</summary>
     public static string Builtin(string method, string modelFamily)
     {
@@ -114,15 +111,25 @@ public static class HyperparameterFiles
 
     /// <summary>
     /// The family whose shipped file <paramref name="method"/> reads for <paramref name="modelType"/>: its own where there is
-    /// one, else its architecture's <see cref="Models.Architecture.HyperparameterFallback"/> (Mistral, Qwen2, Gemma → Llama).
+    /// one, else its architecture's <see cref="Models.Architecture.HyperparameterFallback"/> (the Llama-family models → Llama).
+    /// Neither shipped: an <see cref="InputException"/> naming the file looked for.
     /// </summary>
     public static string Family(string method, string modelType)
     {
-        var resources = typeof(HyperparameterFiles).Assembly.GetManifestResourceNames();
-        bool Has(string family) => resources.Any(n => string.Equals(n.Replace('\\', '/'), $"hparams/{method}/{family}.json", StringComparison.OrdinalIgnoreCase));
-        if (Has(modelType)) return modelType;
-        return Models.Architectures.Supported.Contains(modelType) && Models.Architectures.Of(modelType).HyperparameterFallback is { } fallback && Has(fallback) ? fallback : modelType;
+        if (Has(method, modelType)) return modelType;
+        string? fallback = Models.Architectures.Supported.Contains(modelType) ? Models.Architectures.Of(modelType).HyperparameterFallback : null;
+        if (fallback is not null && Has(method, fallback)) return fallback;
+        var shipped = typeof(HyperparameterFiles).Assembly.GetManifestResourceNames().Select(n => n.Replace('\\', '/'))
+            .Where(n => n.StartsWith($"hparams/{method}/", StringComparison.OrdinalIgnoreCase)).Select(n => Path.GetFileNameWithoutExtension(n)).Order();
+        throw new InputException($"hparams/{method}/{modelType}.json",
+            $"not shipped{(fallback is null ? "" : $", nor its fallback hparams/{method}/{fallback}.json")} ({method} ships {string.Join(", ", shipped)}); pass --hparams FILE");
     }
+
+    /// <summary>Where <see cref="Load{T}"/> reads from: <paramref name="path"/>, or the shipped file of the method for the model type.</summary>
+    public static string Source(string? path, string method, string modelType) => path ?? $"hparams/{method}/{Family(method, modelType)}.json";
+
+    private static bool Has(string method, string family) =>
+        typeof(HyperparameterFiles).Assembly.GetManifestResourceNames().Any(n => string.Equals(n.Replace('\\', '/'), $"hparams/{method}/{family}.json", StringComparison.OrdinalIgnoreCase));
 
     /// <summary>Parses <paramref name="json"/> (from <paramref name="source"/>) as <typeparamref name="T"/>.</summary>
     public static T Parse<T>(string json, string source)
@@ -137,12 +144,16 @@ public static class HyperparameterFiles
         }
     }
 
-    /// <summary>Loads a user's file, or the built-in one when <paramref name="path"/> is null.</summary>
-    public static T Load<T>(string? path, string method, string modelFamily)
+    /// <summary>
+    /// Loads a user's file, or when <paramref name="path"/> is null the shipped one for <paramref name="modelType"/> (<see cref="Family"/>),
+    /// every value checked with the rules of <c>--set</c> (<see cref="HyperparameterOverrides.Validate"/>).
+    /// </summary>
+    public static T Load<T>(string? path, string method, string modelType) where T : notnull
     {
-        if (path is null) return Parse<T>(Builtin(method, modelFamily), $"hparams/{method}/{modelFamily}.json");
-        if (!File.Exists(path)) throw new InputException(path, "no such hyperparameter file");
-        return Parse<T>(File.ReadAllText(path), path);
+        if (path is not null && !File.Exists(path)) throw new InputException(path, "no such hyperparameter file");
+        string source = Source(path, method, modelType);
+        string text = path is null ? Builtin(method, Family(method, modelType)) : File.ReadAllText(path);
+        return HyperparameterOverrides.Validate(Parse<T>(text, source), source);
     }
 
     /// <summary>The record as a JSON object (snake_case), for params.json.</summary>

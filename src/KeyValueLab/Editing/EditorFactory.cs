@@ -29,15 +29,30 @@ public static class EditorFactory
 {
     public static IReadOnlyList<string> Methods => ["ft", "ft-l", "ft-bf", "rome", "keyrome", "memit", "alphaedit", "keyalphaedit", "keymemit"];
 
+    /// <summary>The folder of <c>hparams/</c> a method reads (<c>ft</c> → FT, <c>keyrome</c> → KeyROME, …); unknown → ArgumentException.</summary>
+    public static string HparamsFolder(string method) => method.Trim().ToLowerInvariant() switch
+    {
+        "ft" => "FT",
+        "ft-l" => "FT-L",
+        "ft-bf" or "locft-bf" => "FT-BF",
+        "rome" => "ROME",
+        "keyrome" or "key-rome" => "KeyROME",
+        "memit" => "MEMIT",
+        "alphaedit" => "AlphaEdit",
+        "keyalphaedit" or "key-alphaedit" => "KeyAlphaEdit",
+        "keymemit" or "key-memit" => "KeyMEMIT",
+        _ => throw new ArgumentException($"unknown method \"{method}\"; use one of {string.Join(", ", Methods)}"),
+    };
+
     public static IKnowledgeEditor Create(CausalLM model, EditorChoice choice)
     {
         string family = model.Config.ModelType;
-        string method = choice.Method.Trim().ToLowerInvariant();
+        string folder = HparamsFolder(choice.Method);
         // The file, then the user's overrides, then the typed choices: each a `with` expression on the record.
         int[]? layers = choice.Layers is null ? null : [.. EditScope.ParseLayers(choice.Layers)];
-        if (method is "ft" or "ft-l")
+        if (folder is "FT" or "FT-L")
         {
-            var hp = choice.Overrides.ApplyTo(HyperparameterFiles.Load<FtHyperparameters>(choice.HparamsFile, method == "ft" ? "FT" : "FT-L", HyperparameterFiles.Family(method == "ft" ? "FT" : "FT-L", family)));
+            var hp = choice.Overrides.ApplyTo(HyperparameterFiles.Load<FtHyperparameters>(choice.HparamsFile, folder, family));
             hp = hp with
             {
                 Layers = layers ?? hp.Layers,
@@ -46,11 +61,9 @@ public static class EditorFactory
             };
             return new FineTuneEditor(hp);
         }
-        if (method is "ft-bf" or "locft-bf")
+        if (folder is "FT-BF")
         {
-            // Llama-family models without their own file take Llama-3-8B's (LocFT ships Llama-3, Qwen2.5 and Mistral).
-            string bfFamily = family is "gemma" or "gemma2" or "phi3" ? "llama" : family;
-            var hp = choice.Overrides.ApplyTo(HyperparameterFiles.Load<BreadthFirstFtHyperparameters>(choice.HparamsFile, "FT-BF", bfFamily));
+            var hp = choice.Overrides.ApplyTo(HyperparameterFiles.Load<BreadthFirstFtHyperparameters>(choice.HparamsFile, folder, family));
             hp = hp with
             {
                 Layers = layers ?? hp.Layers,
@@ -59,16 +72,6 @@ public static class EditorFactory
             };
             return new BreadthFirstFtEditor(hp);
         }
-        string folder = method switch
-        {
-            "rome" => "ROME",
-            "keyrome" or "key-rome" => "KeyROME",
-            "memit" => "MEMIT",
-            "alphaedit" => "AlphaEdit",
-            "keyalphaedit" or "key-alphaedit" => "KeyAlphaEdit",
-            "keymemit" or "key-memit" => "KeyMEMIT",
-            _ => throw new ArgumentException($"unknown method \"{choice.Method}\"; use one of {string.Join(", ", Methods)}"),
-        };
         if (folder is "AlphaEdit" or "KeyAlphaEdit" or "KeyMEMIT") return CreateMultiLayer(folder, family, choice, layers);
         var lhp = Chosen(Read(choice, folder, family), choice, layers);
         var side = choice.Side;
@@ -93,7 +96,7 @@ public static class EditorFactory
         if (folder != "AlphaEdit" && side is EditSide.Values) throw new ArgumentException($"{folder} edits the keys; use --method {(folder == "KeyMEMIT" ? "memit" : "alphaedit")} for the values");
         if (side is EditSide.Both) throw new ArgumentException($"{folder} edits one side; --side both is for ft");
         var hp = Chosen(Read(choice, folder, family), choice, layers) with { Method = folder };
-        var nullSpace = NullSpaceSettings.From(hp, choice.HparamsFile ?? $"hparams/{folder}/{HyperparameterFiles.Family(folder, family)}.json");
+        var nullSpace = NullSpaceSettings.From(hp, HyperparameterFiles.Source(choice.HparamsFile, folder, family));
         var stats = Statistics(hp, choice);
         var kinds = EditScope.ParseKeyKinds(hp.KeyKinds);
         return folder switch
@@ -116,10 +119,10 @@ public static class EditorFactory
     /// </summary>
     private static LocateEditHyperparameters Read(EditorChoice choice, string folder, string modelType)
     {
-        string family = choice.HparamsFile is null ? HyperparameterFiles.Family(folder, modelType) : modelType;
-        var hp = choice.Overrides.ApplyTo(HyperparameterFiles.Load<LocateEditHyperparameters>(choice.HparamsFile, folder, family));
+        string source = HyperparameterFiles.Source(choice.HparamsFile, folder, modelType);
+        var hp = choice.Overrides.ApplyTo(HyperparameterFiles.Load<LocateEditHyperparameters>(choice.HparamsFile, folder, modelType));
         if (folder is not ("AlphaEdit" or "KeyAlphaEdit") && (hp.NullspaceThreshold is not null || hp.L2 is not null))
-            throw new InputException(choice.HparamsFile ?? $"hparams/{folder}/{family}.json", $"nullspace_threshold and l2 are AlphaEdit's; {folder} does not use them");
+            throw new InputException(source, $"nullspace_threshold and l2 are AlphaEdit's; {folder} does not use them");
         return hp;
     }
 

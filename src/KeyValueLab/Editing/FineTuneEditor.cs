@@ -1,4 +1,3 @@
-using System.Text.Json.Nodes;
 using KeyValueLab.Memory;
 using KeyValueLab.Models;
 using KeyValueLab.Tokenization;
@@ -16,63 +15,37 @@ namespace KeyValueLab.Editing;
 /// EasyEdit FT-M); <c>prompt_last</c> = every target token scored at the last prompt position (ROME's
 /// original FT, EasyEdit FT-L; only right for one-token targets). Keys and values get the same budget.
 /// </summary>
-public sealed class FineTuneEditor : IKnowledgeEditor
+public sealed class FineTuneEditor : FineTuneEditorBase<FtHyperparameters>
 {
-    private readonly FtHyperparameters _hp;
-
-    public FineTuneEditor(FtHyperparameters hp, EditScope? scope = null)
+    public FineTuneEditor(FtHyperparameters hp, EditScope? scope = null) : base(hp, scope)
     {
-        _hp = hp;
         if (hp.Steps < 1) throw new ArgumentException("steps must be at least 1");
-        Scope = scope ?? new EditScope(EditScope.ParseSide(hp.Side), hp.Layers, EditScope.ParseKeyKinds(hp.KeyKinds));
     }
 
-    public string Method => _hp.Method;
-    public EditScope Scope { get; }
-    public bool JointBatch => true;
-
-    public JsonObject Hyperparameters
-    {
-        get
-        {
-            var json = HyperparameterFiles.ToJson(_hp with { Layers = [.. Scope.Layers], Side = Scope.Side.ToString().ToLowerInvariant() });
-            if (Scope.KeyKinds is not null) json["key_kinds"] = string.Join("+", Scope.KeyKinds).ToLowerInvariant();
-            return json;
-        }
-    }
-
-    public IReadOnlyList<string> ParameterNames(CausalLM model) => [.. Scope.Matrices(new FfnMemory(model)).Select(m => m.Name)];
-
-    public IReadOnlyList<string> Prepare(CausalLM model, ITokenizer tokenizer)
-    {
-        Scope.Matrices(new FfnMemory(model));  // checks the layers and key kinds
-        return [];
-    }
-
-    public EditReport Apply(CausalLM model, ITokenizer tokenizer, IReadOnlyList<EditRequest> requests)
+    public override EditReport Apply(CausalLM model, ITokenizer tokenizer, IReadOnlyList<EditRequest> requests)
     {
         var weights = Scope.Matrices(new FfnMemory(model)).Select(m => m.Weight).ToList();
         var rows = requests.Select(r => EditPrompts.Build(model, tokenizer, r.Prompt, r.Subject, r.TargetNew)).ToList();
         int padId = tokenizer.EosId ?? 0;
         using var frozen = new FrozenParameters(model, weights);
-        using var originals = new DisposableList(_hp.NormConstraint is null ? [] : weights.Select(w => w.detach().clone().DetachFromDisposeScope()));
+        using var originals = new DisposableList(Hp.NormConstraint is null ? [] : weights.Select(w => w.detach().clone().DetachFromDisposeScope()));
         using var batch = new RewriteBatch(rows, [], padId);
-        using var lastBatch = _hp.Objective is FtObjective.PromptLast ? new PromptLastBatch(rows, padId) : null;
-        using var adam = Tuning.AdamWOptimizer.Adam(weights, _hp.Lr, _hp.WeightDecay);  // held Scalars on this per-step path (see HeldScalars)
-        using Scalar below = (-(_hp.NormConstraint ?? 0)).ToScalar(), above = (_hp.NormConstraint ?? 0).ToScalar();
+        using var lastBatch = Hp.Objective is FtObjective.PromptLast ? new PromptLastBatch(rows, padId) : null;
+        using var adam = Tuning.AdamWOptimizer.Adam(weights, Hp.Lr, Hp.WeightDecay);  // held Scalars on this per-step path (see HeldScalars)
+        using Scalar below = (-(Hp.NormConstraint ?? 0)).ToScalar(), above = (Hp.NormConstraint ?? 0).ToScalar();
         int steps = 0;
         double loss = double.NaN;
-        for (int step = 0; step < _hp.Steps; step++)
+        for (int step = 0; step < Hp.Steps; step++)
         {
             using var scope = NewDisposeScope();
             var objective = lastBatch is null ? batch.Nll(batch.Forward(model)) : lastBatch.Loss(model);
             loss = objective.item<float>();
-            if (loss < _hp.EarlyStopLoss) break;
+            if (loss < Hp.EarlyStopLoss) break;
             adam.ZeroGrad();
             objective.backward();
             adam.Step();
             steps++;
-            if (_hp.NormConstraint is not null)
+            if (Hp.NormConstraint is not null)
                 using (no_grad())
                     for (int i = 0; i < weights.Count; i++)
                         weights[i].copy_(minimum(maximum(weights[i], originals[i].add(below, HeldScalars.One)), originals[i].add(above, HeldScalars.One)));

@@ -11,7 +11,7 @@ public enum HyperparameterKind { FineTune, LocateEdit, NullSpace, BreadthFirstFi
 /// Hyperparameter overrides (<c>--set name=value</c>, a study run's <c>set:</c>) parsed once, where they enter, into typed
 /// changes of the editor's hyperparameter record: each is a <c>with</c> expression on <see cref="FtHyperparameters"/> or
 /// <see cref="LocateEditHyperparameters"/>. An unknown name, a value of the wrong type, a non-finite or out-of-range number
-/// is refused with one line naming the field. The value is JSON (<c>steps=3</c>, <c>layers=[3,4]</c>, <c>fact_token="last"</c>)
+/// is refused with one line naming the field; a hyperparameter file's values obey the same rules (<see cref="Validate"/>). The value is JSON (<c>steps=3</c>, <c>layers=[3,4]</c>, <c>fact_token="last"</c>)
 /// or, where it does not read as JSON, a bare string (<c>fact_token=last</c>).
 /// </summary>
 public sealed class HyperparameterOverrides
@@ -39,13 +39,12 @@ public sealed class HyperparameterOverrides
     public int Count => Texts.Count;
 
     /// <summary>The record an editor method reads (method names as <see cref="EditorFactory.Methods"/>).</summary>
-    public static HyperparameterKind KindOf(string method) => method.Trim().ToLowerInvariant() switch
+    public static HyperparameterKind KindOf(string method) => EditorFactory.HparamsFolder(method) switch
     {
-        "ft" or "ft-l" => HyperparameterKind.FineTune,
-        "ft-bf" or "locft-bf" => HyperparameterKind.BreadthFirstFineTune,
-        "alphaedit" or "keyalphaedit" or "key-alphaedit" => HyperparameterKind.NullSpace,
-        "rome" or "keyrome" or "key-rome" or "memit" or "keymemit" or "key-memit" => HyperparameterKind.LocateEdit,
-        _ => throw new ArgumentException($"unknown method \"{method}\"; use one of {string.Join(", ", EditorFactory.Methods)}"),
+        "FT" or "FT-L" => HyperparameterKind.FineTune,
+        "FT-BF" => HyperparameterKind.BreadthFirstFineTune,
+        "AlphaEdit" or "KeyAlphaEdit" => HyperparameterKind.NullSpace,
+        _ => HyperparameterKind.LocateEdit,
     };
 
     /// <summary>Parses <c>name=value</c> overrides for <paramref name="method"/>'s record; ArgumentException "name: problem" on a bad one.</summary>
@@ -88,6 +87,30 @@ public sealed class HyperparameterOverrides
     {
         bool fits = Count == 0 || Kind == record || (Kind is HyperparameterKind.NullSpace && record is HyperparameterKind.LocateEdit);
         return fits ? this : throw new ArgumentException($"overrides {this} were given for {Kind} hyperparameters, not {record}");
+    }
+
+    /// <summary>
+    /// Checks every field of a record read from <paramref name="source"/> (a shipped or a user's hyperparameter file) with the
+    /// rules a <c>--set</c> of that field obeys: one line <c>FILE: field: problem</c> (<see cref="InputException"/>) on the first
+    /// value out of range (a negative lr, zero steps, a clamp ≤ 0, …).
+    /// </summary>
+    public static T Validate<T>(T hp, string source) where T : notnull
+    {
+        var json = HyperparameterFiles.ToJson(hp);
+        foreach (var (name, node) in json)
+        {
+            Action<Value>? rule = hp switch
+            {
+                FtHyperparameters => FineTune.TryGetValue(name, out var f) ? v => f(v) : null,
+                BreadthFirstFtHyperparameters => BreadthFirst.TryGetValue(name, out var b) ? v => b(v) : null,
+                LocateEditHyperparameters => LocateEdit.TryGetValue(name, out var l) || NullSpace.TryGetValue(name, out l) ? v => l(v) : null,
+                _ => throw new ArgumentException($"no hyperparameter rules for {typeof(T).Name}"),
+            };
+            if (rule is null) continue;  // method, model_family, source: text, not settings
+            try { rule(new Value(name, node?.ToJsonString() ?? "null")); }
+            catch (ArgumentException e) { throw new InputException(source, e.Message); }
+        }
+        return hp;
     }
 
     private static ArgumentException Unknown(string name, string method, IEnumerable<string> known) =>

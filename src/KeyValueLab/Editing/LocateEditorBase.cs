@@ -55,7 +55,7 @@ public abstract class LocateEditorBase : IKnowledgeEditor, IDisposable
     protected abstract IReadOnlyList<MomentPoint> MomentPoints(FfnMemory memory);
 
     /// <summary>True when the editor uses C⁻¹ (ROME, Key-ROME); MEMIT-style editors use C itself, always.</summary>
-    protected virtual bool UsesInverseMoment => Method != "MEMIT";
+    protected virtual bool UsesInverseMoment => true;
 
     public virtual IReadOnlyList<string> Prepare(CausalLM model, ITokenizer tokenizer)
     {

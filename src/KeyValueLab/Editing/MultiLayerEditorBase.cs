@@ -18,7 +18,7 @@ public interface IEditHistory
 }
 
 /// <summary>
-/// MEMIT's batch procedure (Meng et al. 2023, memit_main.execute_memit), shared by AlphaEdit, Key-AlphaEdit and
+/// MEMIT's batch procedure (Meng et al. 2023, memit_main.execute_memit), shared by MEMIT, AlphaEdit, Key-AlphaEdit and
 /// Key-MEMIT: one target residual z per request after the last layer of the range (compute_z: ROME's target
 /// optimisation at the block output), then for each layer l of the range in order, on the model as edited so far,
 /// the requests' keys at l (inputs of the edited matrix at the subject's last token, averaged over the context
@@ -95,7 +95,7 @@ public abstract class MultiLayerEditorBase : LocateEditorBase, IKnowledgeEditor
     }
 
     /// <summary>compute_ks: per request, the mean over "{}" and the mean over the generated templates, averaged <c>[n, d_in]</c>.</summary>
-    protected Tensor Keys(CausalLM model, ITokenizer tokenizer, IReadOnlyList<EditRequest> requests, HookPoint point)
+    protected virtual Tensor Keys(CausalLM model, ITokenizer tokenizer, IReadOnlyList<EditRequest> requests, HookPoint point)
     {
         using var scope = NewDisposeScope();
         var templates = ContextTemplates;

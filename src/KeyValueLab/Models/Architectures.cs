@@ -38,7 +38,8 @@ public sealed record Architecture
 
     /// <summary>
     /// The model family whose shipped hyperparameters (<c>hparams/{METHOD}/{family}.json</c>) an editor uses where this
-    /// <c>model_type</c> has no file of its own; null = none. Llama's (Llama-3-8B's AlphaEdit values) serve the Llama-family models.
+    /// <c>model_type</c> has no file of its own; null = none. Llama's (Llama-3-8B's AlphaEdit and LocFT-BF values) serve the
+    /// Llama-family models (Qwen2, Mistral, Gemma, Gemma 2, Phi-3).
     /// </summary>
     public string? HyperparameterFallback { get; init; }
 }
@@ -88,8 +89,9 @@ public static class Architectures
             ModelType = Phi3.ModelType, Parse = Phi3.ParseConfig, Build = (c, d) => new Phi3(c, d), PromptBos = false,
             KeyModules = new Dictionary<string, string> { ["gate"] = "gate_up_proj.gate", ["up"] = "gate_up_proj.up" }, ValueModule = "down_proj",
             AttentionModules = new Dictionary<string, string> { ["o"] = "o_proj" }, FusedAttention = "qkv_proj",
+            HyperparameterFallback = Llama.ModelType,
         },
-        LlamaLike(Gemma2.ModelType, Gemma2.ParseConfig, (c, d) => new Gemma2(c, d), bos: true),
+        LlamaLike(Gemma2.ModelType, Gemma2.ParseConfig, (c, d) => new Gemma2(c, d), bos: true, hyperparameterFallback: Llama.ModelType),
     ];
 
     private static readonly Dictionary<string, Architecture> Known = All.ToDictionary(a => a.ModelType, StringComparer.Ordinal);

@@ -22,19 +22,21 @@ public sealed class BreadthFirstFtTests : IClassFixture<EditorTests.Stories>
     ];
 
     /// <summary>
-    /// The oracle, written apart from the editor: each request run alone (no padding, no batch), its loss the mean
-    /// cross-entropy of its target tokens (plus EOS) computed with log_softmax in float64, a mini-batch's loss the mean
-    /// of its requests', and Adam (β 0.9/0.999, ε 1e-8, bias-corrected) stepped in float64 over the mini-batches in the
-    /// order the seeded shuffle gives. Returns the weight after one epoch.
+    /// The oracle, written apart from the editors: each request run alone (no padding, no batch), its loss the mean
+    /// cross-entropy of its target tokens (plus EOS where <paramref name="appendEos"/>) computed with log_softmax in float64,
+    /// a mini-batch's loss the mean of its requests', and Adam (β 0.9/0.999, ε 1e-8, bias-corrected, no weight decay) stepped
+    /// in float64 over <paramref name="miniBatches"/> (indices into <paramref name="requests"/>) in order. Returns the weight
+    /// after the last step; FT's steps are mini-batches of its one request.
     /// </summary>
-    private double[] OracleEpoch(TorchSharp.Modules.Parameter weight, BreadthFirstFtHyperparameters hp, int[] order)
+    internal static double[] OracleAdam(EditorTests.Stories f, TorchSharp.Modules.Parameter weight, double lr, bool appendEos,
+        IReadOnlyList<EditRequest> requests, IEnumerable<int[]> miniBatches)
     {
-        var model = _f.Loaded.Model;
+        var model = f.Loaded.Model;
         var w = weight.detach().to(float64).data<double>().ToArray();
         var m = new double[w.Length];
         var v = new double[w.Length];
         int t = 0;
-        foreach (var part in order.Chunk(hp.BatchSize))
+        foreach (var part in miniBatches)
         {
             using var scope = NewDisposeScope();
             using (no_grad()) weight.copy_(tensor(w, weight.shape).to(float32));
@@ -42,9 +44,9 @@ public sealed class BreadthFirstFtTests : IClassFixture<EditorTests.Stories>
             weight.grad?.zero_();
             foreach (int i in part)
             {
-                var r = Requests[i];
-                var row = EditPrompts.Build(model, _f.Tokenizer, r.Prompt, r.Subject, r.TargetNew);
-                int[] target = hp.AppendEos ? [.. row.TargetIds, _f.Tokenizer.EosId!.Value] : row.TargetIds;
+                var r = requests[i];
+                var row = EditPrompts.Build(model, f.Tokenizer, r.Prompt, r.Subject, r.TargetNew);
+                int[] target = appendEos ? [.. row.TargetIds, f.Tokenizer.EosId!.Value] : row.TargetIds;
                 long[] ids = [.. row.PromptIds.Select(x => (long)x), .. target[..^1].Select(x => (long)x)];
                 var logits = model.Forward(tensor(ids, [1, ids.Length]))[0].to(float64);
                 var logProbs = nn.functional.log_softmax(logits, -1);
@@ -60,7 +62,7 @@ public sealed class BreadthFirstFtTests : IClassFixture<EditorTests.Stories>
                 m[k] = 0.9 * m[k] + 0.1 * g[k];
                 v[k] = 0.999 * v[k] + 0.001 * g[k] * g[k];
                 double mHat = m[k] / (1 - Math.Pow(0.9, t)), vHat = v[k] / (1 - Math.Pow(0.999, t));
-                w[k] -= hp.Lr * mHat / (Math.Sqrt(vHat) + 1e-8);
+                w[k] -= lr * mHat / (Math.Sqrt(vHat) + 1e-8);
             }
         }
         weight.grad?.zero_();
@@ -92,7 +94,7 @@ public sealed class BreadthFirstFtTests : IClassFixture<EditorTests.Stories>
             Assert.Equal(2, report.Steps);
             got = weight.detach().to(float64).data<double>().ToArray();
             snapshot.Restore(model);
-            expected = OracleEpoch(weight, hp, order);
+            expected = OracleAdam(_f, weight, hp.Lr, hp.AppendEos, Requests, order.Chunk(hp.BatchSize));
         }
         finally { snapshot.Restore(model); }
         var original = snapshot[editor.ParameterNames(model)[0]].to(float64).data<double>().ToArray();

@@ -89,10 +89,48 @@ public class EditDatasetTests
     [InlineData("KeyAlphaEdit", "qwen2", "llama")]
     [InlineData("KeyMEMIT", "gemma", "llama")]
     [InlineData("AlphaEdit", "gpt2", "gpt2")]
-    [InlineData("AlphaEdit", "gemma2", "gemma2")]  // no fallback in its descriptor: refused for want of a file, as before
+    [InlineData("AlphaEdit", "gemma2", "llama")]
+    [InlineData("FT-BF", "phi3", "llama")]
+    [InlineData("FT-BF", "gemma", "llama")]
     [InlineData("ROME", "mistral", "mistral")]     // a file of its own wins
     public void ModelTypesWithoutTheirOwnFileReadTheirDescriptorsFallback(string method, string modelType, string family) =>
         Assert.Equal(family, HyperparameterFiles.Family(method, modelType));
+
+    /// <summary>
+    /// Every registered architecture, every method: the shipped file is its own or its descriptor's fallback's, and parses as
+    /// the method's record; where neither is shipped, one line naming the file looked for. Only GPT-NeoX lacks the lifelong
+    /// editors' files (AlphaEdit's authors published GPT-2 XL, GPT-J and Llama-3-8B), so only those are refused.
+    /// </summary>
+    [Fact]
+    public void EveryArchitectureResolvesAHyperparameterFileForEveryMethod()
+    {
+        var refused = new List<string>();
+        foreach (string modelType in KeyValueLab.Models.Architectures.Supported)
+            foreach (string method in EditorFactory.Methods)
+            {
+                string folder = EditorFactory.HparamsFolder(method);
+                try
+                {
+                    string family = HyperparameterFiles.Family(folder, modelType);
+                    Assert.True(family == modelType || family == KeyValueLab.Models.Architectures.Of(modelType).HyperparameterFallback, $"{method} on {modelType} read {family}");
+                    int[] layers = HyperparameterOverrides.KindOf(method) switch
+                    {
+                        HyperparameterKind.FineTune => HyperparameterFiles.Load<FtHyperparameters>(null, folder, modelType).Layers,
+                        HyperparameterKind.BreadthFirstFineTune => HyperparameterFiles.Load<BreadthFirstFtHyperparameters>(null, folder, modelType).Layers,
+                        _ => HyperparameterFiles.Load<LocateEditHyperparameters>(null, folder, modelType).Layers,
+                    };
+                    Assert.NotEmpty(layers);
+                }
+                catch (InputException e)
+                {
+                    Assert.Equal($"hparams/{folder}/{modelType}.json", e.FilePath);
+                    Assert.Contains("pass --hparams FILE", e.Problem);
+                    Assert.DoesNotContain('\n', e.Message);
+                    refused.Add($"{method}/{modelType}");
+                }
+            }
+        Assert.Equal(["alphaedit/gpt_neox", "keyalphaedit/gpt_neox", "keymemit/gpt_neox"], refused);
+    }
 
     [Fact]
     public void ShippedHyperparametersParseForEveryMethodAndFamily()

@@ -112,6 +112,52 @@ public sealed class EditorTests : IClassFixture<EditorTests.Stories>
     }
 
     /// <summary>
+    /// FT's steps are Adam on its one request's mean target cross-entropy, one optimiser state over the steps: three steps
+    /// equal the float64 oracle of BreadthFirstFtTests (the request's mini-batch three times). A reset Adam state, another
+    /// loss (summed tokens, the prompt_last objective) or a lost step moves the weights by a sizeable fraction of lr.
+    /// </summary>
+    [Theory]
+    [InlineData("values", null)]
+    [InlineData("keys", "gate")]
+    public void FineTuningStepsAreAdamOnTheTargetCrossEntropy(string side, string? kinds)
+    {
+        var model = _f.Loaded.Model;
+        var hp = new FtHyperparameters { Layers = [2], Side = side, KeyKinds = kinds, Steps = 3, Lr = 1e-3, EarlyStopLoss = 0 };
+        var editor = new FineTuneEditor(hp);
+        var memory = new FfnMemory(model);
+        var weight = side == "values" ? memory.Values(2) : memory.Keys(2, KeyKind.Gate);
+        using var snapshot = WeightSnapshot.Take(model, editor.ParameterNames(model));
+        double[] expected, got;
+        try
+        {
+            Assert.Equal(3, editor.Apply(model, _f.Tokenizer, [Request]).Steps);
+            got = weight.detach().to(TorchSharp.torch.float64).data<double>().ToArray();
+            snapshot.Restore(model);
+            expected = BreadthFirstFtTests.OracleAdam(_f, weight, hp.Lr, appendEos: false, [Request], Enumerable.Repeat(new[] { 0 }, hp.Steps));
+        }
+        finally { snapshot.Restore(model); }
+        var original = snapshot[editor.ParameterNames(model)[0]].to(TorchSharp.torch.float64).data<double>().ToArray();
+        // As in BreadthFirstFtTests: float32 vs float64 gradients differ by ~1e-6 of g, which moves an Adam step by at most
+        // 1% of lr where |g| is near ε; three steps, three such errors.
+        double worst = expected.Zip(got, (e, x) => Math.Abs(e - x)).Max();
+        Assert.True(worst <= 3e-2 * hp.Lr + Fp32.Tolerance(original.Max(Math.Abs)), $"largest difference from the oracle {worst:E3} (lr {hp.Lr})");
+        Assert.InRange(original.Zip(got, (o, x) => Math.Abs(o - x)).Max(), 1.5 * hp.Lr, 4 * hp.Lr);
+    }
+
+    /// <summary>params.json of FT and FT-BF: the record with the layers and side actually edited, fields in the record's order.</summary>
+    [Fact]
+    public void GradientEditorsDescribeTheirRecordWithTheEditedScope()
+    {
+        var ft = new FtHyperparameters { Layers = [0], Side = "values", Steps = 4, NormConstraint = 1e-3 };
+        var scope = new EditScope(EditSide.Keys, [2, 3], [KeyKind.Up]);
+        var expected = HyperparameterFiles.ToJson(ft with { Layers = [2, 3], Side = "keys" });
+        expected["key_kinds"] = "up";
+        Assert.Equal(expected.ToJsonString(), new FineTuneEditor(ft, scope).Hyperparameters.ToJsonString());
+        var bf = new BreadthFirstFtHyperparameters { Layers = [1], Side = "keys", KeyKinds = "gate", Epochs = 2 };
+        Assert.Equal(HyperparameterFiles.ToJson(bf with { KeyKinds = "gate" }).ToJsonString(), new BreadthFirstFtEditor(bf).Hyperparameters.ToJsonString());
+    }
+
+    /// <summary>
     /// ROME and Key-ROME key the edit on the prompt's last token here, as the study does on small models: keyed on the subject
     /// ("Lily", position 1) this 64-wide, 172-memory model spills the edit onto the later tokens and the true object keeps
     /// winning, although the rank-one update is exact at the subject (RankOneUpdateMapsTheSubjectKeyExactlyToTheTarget).

@@ -82,3 +82,41 @@ public class HyperparameterOverridesTests
         Assert.Equal(Json(new LocateEditHyperparameters()), Json(none.ApplyTo(new LocateEditHyperparameters())));
     }
 }
+
+/// <summary>Hyperparameter files' values obey the rules of <c>--set</c>: one line <c>FILE: field: problem</c>, the same problem as the override's.</summary>
+public sealed class HyperparameterFileRangeTests : IClassFixture<EditorTests.Stories>
+{
+    private readonly EditorTests.Stories _f;
+    public HyperparameterFileRangeTests(EditorTests.Stories f) => _f = f;
+
+    /// <summary>The shipped llama file of <paramref name="method"/> with one field set to <paramref name="value"/> (JSON), read as a user's file through the factory.</summary>
+    [Theory]
+    [InlineData("ft", "lr", "-0.001", "lr: must be a finite number > 0, not -0.001")]
+    [InlineData("ft", "steps", "0", "steps: must be a whole number >= 1, not 0")]
+    [InlineData("ft-l", "norm_constraint", "0", "norm_constraint: must be a finite number > 0, not 0")]
+    [InlineData("ft", "layers", "[-1]", "layers: must be a list of layer numbers, e.g. [3,4], not [-1]")]
+    [InlineData("ft-bf", "batch_size", "0", "batch_size: must be a whole number >= 1, not 0")]
+    [InlineData("ft-bf", "epochs", "-3", "epochs: must be a whole number >= 1, not -3")]
+    [InlineData("rome", "clamp_norm_factor", "0", "clamp_norm_factor: must be a finite number > 0, not 0")]
+    [InlineData("rome", "v_lr", "-0.5", "v_lr: must be a finite number > 0, not -0.5")]
+    [InlineData("memit", "mom2_n_samples", "0", "mom2_n_samples: must be a whole number >= 1, not 0")]
+    [InlineData("memit", "mom2_update_weight", "-1", "mom2_update_weight: must be a finite number >= 0, not -1")]
+    [InlineData("alphaedit", "l2", "-10", "l2: must be a finite number >= 0, not -10")]
+    [InlineData("keyalphaedit", "nullspace_threshold", "0", "nullspace_threshold: must be a finite number > 0, not 0")]
+    public void AnOutOfRangeValueInAFileIsRefusedWithTheOverridesProblem(string method, string field, string value, string problem)
+    {
+        string folder = EditorFactory.HparamsFolder(method);
+        var json = System.Text.Json.Nodes.JsonNode.Parse(HyperparameterFiles.Builtin(folder, "llama"))!.AsObject();
+        json[field] = System.Text.Json.Nodes.JsonNode.Parse(value);
+        using var dir = new TempDir();
+        string file = Path.Combine(dir.Path, "bad.json");
+        File.WriteAllText(file, json.ToJsonString());
+        byte[] before = File.ReadAllBytes(file);
+        var e = Assert.Throws<InputException>(() => EditorFactory.Create(_f.Loaded.Model, new EditorChoice { Method = method, HparamsFile = file, Layers = "1" }));
+        Assert.Equal((file, problem), (e.FilePath, e.Problem));
+        Assert.DoesNotContain('\n', e.Message);
+        Assert.Equal(before, File.ReadAllBytes(file));
+        // One validation: the same value as a --set is refused with the same problem.
+        Assert.Equal(problem, Assert.Throws<ArgumentException>(() => HyperparameterOverrides.Parse(method, [$"{field}={value}"])).Message);
+    }
+}

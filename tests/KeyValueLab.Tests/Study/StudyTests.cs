@@ -152,9 +152,9 @@ public class StudySpecTests
         Assert.Equal(a.Canonical(), b.Canonical());
         Assert.Equal(a.Hash(), b.Hash());
         Assert.Equal(4, a.Editing!.Conditions.Count);
-        Assert.Equal(["keys", "values"], a.Editing.Conditions.Where(c => c.Method == "ft").Select(c => c.Side));
-        Assert.Equal("keys", a.Editing.Conditions.Single(c => c.Method == "keyrome").Side);
-        Assert.Equal(KeyValueLab.Evaluation.EditMode.Batch, a.Editing.Conditions.Single(c => c.Method == "memit").Mode);
+        Assert.Equal(["keys", "values"], a.Editing.Conditions.Where(c => c.Method.Name == "ft").Select(c => c.Side.ToString()));
+        Assert.Equal("keys", a.Editing.Conditions.Single(c => c.Method.Name == "keyrome").Side.ToString());
+        Assert.Equal(KeyValueLab.Evaluation.EditMode.Batch, a.Editing.Conditions.Single(c => c.Method.Name == "memit").Mode);
     }
 
     [Theory]
@@ -193,12 +193,12 @@ public class StudySpecTests
     public void DefaultStudyIsThePapersGrid()
     {
         var spec = StudySpec.Default();
-        Assert.Equal(["keys:up", "keys:gate", "values"], spec.Editing!.Conditions.Where(c => c.Method == "ft" && c.Overrides.Count == 0).Select(c => c.Side));
+        Assert.Equal(["keys:up", "keys:gate", "values"], spec.Editing!.Conditions.Where(c => c.Method.Name == "ft" && c.Overrides.Count == 0).Select(c => c.Side.ToString()));
         // FT also at a second budget, so that "values edit better" does not rest on one learning rate (issue 10, item 5).
-        Assert.Equal(["keys:up", "values"], spec.Editing.Conditions.Where(c => c.Method == "ft" && c.Overrides.Count > 0).Select(c => c.Side));
-        Assert.Contains(spec.Editing.Conditions, c => c.Method == "rome");
-        Assert.Contains(spec.Editing.Conditions, c => c.Method == "keyrome");
-        Assert.Contains(spec.Editing.Conditions, c => c.Method == "memit" && c.Mode == KeyValueLab.Evaluation.EditMode.Batch);
+        Assert.Equal(["keys:up", "values"], spec.Editing.Conditions.Where(c => c.Method.Name == "ft" && c.Overrides.Count > 0).Select(c => c.Side.ToString()));
+        Assert.Contains(spec.Editing.Conditions, c => c.Method.Name == "rome");
+        Assert.Contains(spec.Editing.Conditions, c => c.Method.Name == "keyrome");
+        Assert.Contains(spec.Editing.Conditions, c => c.Method.Name == "memit" && c.Mode == KeyValueLab.Evaluation.EditMode.Batch);
         Assert.Equal(["q,v", "q,v,keys:up", "q,v,keys:gate", "q,v,values"], spec.Tuning!.Targets);
         Assert.True(spec.Tuning.FourBit);
         Assert.True(spec.Seeds.Count >= 3);  // K >= 3 organisms

@@ -23,7 +23,7 @@ public class TemporaryScalarTests(ITestOutputHelper output)
     /// </summary>
     private static readonly HashSet<string> OncePerCommand =
     [
-        "KeyValueLab.Editing.MemitEditor.Apply",
+        "KeyValueLab.Editing.MemitEditor.UpdateLayer",
         "KeyValueLab.Editing.LocateEditorBase.RankOne",
         "KeyValueLab.Editing.TargetVector.get_Target",
         "KeyValueLab.Editing.SecondMoments.Compute",
