@@ -35,6 +35,7 @@ internal static class TuneCommand
         var clip = new Option<double>("--max-grad-norm") { Description = "Gradient-norm clip.", DefaultValueFactory = _ => train.MaxGradNorm };
         var maxLength = new Option<int>("--max-length") { Description = "Packed row length in tokens (capped at the model's positions).", DefaultValueFactory = _ => train.MaxLength };
         var answerOnly = new Option<bool>("--answer-only-loss") { Description = "Loss on the label tokens only (the paper used every token)." };
+        var checkpointing = new Option<bool>("--gradient-checkpointing") { Description = "Recompute each decoder layer in the backward pass instead of keeping its activations (Llama family; how a 4-bit 7B step fits in 6 GB)." };
         var noPacking = new Option<bool>("--no-packing") { Description = "One example a row, padded, as the evaluator sees it (the paper packed examples into rows of --max-length)." };
         var seed = new Option<int>("--seed") { Description = "Seed for adapters, shuffling and dropout.", DefaultValueFactory = _ => train.Seed };
         var maxSteps = new Option<int>("--max-steps") { Description = "Stop after N optimizer steps (0 = all epochs).", DefaultValueFactory = _ => train.MaxSteps };
@@ -49,7 +50,7 @@ internal static class TuneCommand
         var command = new Command("tune", "LoRA-tune a model (optionally on a 4-bit NF4 base) on classification tasks and evaluate by exact match.")
         {
             model, dtype, device, tokenizer, tasks, output, targets, targetRegex, rank, alpha, dropout, rsLora, fourBit, epochs, batch, accumulation, lr, warmup,
-            clip, maxLength, answerOnly, noPacking, seed, maxSteps, maxTrain, maxEval, noShuffle, resume, evalBatch, likelihood, noEval,
+            clip, maxLength, answerOnly, noPacking, checkpointing, seed, maxSteps, maxTrain, maxEval, noShuffle, resume, evalBatch, likelihood, noEval,
         };
         command.SetAction(parse => CommandRunner.Run(stderr, () =>
         {
@@ -72,7 +73,7 @@ internal static class TuneCommand
                     AnswerOnlyLoss = parse.GetValue(answerOnly), Packing = !parse.GetValue(noPacking), Seed = parse.GetValue(seed), MaxSteps = parse.GetValue(maxSteps),
                     CheckpointDir = Path.Combine(outDir, "checkpoints"), Resume = parse.GetValue(resume),
                 },
-                Evaluate = !parse.GetValue(noEval), EvalBatch = parse.GetValue(evalBatch), LabelLikelihood = parse.GetValue(likelihood),
+                Evaluate = !parse.GetValue(noEval), EvalBatch = parse.GetValue(evalBatch), LabelLikelihood = parse.GetValue(likelihood), GradientCheckpointing = parse.GetValue(checkpointing),
             };
             // Every number checked before any work (a NaN alpha once failed only after training, leaving checkpoints/).
             try

@@ -70,4 +70,37 @@ public class TuneCommandTests(ITestOutputHelper output)
         Assert.Equal(2, targets.Code);
         Assert.Contains("one key matrix", targets.Err);
     }
+
+    [Fact]
+    public void GradientCheckpointingTrainsTheSameAdapterAndIsRefusedWhereTheArchitectureHasNone()
+    {
+        using var dir = new TempDir();
+        string model = TestData.Path("fixtures/stories260K_hf"), tok = TestData.Path("llama2c_stories260K/tok512.bin");
+        string[] Args(string outDir) => ["tune", "-m", model, "-z", tok, "--task", "copa=" + TestData.Path("superglue/COPA"), "--targets", "q,v,keys:up", "--4bit",
+            "--epochs", "1", "--batch", "2", "--grad-accum", "1", "--max-train", "4", "--max-steps", "2", "--lr", "0.01", "--dropout", "0.3", "--no-eval", "--out", outDir];
+        var plain = Kvlab(Args(dir.File("plain")));
+        Assert.True(plain.Code == 0, plain.Err);
+        var checkpointed = Kvlab([.. Args(dir.File("checkpointed")), "--gradient-checkpointing"]);
+        Assert.True(checkpointed.Code == 0, checkpointed.Err);
+        // Recomputing each layer in the backward pass (dropout masks redrawn from restored generator states) gives the same
+        // gradients up to float32 rounding, so after two steps the adapters agree to rounding, not bit for bit.
+        using var a = KeyValueLab.Checkpoints.SafetensorsFile.Open(Path.Combine(dir.File("plain"), "adapter_model.safetensors"));
+        using var b = KeyValueLab.Checkpoints.SafetensorsFile.Open(Path.Combine(dir.File("checkpointed"), "adapter_model.safetensors"));
+        Assert.Equal(a.Tensors.Select(t => t.Name).Order(), b.Tensors.Select(t => t.Name).Order());
+        foreach (var info in a.Tensors)
+        {
+            using var x = a.ReadStored(info.Name);
+            using var y = b.ReadStored(info.Name);
+            KeyValueLab.Tests.Models.TensorAssert.CloseFp32(x, y, info.Name);
+        }
+
+        var gpt2 = Kvlab("tune", "-m", TestData.Path("fixtures/tiny_gpt2"), "-z", TestData.Path("gpt2_tokenizer"), "--task", "copa=" + TestData.Path("superglue/COPA"),
+            "--targets", "c_attn", "--max-train", "4", "--max-steps", "1", "--no-eval", "--gradient-checkpointing", "--out", dir.File("gpt2"));
+        Assert.Equal(2, gpt2.Code);
+        // The progress lines of loading come first; the refusal is one line, the last, naming the model folder.
+        string last = gpt2.Err.TrimEnd().Split('\n')[^1];
+        Assert.Contains("model_type gpt2 has no gradient checkpointing", last);
+        Assert.Contains("tiny_gpt2", last);
+        Assert.False(File.Exists(Path.Combine(dir.File("gpt2"), "adapter_model.safetensors")));
+    }
 }
