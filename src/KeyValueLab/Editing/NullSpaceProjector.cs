@@ -51,7 +51,10 @@ public sealed class NullSpaceProjector : IDisposable
         if (basis.dim() != 2 || basis.shape[1] > basis.shape[0]) throw new ArgumentException("the basis must be d × k with k <= d", nameof(basis));
         Dim = (int)basis.shape[0];
         Kept = (int)basis.shape[1];
-        _basis = basis.detach().to(ScalarType.Float32).contiguous().clone();
+        // In a scope: the detached, converted and contiguous handles in between would otherwise keep the caller's storage
+        // alive until the GC finalises them (measured: six GPT-J layers held 9.9 GB instead of their 5.1 GB of stores).
+        using var scope = NewDisposeScope();
+        _basis = basis.detach().to(ScalarType.Float32).contiguous().clone().DetachFromDisposeScope();
     }
 
     /// <summary>Input dimension d.</summary>
