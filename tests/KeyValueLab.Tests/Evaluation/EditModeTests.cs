@@ -17,25 +17,6 @@ public class EditModeTests(StoriesModel f) : IClassFixture<StoriesModel>
 
     private static EvaluationOptions NoGe => new() { GenerationPrompts = 0 };
 
-    /// <summary>An editor that counts its history resets and edited requests.</summary>
-    private sealed class Recording(IKnowledgeEditor inner) : IKnowledgeEditor, IEditHistory
-    {
-        public int Resets { get; private set; }
-        public long HistoryCount { get; private set; }
-        public void ResetHistory() { Resets++; HistoryCount = 0; }
-        public string Method => inner.Method;
-        public EditScope Scope => inner.Scope;
-        public JsonObject Hyperparameters => inner.Hyperparameters;
-        public bool JointBatch => inner.JointBatch;
-        public IReadOnlyList<string> ParameterNames(CausalLM model) => inner.ParameterNames(model);
-        public IReadOnlyList<string> Prepare(CausalLM model, ITokenizer tokenizer) => inner.Prepare(model, tokenizer);
-        public EditReport Apply(CausalLM model, ITokenizer tokenizer, IReadOnlyList<EditRequest> requests)
-        {
-            HistoryCount += requests.Count;
-            return inner.Apply(model, tokenizer, requests);
-        }
-    }
-
     [Theory]
     [InlineData("single", EditMode.Single, false)]
     [InlineData("batch", EditMode.Batch, false)]
@@ -110,7 +91,7 @@ public class EditModeTests(StoriesModel f) : IClassFixture<StoriesModel>
     {
         var cases = CounterFact.Skip(40).Take(2).ToList();
         using var dir = new TempDir();
-        var editor = new Recording(Ft());
+        var editor = new RecordingEditor(Ft());
         var summary = new EditRun(dir.Path, EditMode.Single, NoGe, new SequentialOptions { ChunkSize = 1 }).Run(f.Model, f.Tokenizer, editor, cases, new JsonObject());
         Assert.True(editor.Resets >= 2 * cases.Count, $"{editor.Resets} resets for {cases.Count} cases");
         Assert.Equal(0, editor.HistoryCount);

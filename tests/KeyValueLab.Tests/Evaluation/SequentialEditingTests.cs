@@ -14,26 +14,6 @@ public sealed class SequentialEditingTests : IClassFixture<EditorTests.Stories>
     private readonly EditorTests.Stories _f;
     public SequentialEditingTests(EditorTests.Stories f) => _f = f;
 
-    /// <summary>Fine-tuning that records each call's batch size and whether its history was reset.</summary>
-    private sealed class Recording(IKnowledgeEditor inner) : IKnowledgeEditor, IEditHistory
-    {
-        public List<int> Calls { get; } = [];
-        public int Resets { get; private set; }
-        public long HistoryCount => Calls.Sum();
-        public void ResetHistory() { Resets++; Calls.Clear(); }
-        public string Method => inner.Method;
-        public EditScope Scope => inner.Scope;
-        public JsonObject Hyperparameters => inner.Hyperparameters;
-        public bool JointBatch => inner.JointBatch;
-        public IReadOnlyList<string> ParameterNames(CausalLM model) => inner.ParameterNames(model);
-        public IReadOnlyList<string> Prepare(CausalLM model, ITokenizer tokenizer) => inner.Prepare(model, tokenizer);
-        public EditReport Apply(CausalLM model, ITokenizer tokenizer, IReadOnlyList<EditRequest> requests)
-        {
-            Calls.Add(requests.Count);
-            return inner.Apply(model, tokenizer, requests);
-        }
-    }
-
     private static EditCase Case(string id, string prompt, string subject, string target, string truth, params string[] neighbours) =>
         new(new EditRequest(id, prompt, subject, target, truth), EditDatasetFormat.CounterFact, [], neighbours, [], []);
 
@@ -45,9 +25,9 @@ public sealed class SequentialEditingTests : IClassFixture<EditorTests.Stories>
         Case("d", "{} had a red", "Amy", "hat", "ball"),
     ];
 
-    private static Recording Editor() => new(new FineTuneEditor(new FtHyperparameters { Layers = [2], Side = "values", Steps = 10, Lr = 5e-3 }));
+    private static RecordingEditor Editor() => new(new FineTuneEditor(new FtHyperparameters { Layers = [2], Side = "values", Steps = 10, Lr = 5e-3 }));
 
-    private SequentialResult Run(Recording editor, SequentialProtocol protocol, SequentialOptions options)
+    private SequentialResult Run(RecordingEditor editor, SequentialProtocol protocol, SequentialOptions options)
     {
         var model = _f.Loaded.Model;
         using var snapshot = WeightSnapshot.Take(model, editor.ParameterNames(model));

@@ -79,16 +79,7 @@ public class LifelongStudyFileTests
     [InlineData("""{"editing": {"runs": [{"method": "ft", "mode": "sequential-immediate", "checkpoint_every": 3}]}}""", "editing.runs[0].checkpoint_every: only sequential-final takes checkpoints")]
     [InlineData("""{"editing": {"runs": [{"method": "ft", "mode": "lifelong"}]}}""", "editing.runs[0].mode: must be one of single, batch, sequential-final, sequential-immediate")]
     [InlineData("""{"editing": {"runs": [{"method": "ft", "mode": "sequential-final", "generation": "yes"}]}}""", "editing.runs[0].generation: must be true or false")]
-    public void BadLifelongSettingsAreRefusedWithTheField(string text, string expected)
-    {
-        using var dir = new TempDir();
-        string file = dir.File("bad.json");
-        File.WriteAllText(file, text);
-        var e = Assert.Throws<InputException>(() => StudySpec.Load(file));
-        Assert.StartsWith(file + ": ", e.Message);
-        Assert.Contains(expected, e.Message);
-        Assert.DoesNotContain('\n', e.Message);
-    }
+    public void BadLifelongSettingsAreRefusedWithTheField(string text, string expected) => Studies.AssertRefused(text, expected);
 
     [Fact]
     public void TheBuiltInStudyHasASmallLifelongArmOfThreeKeyValuePairs()

@@ -7,6 +7,18 @@ namespace KeyValueLab.Tests.Study;
 /// <summary>Small studies on the shared fixtures, and the pieces they are made of.</summary>
 internal static class Studies
 {
+    /// <summary>A study file holding <paramref name="text"/> is refused with one line naming the file and holding <paramref name="expected"/>.</summary>
+    public static void AssertRefused(string text, string expected)
+    {
+        using var dir = new TempDir();
+        string file = dir.File("bad.json");
+        File.WriteAllText(file, text);
+        var e = Assert.Throws<InputException>(() => StudySpec.Load(file));
+        Assert.StartsWith(file + ": ", e.Message);
+        Assert.Contains(expected, e.Message);
+        Assert.DoesNotContain('\n', e.Message);
+    }
+
     public static readonly string Gpt2 = TestData.Path("fixtures/tiny_gpt2");
     public static readonly string Gpt2Tokenizer = TestData.Path("gpt2_tokenizer");
     public static readonly string CounterFact = TestData.Path("counterfact/counterfact_500.json");
@@ -178,16 +190,7 @@ public class StudySpecTests
     [InlineData("""{"editing": {"runs": [5]}}""", "editing.runs[0]: must be a mapping, not 5")]
     [InlineData("""{"seeds": "1", "editing": {"runs": [{"method": "ft"}]}}""", "seeds: must be a list of whole numbers, not \"1\"")]
     [InlineData("""{"editing": {"zsre_target": "both", "runs": [{"method": "ft"}]}}""", "editing.zsre_target: must be answer or alt")]
-    public void BadStudyFilesAreRejectedWithTheFileAndTheField(string text, string expected)
-    {
-        using var dir = new TempDir();
-        string file = dir.File("bad.json");
-        File.WriteAllText(file, text);
-        var e = Assert.Throws<InputException>(() => StudySpec.Load(file));
-        Assert.StartsWith(file + ": ", e.Message);
-        Assert.Contains(expected, e.Message);
-        Assert.DoesNotContain('\n', e.Message);
-    }
+    public void BadStudyFilesAreRejectedWithTheFileAndTheField(string text, string expected) => Studies.AssertRefused(text, expected);
 
     [Fact]
     public void DefaultStudyIsThePapersGrid()
