@@ -39,8 +39,11 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
     }
 
     /// <summary>
-    /// With several organisms, run them side by side: one .NET thread per organism, each with one torch thread, so a
-    /// 2-core machine keeps both cores busy on small models whose ops are too short to split (set by the caller).
+    /// Run each organism's units on a worker of its own: one .NET thread per organism, each with one torch thread, side
+    /// by side, so a 2-core machine keeps both cores busy on small models whose ops are too short to split (set by the
+    /// caller for organism studies, whatever thread count the organisms were trained with). One organism gets a worker
+    /// too, so every edit is timed the same way: by its worker thread's CPU clock on one torch thread
+    /// (<see cref="CpuTime"/>), never by the process clock, which counts OpenMP's spinning threads.
     /// </summary>
     public bool SideBySide { get; init; }
 
@@ -90,7 +93,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
 
         var work = models.Select(m => (Model: m, Groups: mine.Where(g => g.Organism == m.Organism).ToList())).Where(w => w.Groups.Count > 0).ToList();
         if (work.Count == 0) kept?.Dispose();
-        if (!SideBySide || work.Count < 2)
+        if (!SideBySide)
         {
             foreach (var w in work) RunModel(w.Model, w.Groups, kept, state, cancel);
         }
@@ -104,7 +107,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
                 try
                 {
                     TorchSharp.torch.set_num_threads(1);  // per thread: each worker's ops stay on its own core
-                    RunModel(w.Model, w.Groups, null, state, stop.Token);
+                    RunModel(w.Model, w.Groups, kept, state, stop.Token);  // kept: a study of one model, so one worker
                 }
                 catch (Exception e)
                 {
@@ -229,6 +232,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
                 ["organism"] = group.Organism,
                 ["variant"] = group.Variant,
                 ["order"] = plan.Order(group),
+                ["torch_threads"] = TorchSharp.torch.get_num_threads(),  // 1: CpuSeconds is this thread's CPU clock
                 ["hyperparameters"] = editor.Hyperparameters.DeepClone(),
                 ["evaluation"] = JsonSerializer.SerializeToNode(evaluation, Json),
             };

@@ -97,6 +97,35 @@ public class ReplicateTests
         Assert.Equal(["FT", "FT [lr=0.01]"], editing.Differences.Where(d => d.Metric == "ES").Select(d => d.Keys.Method).Order(StringComparer.Ordinal));
     }
 
+    /// <summary>
+    /// Issue 10 item 3: the study times every edit the same way in every run. A worker runs the units on one torch thread,
+    /// timed by its own thread's CPU clock, also for a single model and whatever thread count the caller set (the process
+    /// clock on two OpenMP threads counted spinning threads and flipped claim (e) between runs). The metrics are those of
+    /// a one-thread run in the calling thread, number for number.
+    /// </summary>
+    [Fact]
+    public void SideBySideRunsEveryUnitOnOneTorchThreadWhateverTheCallerSet()
+    {
+        using var dir = new TempDir();
+        var plan = Studies.Plan(Studies.Write(dir, FtOnly(2, 1)));
+        string inline = dir.File("inline"), worker = dir.File("worker");
+        int threadsBefore = TorchSharp.torch.get_num_threads();
+        try
+        {
+            TorchSharp.torch.set_num_threads(1);
+            new StudyRunner(plan, inline, Shard.All).Run();
+            TorchSharp.torch.set_num_threads(2);
+            new StudyRunner(plan, worker, Shard.All) { SideBySide = true }.Run();
+        }
+        finally { TorchSharp.torch.set_num_threads(threadsBefore); }
+        Assert.Equal(Studies.Numbers(inline), Studies.Numbers(worker));
+        using var store = ResultsStore.Open(worker, create: false);
+        var units = store.Units();
+        Assert.Equal(plan.UnitCount, units.Count);
+        Assert.All(units, u => Assert.Equal(1, JsonNode.Parse(u.Config)!["torch_threads"]!.GetValue<int>()));
+        Assert.All(StudyRunner.Load(store, "x").Edits, e => Assert.True(e.CpuSeconds > 0, $"{e.CaseId}: cpu_seconds {e.CpuSeconds}"));
+    }
+
     /// <summary>Tiny organisms (seconds to train) with the tiny world of <see cref="PretrainerTests"/>.</summary>
     private static readonly OrganismSpec TinyOrganism = PretrainerTests.Tiny with
     {
