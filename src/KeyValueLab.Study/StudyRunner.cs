@@ -47,6 +47,13 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
     /// </summary>
     public bool SideBySide { get; init; }
 
+    /// <summary>How many times this runner scored a case on the unedited model. Every editing condition of an organism
+    /// starts from the same weights (restored and hash-checked after each group), so a case is scored before its edits
+    /// once per model and evaluation setting, and that score is used for every condition that edits it.</summary>
+    public int PreEditScorings => preEditScorings;
+
+    private int preEditScorings;
+
     /// <summary>Runs this shard's missing units. Returns how many ran now.</summary>
     public int Run(CancellationToken cancel = default)
     {
@@ -171,11 +178,12 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
             {
                 loaded ??= ModelLoader.Load(model.ModelPath);
                 var tokenizer = LoadTokenizer(model, loaded.Config.VocabSize);
+                var preScores = new Dictionary<string, CaseScores>(StringComparer.Ordinal);  // this model's, by evaluation and case
                 foreach (var group in edits)
                 {
                     cancel.ThrowIfCancellationRequested();
                     if (group.Kind == UnitKind.Lifelong) RunLifelongGroup(loaded.Model, tokenizer, group, state, host, versions, cancel);
-                    else RunEditGroup(loaded.Model, tokenizer, group, state, host, versions, cancel);
+                    else RunEditGroup(loaded.Model, tokenizer, group, state, host, versions, preScores, cancel);
                 }
             }
         }
@@ -205,7 +213,8 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
     private ITokenizer LoadTokenizer(StudyModel model, int modelVocabSize) =>
         TokenizerLoader.ForModel(model.ModelPath, plan.Inputs.TokenizerPath, TokenizerHint, modelVocabSize);
 
-    private void RunEditGroup(CausalLM model, ITokenizer tokenizer, UnitGroup group, RunState state, string host, string versions, CancellationToken cancel)
+    private void RunEditGroup(CausalLM model, ITokenizer tokenizer, UnitGroup group, RunState state, string host, string versions,
+        Dictionary<string, CaseScores> preScores, CancellationToken cancel)
     {
         var condition = group.Condition!;
         var editing = plan.Spec.Editing!;
@@ -221,6 +230,17 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
                 Seed = (ulong)group.Seed,
             };
             var evaluator = new CaseEvaluator(model, tokenizer, evaluation);
+            string setting = JsonSerializer.Serialize(evaluation, Json);
+            CaseScores Pre(EditCase c)
+            {
+                string key = $"{setting}\n{c.CaseId}";
+                if (!preScores.TryGetValue(key, out var scores))
+                {
+                    preScores[key] = scores = evaluator.Measure(c);
+                    Interlocked.Increment(ref preEditScorings);
+                }
+                return scores;
+            }
             var config = new JsonObject
             {
                 ["kind"] = Name(UnitKind.Edit),
@@ -247,7 +267,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
                 var missing = Enumerable.Range(0, group.Cases.Count).Where(i => !state.IsStored(group.UnitIds[i])).ToList();
                 var scored = new List<(int Case, CaseScores Pre, CaseScores Post)>();
                 var cost = EditRun.EditBatch(model, tokenizer, editor, evaluator, group.Cases, [.. missing.Select(i => group.Cases[i])], snapshot,
-                    (k, pre, post, _) => scored.Add((missing[k], pre, post)), cancel: cancel);
+                    (k, pre, post, _) => scored.Add((missing[k], pre, post)), cancel: cancel, preScores: Pre);
                 // Each case's share of the group's wall time and of the edit's time.
                 double share = (DateTime.UtcNow - started).TotalSeconds / group.Cases.Count;
                 var records = scored.Select(x => EditRecord(group, x.Case, condition, editor, x.Pre, x.Post, cost.Seconds / group.Cases.Count,
@@ -261,7 +281,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
                     cancel.ThrowIfCancellationRequested();
                     if (state.IsStored(group.UnitIds[i])) continue;
                     var started = DateTime.UtcNow;
-                    var e = EditRun.EditOnce(model, tokenizer, editor, evaluator, group.Cases[i], snapshot, names, edited);
+                    var e = EditRun.EditOnce(model, tokenizer, editor, evaluator, group.Cases[i], snapshot, names, edited, preScores: Pre);
                     state.Add([EditRecord(group, i, condition, editor, e.Pre, e.Post, e.Seconds, e.CpuSeconds, e.Changed, config, started,
                         (DateTime.UtcNow - started).TotalSeconds, host, versions)], group.UnitIds[i]);
                 }
