@@ -65,8 +65,9 @@ public static class PaperClaims
     /// (docs/report.md, "The timing claim on any machine", where the arithmetic is). <see cref="TimingMachineSd"/> is the SD
     /// of the study's pooled ln ratio, <see cref="TimingOrganismMachineSd"/> that of one organism's. The case bootstrap
     /// cannot see this spread (the same cases are timed in every run), so the timing claim folds it in: its interval is
-    /// widened in quadrature by z₀.₉₇₅·<see cref="TimingMachineSd"/>, and each organism counts as pointing one way only
-    /// beyond z₀.₉₇₅·<see cref="TimingOrganismMachineSd"/>.
+    /// widened in quadrature by z₀.₉₇₅·<see cref="TimingMachineSd"/> (by z₀.₉₇₅·<see cref="TimingOrganismMachineSd"/> in a
+    /// study of one organism or one model), and each organism counts as pointing one way only beyond
+    /// z₀.₉₇₅·<see cref="TimingOrganismMachineSd"/>.
     /// </summary>
     public const double TimingMachineSd = 0.036, TimingOrganismMachineSd = 0.112;
 
@@ -122,7 +123,8 @@ public static class PaperClaims
                 foreach (var d in editing.CpuRatios)
                     timeCandidates.Add(FromEdit($"keys/values CPU seconds per edit, {Describe(d)}", Ratio, d, -1) with
                     {
-                        Difference = WithMachineSpread(d.Difference, TimingMachineSd),
+                        // With one organism (or one given model) the pooled value is that organism's, so it moves as one organism's does.
+                        Difference = WithMachineSpread(d.Difference, d.PerOrganism.Count < 2 ? TimingOrganismMachineSd : TimingMachineSd),
                         OrganismMargin = Normal.Quantile(0.975) * TimingOrganismMachineSd,
                     });
             else

@@ -1,3 +1,4 @@
+using System.Globalization;
 using KeyValueLab.Evaluation;
 using KeyValueLab.Statistics;
 using KeyValueLab.Study;
@@ -216,6 +217,25 @@ public class PaperClaimsTests
         Assert.NotEqual(Verdict.Held, fallback.Verdict);
     }
 
+    /// <summary>The rule's two constants are the spread of the committed measurement (tools/timing-spread/ratios.csv: 9 runs
+    /// under three MKL kernel sets × 3 organisms), recomputed here: the SD over runs of the mean over organisms, and the
+    /// root mean square over organisms of each organism's SD over runs, both rounded to three decimals.</summary>
+    [Fact]
+    public void TheTimingConstantsAreTheSpreadOfTheCommittedMeasurement()
+    {
+        string root = AppContext.BaseDirectory;
+        while (!File.Exists(Path.Combine(root, "KeyValueLab.slnx"))) root = Path.GetDirectoryName(root) ?? throw new DirectoryNotFoundException("KeyValueLab.slnx");
+        var rows = File.ReadAllLines(Path.Combine(root, "tools", "timing-spread", "ratios.csv")).Skip(1).Select(l => l.Split(','))
+            .Select(f => (Run: f[0], Organism: f[3], Cases: int.Parse(f[4], CultureInfo.InvariantCulture), LnRatio: double.Parse(f[5], CultureInfo.InvariantCulture))).ToList();
+        Assert.Equal(27, rows.Count);
+        Assert.All(rows, r => Assert.Equal(30, r.Cases));
+        Assert.Equal(["AVX", "AVX2", "native"], rows.Select(r => r.Run.Split('-')[0]).Distinct().Order(StringComparer.Ordinal));
+        var pooled = rows.GroupBy(r => r.Run).Select(g => g.Average(r => r.LnRatio)).ToArray();
+        double perOrganism = Math.Sqrt(rows.GroupBy(r => r.Organism).Average(g => Descriptive.Variance([.. g.Select(r => r.LnRatio)])));
+        Assert.Equal(PaperClaims.TimingMachineSd, Math.Round(Math.Sqrt(Descriptive.Variance(pooled)), 3));
+        Assert.Equal(PaperClaims.TimingOrganismMachineSd, Math.Round(perOrganism, 3));
+    }
+
     /// <summary>
     /// Issue 10 item 3: the timing claim's verdict must survive a change of machine. Its interval carries the measured
     /// machine-to-machine SD of the pooled ln ratio (folded in quadrature), and an organism points one way only beyond
@@ -249,6 +269,13 @@ public class PaperClaimsTests
         Assert.StartsWith("1 of 3 organisms within the machine-to-machine margin", near.PrimaryEvidence.Reason);
         // The same with the third organism at 0.5 too: held.
         Assert.Equal(Verdict.Held, PaperClaims.Judge(EditingAnalysis.Analyze(Timed(_ => 1.0, slower: _ => 2.0), Fast), null, Fast)[4].Verdict);
+        // One organism alone at ratio 0.87: its pooled value moves as one organism's does, so the per-organism spread widens
+        // the interval, and the claim is inconclusive (with the three-organism spread it would be held).
+        var alone = EditingAnalysis.Analyze([.. Timed(_ => 1.0, slower: _ => 1.15).Where(u => u.Organism == "org0")], Fast);
+        var single = PaperClaims.Judge(alone, null, Fast)[4].PrimaryEvidence!;
+        Assert.True(PaperClaims.WithMachineSpread(alone.CpuRatios.Single().Difference, PaperClaims.TimingMachineSd).High < 0);
+        Assert.Equal(Verdict.Inconclusive, single.Verdict);
+        Assert.Equal("interval includes 0", single.Reason);
     }
 }
 
