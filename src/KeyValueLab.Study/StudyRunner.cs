@@ -39,10 +39,20 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
     }
 
     /// <summary>
-    /// With several organisms, run them side by side: one .NET thread per organism, each with one torch thread, so a
-    /// 2-core machine keeps both cores busy on small models whose ops are too short to split (set by the caller).
+    /// Run each organism's units on a worker of its own: one .NET thread per organism, each with one torch thread, side
+    /// by side, so a 2-core machine keeps both cores busy on small models whose ops are too short to split (set by the
+    /// caller for organism studies, whatever thread count the organisms were trained with). One organism gets a worker
+    /// too, so every edit is timed the same way: by its worker thread's CPU clock on one torch thread
+    /// (<see cref="CpuTime"/>), never by the process clock, which counts OpenMP's spinning threads.
     /// </summary>
     public bool SideBySide { get; init; }
+
+    /// <summary>How many times this runner scored a case on the unedited model. Every editing condition of an organism
+    /// starts from the same weights (restored and hash-checked after each group), so a case is scored before its edits
+    /// once per model and evaluation setting, and that score is used for every condition that edits it.</summary>
+    public int PreEditScorings => preEditScorings;
+
+    private int preEditScorings;
 
     /// <summary>Runs this shard's missing units. Returns how many ran now.</summary>
     public int Run(CancellationToken cancel = default)
@@ -90,7 +100,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
 
         var work = models.Select(m => (Model: m, Groups: mine.Where(g => g.Organism == m.Organism).ToList())).Where(w => w.Groups.Count > 0).ToList();
         if (work.Count == 0) kept?.Dispose();
-        if (!SideBySide || work.Count < 2)
+        if (!SideBySide)
         {
             foreach (var w in work) RunModel(w.Model, w.Groups, kept, state, cancel);
         }
@@ -104,7 +114,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
                 try
                 {
                     TorchSharp.torch.set_num_threads(1);  // per thread: each worker's ops stay on its own core
-                    RunModel(w.Model, w.Groups, null, state, stop.Token);
+                    RunModel(w.Model, w.Groups, kept, state, stop.Token);  // kept: a study of one model, so one worker
                 }
                 catch (Exception e)
                 {
@@ -168,11 +178,12 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
             {
                 loaded ??= ModelLoader.Load(model.ModelPath);
                 var tokenizer = LoadTokenizer(model, loaded.Config.VocabSize);
+                var preScores = new Dictionary<string, CaseScores>(StringComparer.Ordinal);  // this model's, by evaluation and case
                 foreach (var group in edits)
                 {
                     cancel.ThrowIfCancellationRequested();
                     if (group.Kind == UnitKind.Lifelong) RunLifelongGroup(loaded.Model, tokenizer, group, state, host, versions, cancel);
-                    else RunEditGroup(loaded.Model, tokenizer, group, state, host, versions, cancel);
+                    else RunEditGroup(loaded.Model, tokenizer, group, state, host, versions, preScores, cancel);
                 }
             }
         }
@@ -202,7 +213,8 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
     private ITokenizer LoadTokenizer(StudyModel model, int modelVocabSize) =>
         TokenizerLoader.ForModel(model.ModelPath, plan.Inputs.TokenizerPath, TokenizerHint, modelVocabSize);
 
-    private void RunEditGroup(CausalLM model, ITokenizer tokenizer, UnitGroup group, RunState state, string host, string versions, CancellationToken cancel)
+    private void RunEditGroup(CausalLM model, ITokenizer tokenizer, UnitGroup group, RunState state, string host, string versions,
+        Dictionary<string, CaseScores> preScores, CancellationToken cancel)
     {
         var condition = group.Condition!;
         var editing = plan.Spec.Editing!;
@@ -218,6 +230,17 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
                 Seed = (ulong)group.Seed,
             };
             var evaluator = new CaseEvaluator(model, tokenizer, evaluation);
+            string setting = JsonSerializer.Serialize(evaluation, Json);
+            CaseScores Pre(EditCase c)
+            {
+                string key = $"{setting}\n{c.CaseId}";
+                if (!preScores.TryGetValue(key, out var scores))
+                {
+                    preScores[key] = scores = evaluator.Measure(c);
+                    Interlocked.Increment(ref preEditScorings);
+                }
+                return scores;
+            }
             var config = new JsonObject
             {
                 ["kind"] = Name(UnitKind.Edit),
@@ -229,6 +252,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
                 ["organism"] = group.Organism,
                 ["variant"] = group.Variant,
                 ["order"] = plan.Order(group),
+                ["torch_threads"] = TorchSharp.torch.get_num_threads(),  // 1: CpuSeconds is this thread's CPU clock
                 ["hyperparameters"] = editor.Hyperparameters.DeepClone(),
                 ["evaluation"] = JsonSerializer.SerializeToNode(evaluation, Json),
             };
@@ -243,7 +267,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
                 var missing = Enumerable.Range(0, group.Cases.Count).Where(i => !state.IsStored(group.UnitIds[i])).ToList();
                 var scored = new List<(int Case, CaseScores Pre, CaseScores Post)>();
                 var cost = EditRun.EditBatch(model, tokenizer, editor, evaluator, group.Cases, [.. missing.Select(i => group.Cases[i])], snapshot,
-                    (k, pre, post, _) => scored.Add((missing[k], pre, post)), cancel: cancel);
+                    (k, pre, post, _) => scored.Add((missing[k], pre, post)), cancel: cancel, preScores: Pre);
                 // Each case's share of the group's wall time and of the edit's time.
                 double share = (DateTime.UtcNow - started).TotalSeconds / group.Cases.Count;
                 var records = scored.Select(x => EditRecord(group, x.Case, condition, editor, x.Pre, x.Post, cost.Seconds / group.Cases.Count,
@@ -257,7 +281,7 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
                     cancel.ThrowIfCancellationRequested();
                     if (state.IsStored(group.UnitIds[i])) continue;
                     var started = DateTime.UtcNow;
-                    var e = EditRun.EditOnce(model, tokenizer, editor, evaluator, group.Cases[i], snapshot, names, edited);
+                    var e = EditRun.EditOnce(model, tokenizer, editor, evaluator, group.Cases[i], snapshot, names, edited, preScores: Pre);
                     state.Add([EditRecord(group, i, condition, editor, e.Pre, e.Post, e.Seconds, e.CpuSeconds, e.Changed, config, started,
                         (DateTime.UtcNow - started).TotalSeconds, host, versions)], group.UnitIds[i]);
                 }

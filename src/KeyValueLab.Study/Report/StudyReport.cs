@@ -157,7 +157,9 @@ public static partial class StudyReport
                 + "**Holm-corrected** across the five claims (the secondary comparisons among themselves). A comparison counts as held when the "
                 + $"95% interval of keys − values excludes 0 in the claimed direction, its corrected p < {options.Alpha.ToString(Inv)} and, with several "
                 + "organisms, every organism points the same way; the opposite when all of that points the other way; **not testable** when no pair "
-                + "differs at all (both sides at the same floor or ceiling).");
+                + "differs at all (both sides at the same floor or ceiling). For the timing claim (e) the interval of ln(keys/values CPU seconds) "
+                + "also carries the spread measured between machines and runs, and an organism points one way only beyond that spread "
+                + "(docs/report.md, \"The timing claim on any machine\").");
             var items = new List<ListItem>();
             foreach (var c in claims)
             {

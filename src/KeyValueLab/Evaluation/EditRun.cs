@@ -176,11 +176,14 @@ public sealed class EditRun
     /// One case in single mode: scores before, the edit (timed; changed weights counted against <paramref name="snapshot"/>),
     /// scores after, then the weights restored and checked against <paramref name="editedHash"/> (the hash of
     /// <paramref name="names"/> before any edit). With <paramref name="generation"/> the greedy continuations are scored too.
+    /// <paramref name="preScores"/>, when given, supplies the scores before (the study keeps them per case: every condition
+    /// starts from the same unedited weights, and scoring is deterministic on given weights).
     /// </summary>
     public static SingleEdit EditOnce(CausalLM model, ITokenizer tokenizer, IKnowledgeEditor editor, CaseEvaluator evaluator, EditCase c,
-        WeightSnapshot snapshot, IReadOnlyList<string> names, string editedHash, GenerationScorer? generation = null)
+        WeightSnapshot snapshot, IReadOnlyList<string> names, string editedHash, GenerationScorer? generation = null,
+        Func<EditCase, CaseScores>? preScores = null)
     {
-        var pre = evaluator.Measure(c);
+        var pre = preScores?.Invoke(c) ?? evaluator.Measure(c);
         var answers = generation?.Generate(c);
         (editor as IEditHistory)?.ResetHistory();   // every case from clean state (SPEC §7: EasyEdit's leaking key cache)
         var (report, seconds, cpu) = Timed(() => editor.Apply(model, tokenizer, [c.Request]));
@@ -222,17 +225,18 @@ public sealed class EditRun
     /// (timed; changed weights counted against <paramref name="snapshot"/>), <paramref name="measured"/> scored after (each handed to
     /// <paramref name="onCase"/> with its index as it is scored), then the weights restored. With <paramref name="generation"/> the
     /// measured cases' greedy continuations are scored before and after too (in <see cref="BatchCost.Generation"/>, by index).
+    /// <paramref name="preScores"/>, when given, supplies the scores before, as in <see cref="EditOnce"/>.
     /// </summary>
     public static BatchCost EditBatch(CausalLM model, ITokenizer tokenizer, IKnowledgeEditor editor, CaseEvaluator evaluator, IReadOnlyList<EditCase> all,
         IReadOnlyList<EditCase> measured, WeightSnapshot snapshot, Action<int, CaseScores, CaseScores, BatchCost> onCase, Action<int>? onPre = null,
-        CancellationToken cancel = default, GenerationScorer? generation = null)
+        CancellationToken cancel = default, GenerationScorer? generation = null, Func<EditCase, CaseScores>? preScores = null)
     {
         var pre = new List<CaseScores>();
         var answers = new List<GenerationAnswers>();
         for (int i = 0; i < measured.Count; i++)
         {
             cancel.ThrowIfCancellationRequested();
-            pre.Add(evaluator.Measure(measured[i]));
+            pre.Add(preScores?.Invoke(measured[i]) ?? evaluator.Measure(measured[i]));
             if (generation is not null) answers.Add(generation.Generate(measured[i]));
             onPre?.Invoke(i);
         }

@@ -97,6 +97,73 @@ public class ReplicateTests
         Assert.Equal(["FT", "FT [lr=0.01]"], editing.Differences.Where(d => d.Metric == "ES").Select(d => d.Keys.Method).Order(StringComparer.Ordinal));
     }
 
+    /// <summary>
+    /// Issue 10 item 3: the study times every edit the same way in every run. A worker runs the units on one torch thread,
+    /// timed by its own thread's CPU clock, also for a single model and whatever thread count the caller set (the process
+    /// clock on two OpenMP threads counted spinning threads and flipped claim (e) between runs). The metrics are those of
+    /// a one-thread run in the calling thread, number for number.
+    /// </summary>
+    [Fact]
+    public void SideBySideRunsEveryUnitOnOneTorchThreadWhateverTheCallerSet()
+    {
+        using var dir = new TempDir();
+        var plan = Studies.Plan(Studies.Write(dir, FtOnly(2, 1)));
+        string inline = dir.File("inline"), worker = dir.File("worker");
+        int threadsBefore = TorchSharp.torch.get_num_threads();
+        try
+        {
+            TorchSharp.torch.set_num_threads(1);
+            new StudyRunner(plan, inline, Shard.All).Run();
+            TorchSharp.torch.set_num_threads(2);
+            new StudyRunner(plan, worker, Shard.All) { SideBySide = true }.Run();
+        }
+        finally { TorchSharp.torch.set_num_threads(threadsBefore); }
+        Assert.Equal(Studies.Numbers(inline), Studies.Numbers(worker));
+        using var store = ResultsStore.Open(worker, create: false);
+        var units = store.Units();
+        Assert.Equal(plan.UnitCount, units.Count);
+        Assert.All(units, u => Assert.Equal(1, JsonNode.Parse(u.Config)!["torch_threads"]!.GetValue<int>()));
+        Assert.All(StudyRunner.Load(store, "x").Edits, e => Assert.True(e.CpuSeconds > 0, $"{e.CaseId}: cpu_seconds {e.CpuSeconds}"));
+    }
+
+    /// <summary>
+    /// Issue 10 item 7: a case is scored on the unedited model once per model, not once per condition (the study scored
+    /// each case eight times before its edits), and every condition's stored pre-edit scores are those of a fresh
+    /// evaluation of the unedited model, number for number: FT keys and values, ROME, Key-ROME and a MEMIT batch.
+    /// </summary>
+    [Fact]
+    public void EveryCaseIsScoredOnceBeforeItsEditsAndEveryConditionStoresThoseScores()
+    {
+        using var dir = new TempDir();
+        var study = Studies.FixtureStudy(2);
+        study.Remove("tuning");
+        study.Remove("tasks");
+        study["editing"]!["runs"]!.AsArray().Add(new JsonObject { ["method"] = "rome", ["layers"] = "1", ["set"] = new JsonArray("v_num_grad_steps=3") });
+        var plan = Studies.Plan(Studies.Write(dir, study));
+        var runner = new StudyRunner(plan, dir.File("run"), Shard.All);
+        runner.Run();
+        var cases = plan.Groups.SelectMany(g => g.Cases).DistinctBy(c => c.CaseId).ToList();
+        Assert.Equal(2, cases.Count);
+        Assert.Equal(5, plan.Groups.Count);
+        Assert.Equal(cases.Count, runner.PreEditScorings);
+
+        using var loaded = KeyValueLab.Models.ModelLoader.Load(Studies.Gpt2);
+        var tokenizer = KeyValueLab.Tokenization.TokenizerLoader.ForModel(Studies.Gpt2, Studies.Gpt2Tokenizer, "", loaded.Config.VocabSize);
+        var editing = plan.Spec.Editing!;
+        var evaluator = new CaseEvaluator(loaded.Model, tokenizer,
+            new EvaluationOptions { GenerationPrompts = editing.GenerationPrompts, GenerationTokens = editing.GenerationTokens, Seed = 1 });
+        var fresh = cases.ToDictionary(c => c.CaseId, c => evaluator.Measure(c));
+        using var store = ResultsStore.Open(dir.File("run"), create: false);
+        var edits = StudyRunner.Load(store, "x").Edits;
+        Assert.Equal(5 * 2, edits.Count);
+        foreach (var e in edits)
+        {
+            var c = cases.Single(x => x.CaseId == e.CaseId);
+            Assert.Equal(System.Text.Json.JsonSerializer.Serialize(CaseMetrics.From(fresh[e.CaseId], c.Format)), System.Text.Json.JsonSerializer.Serialize(e.Pre));
+            Assert.Equal(System.Text.Json.JsonSerializer.Serialize(CaseLosses.From(fresh[e.CaseId])), System.Text.Json.JsonSerializer.Serialize(e.PreLosses));
+        }
+    }
+
     /// <summary>Tiny organisms (seconds to train) with the tiny world of <see cref="PretrainerTests"/>.</summary>
     private static readonly OrganismSpec TinyOrganism = PretrainerTests.Tiny with
     {
