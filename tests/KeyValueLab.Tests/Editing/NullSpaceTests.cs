@@ -122,6 +122,13 @@ public sealed class NullSpaceTests
         var expected = decomposed.Delta(keys, residuals, L2);
         TensorAssert.CloseFp32(expected, given.Delta(keys, residuals, L2), "Δ from the given basis");
         Assert.Throws<ArgumentException>(() => new NullSpaceProjector(eye(3).narrow(0, 0, 2)));
+        // Adopting a float32 basis shares its storage (no second copy at GPT-J's width) and gives the same Δ.
+        var basis = eye(d).narrow(1, 0, keep).contiguous();
+        using var adopted = NullSpaceProjector.Adopting(basis);
+        adopted.AddHistory(history);
+        TensorAssert.CloseFp32(expected, adopted.Delta(keys, residuals, L2), "Δ from the adopted basis");
+        basis.mul_(2);   // shared storage: the adopted projector sees the change, the copying one does not
+        Assert.True(adopted.Basis.allclose(basis, 0, 0) && !given.Basis.allclose(basis, 0, 0));
     }
 
     [Fact]
