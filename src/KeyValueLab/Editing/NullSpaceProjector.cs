@@ -51,7 +51,7 @@ public sealed class NullSpaceProjector : IDisposable
         {
             // eigh returns the eigenvalues in ascending order: the first `keep` are the smallest.
             if (keep > 0) cut = values[keep - 1].item<double>();
-            return arange(keep, dtype: ScalarType.Int64);
+            return tensor(Enumerable.Range(0, (int)keep).Select(i => (long)i).ToArray());   // indices 0 … keep−1, no temporary Scalar (HeldScalars)
         });
         projector.Cut = cut;
         return projector;
