@@ -58,7 +58,8 @@ public sealed class LifelongEditorTests : IClassFixture<EditorTests.Stories>
     /// <summary>
     /// The published pair translated to the spectrum (docs/editing.md, "Translated settings": keep 0.7 of the directions,
     /// L2 = 0.05 × k × the largest kept eigenvalue) edits where the absolute one, on this model, hardly does (L(new) −0.03).
-    /// Key-AlphaEdit (up) with the same pair moved L(new) the wrong way here (2.226 → 6.125), so it has no such test.
+    /// (With L2 left at 10 the kept fraction alone still passes this; the L2 = r·k·cut arithmetic is checked against the plain
+    /// formula in NullSpaceTests.) Key-AlphaEdit (up) with the same pair moved L(new) the wrong way here (2.226 → 6.125), so it has no such test.
     /// </summary>
     [Fact]
     public void AlphaEditWithTheTranslatedRelativeSettingsEditsThisSmallModel()
