@@ -299,13 +299,20 @@ public sealed record StudySpec
                 new(EditorMethod.Parse("ft-bf"), StudySide.Parse("values"), "1", EditMode.SequentialFinal, HyperparameterOverrides.None, sequence),
                 Closed("memit", "values", "mom2_update_weight=350"),
                 Closed("keymemit", "keys:up", "mom2_update_weight=350"),
-                Closed("alphaedit", "values"),
-                Closed("keyalphaedit", "keys:up"),
+                Closed("alphaedit", "values", TranslatedNullSpace),
+                Closed("keyalphaedit", "keys:up", TranslatedNullSpace),
             ],
         };
     }
 
     public const int DefaultLifelongEdits = 20, DefaultLifelongChunk = 5, DefaultLifelongCheckpoint = 10;
+
+    /// <summary>
+    /// AlphaEdit's published absolute pair (threshold 2e-2, L2 10) translated to the spectrum on Llama-3-8B's facts, for the
+    /// organism: 2e-2 keeps about 70% of the directions there, and L2 = 10 / (0.7 × 14,336 × 2e-2) ≈ 0.05 of k × the cut
+    /// (docs/editing.md, "Translated settings"); with the absolute pair the organism's AlphaEdit edits nothing.
+    /// </summary>
+    private static readonly string[] TranslatedNullSpace = ["nullspace_kept_fraction=0.7", "l2_relative=0.05"];
 
     /// <summary>The resolved grid as canonical JSON (what the results store keeps and compares on resume).</summary>
     public string Canonical() => JsonSerializer.Serialize(this, Json);

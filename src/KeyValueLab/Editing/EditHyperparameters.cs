@@ -78,6 +78,12 @@ public sealed record LocateEditHyperparameters
     /// <summary>AlphaEdit, Key-AlphaEdit: the ridge term of the update's solve (AlphaEdit: 10); refused elsewhere.</summary>
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public double? L2 { get; init; }
+    /// <summary>AlphaEdit, Key-AlphaEdit: keep this share of C's directions (smallest eigenvalues) instead of an absolute threshold; refused elsewhere.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public double? NullspaceKeptFraction { get; init; }
+    /// <summary>AlphaEdit, Key-AlphaEdit: L2 = this × kept directions × largest kept eigenvalue (or threshold), instead of an absolute L2; refused elsewhere.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public double? L2Relative { get; init; }
 }
 
 /// <summary>

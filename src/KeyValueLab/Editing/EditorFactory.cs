@@ -121,8 +121,8 @@ public static class EditorFactory
     {
         string source = HyperparameterFiles.Source(choice.HparamsFile, folder, modelType);
         var hp = choice.Overrides.ApplyTo(HyperparameterFiles.Load<LocateEditHyperparameters>(choice.HparamsFile, folder, modelType));
-        if (folder is not ("AlphaEdit" or "KeyAlphaEdit") && (hp.NullspaceThreshold is not null || hp.L2 is not null))
-            throw new InputException(source, $"nullspace_threshold and l2 are AlphaEdit's; {folder} does not use them");
+        if (folder is not ("AlphaEdit" or "KeyAlphaEdit") && (hp.NullspaceThreshold is not null || hp.L2 is not null || hp.NullspaceKeptFraction is not null || hp.L2Relative is not null))
+            throw new InputException(source, $"nullspace_threshold, nullspace_kept_fraction, l2 and l2_relative are AlphaEdit's; {folder} does not use them");
         return hp;
     }
 

@@ -166,8 +166,12 @@ public sealed class HyperparameterOverrides
 
     private static readonly Dictionary<string, Func<Value, Func<LocateEditHyperparameters, LocateEditHyperparameters>>> NullSpace = new(StringComparer.Ordinal)
     {
-        ["nullspace_threshold"] = v => { double x = v.Double(0, exclusive: true); return h => h with { NullspaceThreshold = x }; },
-        ["l2"] = v => { double x = v.Double(0); return h => h with { L2 = x }; },
+        // An absolute setting and its relative replacement exclude each other: setting one clears the other, so a --set
+        // of the relative key applies on top of a published file's absolute one (a file holding both is refused).
+        ["nullspace_threshold"] = v => { double x = v.Double(0, exclusive: true); return h => h with { NullspaceThreshold = x, NullspaceKeptFraction = null }; },
+        ["nullspace_kept_fraction"] = v => { double x = v.Fraction(); return h => h with { NullspaceKeptFraction = x, NullspaceThreshold = null }; },
+        ["l2"] = v => { double x = v.Double(0); return h => h with { L2 = x, L2Relative = null }; },
+        ["l2_relative"] = v => { double x = v.Double(0); return h => h with { L2Relative = x, L2 = null }; },
     };
 
     /// <summary>One override's value: JSON where it reads as JSON, else the bare text as a string.</summary>
@@ -195,6 +199,13 @@ public sealed class HyperparameterOverrides
             string range = $"a finite number {(exclusive ? ">" : ">=")} {min.ToString(CultureInfo.InvariantCulture)}";
             if (_node is not JsonValue v || v.GetValueKind() != JsonValueKind.Number || !v.TryGetValue(out double d) || !double.IsFinite(d)) throw Bad(range);
             return (exclusive ? d > min : d >= min) ? d : throw Bad(range);
+        }
+
+        /// <summary>A share in (0, 1].</summary>
+        public double Fraction()
+        {
+            double d = Double(0, exclusive: true);
+            return d <= 1 ? d : throw Bad("a finite number > 0 and <= 1");
         }
 
         public double? NullableDouble(double min, bool exclusive = false) => _node is null ? null : Double(min, exclusive);

@@ -49,7 +49,7 @@ public sealed class KeyAlphaEditEditor(LocateEditHyperparameters hp, NullSpaceSe
         var changes = KeySideTargets.PreActivationChanges(model, own, memory, layer, kinds, residual, PadId(tokenizer));
         for (int k = 0; k < kinds.Count; k++)
         {
-            var delta = Projector(layer).Delta(keys, changes[k], NullSpace.L2);                 // [d_ff, d_model]
+            var delta = Projector(layer).Delta(keys, changes[k], NullSpace.L2At(Projector(layer)));   // [d_ff, d_model]
             using (no_grad()) memory.Keys(layer, kinds[k]).PlusInPlace(delta);
         }
     }

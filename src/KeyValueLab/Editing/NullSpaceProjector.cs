@@ -32,21 +32,56 @@ public sealed class NullSpaceProjector : IDisposable
     /// <param name="moment">C = E[x xᵀ] <c>[d, d]</c> (normalised by the count, as AlphaEdit's get_cov).</param>
     /// <param name="threshold">Keep directions whose eigenvalue is below this (AlphaEdit: nullspace_threshold 2e-2).</param>
     public NullSpaceProjector(Tensor moment, double threshold)
+        : this(moment, values =>
+        {
+            using var below = threshold.ToScalar();  // held for the call (HeldScalars)
+            return values.lt(below).nonzero().flatten();
+        }) => Cut = threshold;
+
+    /// <summary>
+    /// A projector keeping the <c>round(fraction · d)</c> directions of smallest eigenvalue: the threshold set relative to the
+    /// spectrum (<c>nullspace_kept_fraction</c>) instead of as an absolute eigenvalue. <see cref="Cut"/> is then the largest kept eigenvalue.
+    /// </summary>
+    public static NullSpaceProjector KeepingFraction(Tensor moment, double fraction)
+    {
+        if (!(fraction > 0 && fraction <= 1)) throw new ArgumentOutOfRangeException(nameof(fraction), fraction, "the kept fraction must be in (0, 1]");
+        long keep = (long)Math.Round(fraction * moment.shape[0], MidpointRounding.AwayFromZero);
+        double cut = 0;
+        var projector = new NullSpaceProjector(moment, values =>
+        {
+            // eigh returns the eigenvalues in ascending order: the first `keep` are the smallest.
+            if (keep > 0) cut = values[keep - 1].item<double>();
+            return tensor(Enumerable.Range(0, (int)keep).Select(i => (long)i).ToArray());   // indices 0 … keep−1, no temporary Scalar (HeldScalars)
+        });
+        projector.Cut = cut;
+        return projector;
+    }
+
+    private NullSpaceProjector(Tensor moment, Func<Tensor, Tensor> select)
     {
         if (moment.dim() != 2 || moment.shape[0] != moment.shape[1]) throw new ArgumentException("the second moment must be square", nameof(moment));
         using var scope = NewDisposeScope();
         var c = moment.to(ScalarType.Float64);
         var (values, vectors) = linalg.eigh(c.Plus(c.t()).div(HeldScalars.Two));
-        using var below = threshold.ToScalar();  // held for the call (HeldScalars)
-        var keep = values.lt(below).nonzero().flatten();
+        var keep = select(values);
         Kept = (int)keep.shape[0];
         Dim = (int)moment.shape[0];
+        KeptTrace = values.index_select(0, keep).sum().item<double>();
         _basis = vectors.index_select(1, keep).to(ScalarType.Float32).contiguous().DetachFromDisposeScope();
     }
 
     /// <summary>A projector onto a given kept basis Û <c>[d, k]</c> (orthonormal columns; copied as float32), without an
     /// eigendecomposition: for a P computed elsewhere, and for timing the update at a shape whose decomposition is too slow to wait for.</summary>
-    public NullSpaceProjector(Tensor basis)
+    public NullSpaceProjector(Tensor basis) : this(basis, copy: true) { }
+
+    /// <summary>
+    /// As <see cref="NullSpaceProjector(Tensor)"/>, but a float32 contiguous <paramref name="basis"/> is taken over, not copied
+    /// (its storage is shared; the caller may dispose its handle and must not change the values): at GPT-J's width a copy is
+    /// 0.75 GB per layer that would exist twice while the store is built.
+    /// </summary>
+    public static NullSpaceProjector Adopting(Tensor basis) => new(basis, copy: false);
+
+    private NullSpaceProjector(Tensor basis, bool copy)
     {
         if (basis.dim() != 2 || basis.shape[1] > basis.shape[0]) throw new ArgumentException("the basis must be d × k with k <= d", nameof(basis));
         Dim = (int)basis.shape[0];
@@ -54,7 +89,8 @@ public sealed class NullSpaceProjector : IDisposable
         // In a scope: the detached, converted and contiguous handles in between would otherwise keep the caller's storage
         // alive until the GC finalises them (measured: six GPT-J layers held 9.9 GB instead of their 5.1 GB of stores).
         using var scope = NewDisposeScope();
-        _basis = basis.detach().to(ScalarType.Float32).contiguous().clone().DetachFromDisposeScope();
+        var converted = basis.detach().to(ScalarType.Float32).contiguous();
+        _basis = (copy ? converted.clone() : converted.alias()).DetachFromDisposeScope();
     }
 
     /// <summary>Input dimension d.</summary>
@@ -62,6 +98,15 @@ public sealed class NullSpaceProjector : IDisposable
 
     /// <summary>Directions kept (k): the rank of P.</summary>
     public int Kept { get; }
+
+    /// <summary>
+    /// An upper bound of the kept eigenvalues: the absolute threshold, or with <see cref="KeepingFraction"/> the largest kept
+    /// eigenvalue; null for a projector built from a given basis. <c>l2_relative</c> scales L2 by <see cref="Kept"/> × this.
+    /// </summary>
+    public double? Cut { get; private set; }
+
+    /// <summary>Σ of the kept eigenvalues, tr(Ûᵀ C Û) = E‖Ûᵀx‖² over the statistics' inputs (0 for a given basis).</summary>
+    public double KeptTrace { get; }
 
     /// <summary>Earlier edits' keys added so far (N).</summary>
     public long HistoryCount { get; private set; }

@@ -46,6 +46,33 @@ public class HyperparameterOverridesTests
         Assert.StartsWith("l2: not a hyperparameter of memit", Assert.Throws<ArgumentException>(() => HyperparameterOverrides.Parse("memit", ["l2=3"])).Message);
     }
 
+    [Fact]
+    public void RelativeNullSpaceSettingsReplaceTheAbsoluteOnesAndAreRefusedBesideThem()
+    {
+        var published = HyperparameterFiles.Load<LocateEditHyperparameters>(null, "AlphaEdit", "llama");
+        var hp = HyperparameterOverrides.Parse("keyalphaedit", ["nullspace_kept_fraction=0.7", "l2_relative=0.05"]).ApplyTo(published);
+        Assert.Equal(new NullSpaceSettings(2e-2, 10, 0.7, 0.05), NullSpaceSettings.From(hp, "x"));
+        var json = HyperparameterFiles.ToJson(hp);
+        new NullSpaceSettings(2e-2, 10, 0.7, 0.05).WriteTo(json);
+        Assert.Equal((0.7, 0.05), (json["nullspace_kept_fraction"]!.GetValue<double>(), json["l2_relative"]!.GetValue<double>()));
+        Assert.False(json.ContainsKey("nullspace_threshold") || json.ContainsKey("l2"), json.ToJsonString());
+        // The later absolute setting wins back.
+        var back = HyperparameterOverrides.Parse("alphaedit", ["nullspace_kept_fraction=0.7", "nullspace_threshold=0.1", "l2_relative=1", "l2=4"]).ApplyTo(published);
+        Assert.Equal(new NullSpaceSettings(0.1, 4), NullSpaceSettings.From(back, "x"));
+        Assert.Equal("x: nullspace_threshold and nullspace_kept_fraction both set; keep one",
+            Assert.Throws<InputException>(() => NullSpaceSettings.From(published with { NullspaceKeptFraction = 0.5 }, "x")).Message);
+        Assert.Equal("x: l2 and l2_relative both set; keep one",
+            Assert.Throws<InputException>(() => NullSpaceSettings.From(published with { L2Relative = 0.5 }, "x")).Message);
+        Assert.StartsWith("l2_relative: not a hyperparameter of memit", Assert.Throws<ArgumentException>(() => HyperparameterOverrides.Parse("memit", ["l2_relative=3"])).Message);
+    }
+
+    [Theory]
+    [InlineData("alphaedit", "nullspace_kept_fraction=1.5", "nullspace_kept_fraction: must be a finite number > 0 and <= 1, not 1.5")]
+    [InlineData("alphaedit", "nullspace_kept_fraction=0", "nullspace_kept_fraction: must be a finite number > 0, not 0")]
+    [InlineData("keyalphaedit", "l2_relative=-1", "l2_relative: must be a finite number >= 0, not -1")]
+    public void OutOfRangeRelativeNullSpaceSettingsAreRefused(string method, string setting, string problem) =>
+        Assert.Equal(problem, Assert.Throws<ArgumentException>(() => HyperparameterOverrides.Parse(method, [setting])).Message);
+
     [Theory]
     [InlineData("rome", "stepz=3", "stepz: not a hyperparameter of rome (known: layers,")]
     [InlineData("ft", "steps=three", "steps: must be a whole number >= 1, not three")]

@@ -55,6 +55,20 @@ public sealed class LifelongEditorTests : IClassFixture<EditorTests.Stories>
         Assert.Equal(1, editor.HistoryCount);
     }
 
+    /// <summary>
+    /// The published pair translated to the spectrum (docs/editing.md, "Translated settings": keep 0.7 of the directions,
+    /// L2 = 0.05 × k × the largest kept eigenvalue) edits where the absolute one, on this model, hardly does (L(new) −0.03).
+    /// (With L2 left at 10 the kept fraction alone still passes this; the L2 = r·k·cut arithmetic is checked against the plain
+    /// formula in NullSpaceTests.) Key-AlphaEdit (up) with the same pair moved L(new) the wrong way here (2.226 → 6.125), so it has no such test.
+    /// </summary>
+    [Fact]
+    public void AlphaEditWithTheTranslatedRelativeSettingsEditsThisSmallModel()
+    {
+        var hp = Hp("AlphaEdit");
+        using var editor = new AlphaEditEditor(hp, new NullSpaceSettings(KeptFraction: 0.7, L2Relative: 0.05), [1, 2], Stats(hp));
+        CheckEdit(editor, 0.5);
+    }
+
     /// <remarks>Only the up matrix: m = act(g)·u is linear in u, so a partly reached target still moves m its way. With
     /// gate and up together (measured: L(new) 2.226 → 3.123) the two partly reached targets multiply through act and
     /// the edit goes the wrong way; see docs/editing.md.</remarks>

@@ -24,7 +24,7 @@ public sealed class NullSpaceTests
     }
 
     /// <summary>AlphaEdit_main.py's equation, written out with dense float64 matrices: Δ = solve(P(KKᵀ + K_pK_pᵀ) + L2·I, P K Rᵀ)ᵀ, P = Û Ûᵀ from the SVD of C.</summary>
-    private static Tensor Plain(Tensor c, double threshold, Tensor keys, Tensor residual, Tensor? history)
+    private static Tensor Plain(Tensor c, double threshold, Tensor keys, Tensor residual, Tensor? history, double l2 = L2)
     {
         var (u, s, _) = linalg.svd(c, fullMatrices: false);
         var kept = u.index_select(1, s.lt(threshold).nonzero().flatten());
@@ -32,7 +32,7 @@ public sealed class NullSpaceTests
         var k = keys.t();                                                        // [d, n], AlphaEdit's layout
         var m = k.matmul(k.t());
         if (history is not null) m = m + history.t().matmul(history);
-        var a = p.matmul(m) + L2 * eye(c.shape[0], dtype: ScalarType.Float64);
+        var a = p.matmul(m) + l2 * eye(c.shape[0], dtype: ScalarType.Float64);
         return linalg.solve(a, p.matmul(k).matmul(residual)).t();             // [d_out, d]
     }
 
@@ -70,6 +70,37 @@ public sealed class NullSpaceTests
         AssertRelative(Plain(c, 2e-2, keys, residual, history), ours, 1e-5, $"Δ with {earlier} earlier keys");
     }
 
+    [Theory]
+    [InlineData(0.25, null)]   // kept fraction, absolute L2
+    [InlineData(0.5, 0.05)]    // both relative: L2 = 0.05 × k × largest kept eigenvalue
+    public void RelativeSettingsMatchThePlainFormulaAtTheAbsolutePairTheyTranslateTo(double fraction, double? l2Relative)
+    {
+        using var scope = NewDisposeScope();
+        const int d = 24, dOut = 6;
+        var (_, exact) = Statistics(d, 41);
+        var c = exact.to(ScalarType.Float32).to(ScalarType.Float64);   // the C the projector sees
+        using var g = new Generator(42);
+        var keys = randn(3, d, dtype: ScalarType.Float64, generator: g);
+        var residual = randn(3, dOut, dtype: ScalarType.Float64, generator: g);
+        var history = randn(5, d, dtype: ScalarType.Float64, generator: g);
+        // The oracle's spectrum, computed independently (float64 SVD): the kept fraction is the absolute threshold halfway
+        // between the k-th and (k+1)-th smallest singular values, and l2_relative the absolute L2 = r·k·(k-th smallest).
+        int k = (int)Math.Round(fraction * d, MidpointRounding.AwayFromZero);
+        var ascending = linalg.svdvals(c).flip(0);
+        double kth = ascending[k - 1].item<double>(), next = ascending[k].item<double>();
+        double threshold = (kth + next) / 2, l2 = l2Relative is { } r ? r * k * kth : L2;
+        var settings = new NullSpaceSettings(KeptFraction: fraction, L2Relative: l2Relative);
+        using var projector = settings.Projector(c.to(ScalarType.Float32));
+        Assert.Equal(k, projector.Kept);
+        Assert.Equal(kth, projector.Cut!.Value, kth * 1e-9);
+        Assert.Equal(ascending[..k].sum().item<double>(), projector.KeptTrace, kth * 1e-6);
+        Assert.Equal(l2, settings.L2At(projector), l2 * 1e-9);
+        projector.AddHistory(history.to(ScalarType.Float32));
+        var ours = projector.Delta(keys.to(ScalarType.Float32), residual.to(ScalarType.Float32), settings.L2At(projector));
+        // float32 against float64; the relative L2 (≈ 0.05·12·0.02) is far below 10, so the solve is worse conditioned: 1e-4.
+        AssertRelative(Plain(c, threshold, keys, residual, history, l2), ours, l2Relative is null ? 1e-5 : 1e-4, $"Δ keeping {fraction} with l2_relative {l2Relative}");
+    }
+
     [Fact]
     public void AProjectorBuiltFromItsKeptBasisGivesTheDecompositionsDelta()
     {
@@ -91,6 +122,13 @@ public sealed class NullSpaceTests
         var expected = decomposed.Delta(keys, residuals, L2);
         TensorAssert.CloseFp32(expected, given.Delta(keys, residuals, L2), "Δ from the given basis");
         Assert.Throws<ArgumentException>(() => new NullSpaceProjector(eye(3).narrow(0, 0, 2)));
+        // Adopting a float32 basis shares its storage (no second copy at GPT-J's width) and gives the same Δ.
+        var basis = eye(d).narrow(1, 0, keep).contiguous();
+        using var adopted = NullSpaceProjector.Adopting(basis);
+        adopted.AddHistory(history);
+        TensorAssert.CloseFp32(expected, adopted.Delta(keys, residuals, L2), "Δ from the adopted basis");
+        basis.mul_(2);   // shared storage: the adopted projector sees the change, the copying one does not
+        Assert.True(adopted.Basis.allclose(basis, 0, 0) && !given.Basis.allclose(basis, 0, 0));
     }
 
     [Fact]

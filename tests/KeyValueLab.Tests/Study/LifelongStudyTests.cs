@@ -89,6 +89,10 @@ public class LifelongStudyFileTests
             arm.Conditions.Select(c => $"{c.Method} {c.Side}"));
         Assert.All(arm.Conditions, c => Assert.Equal(EditMode.SequentialFinal, c.Mode));
         Assert.All(arm.Conditions, c => Assert.True(c.Sequence!.Generation));
+        // AlphaEdit's pair translated to the organism's spectrum (with the absolute one it edits nothing there).
+        var alpha = arm.Conditions.Where(c => c.Method.ToString().EndsWith("alphaedit", StringComparison.Ordinal)).ToList();
+        Assert.Equal(2, alpha.Count);
+        Assert.All(alpha, c => Assert.Equal(["nullspace_kept_fraction=0.7", "l2_relative=0.05"], c.Overrides.Texts.TakeLast(2)));
         // Its sequences cost what docs/study.md measured: at most 20 edits per organism in chunks of 5.
         Assert.True(arm.Edits <= 20);
         // Pointed at another model, the arm takes that model's published layers and settings.
