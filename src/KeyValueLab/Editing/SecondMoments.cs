@@ -208,6 +208,13 @@ public sealed class SecondMoments
                     return output;
                 }));
             }
+            // A text corpus needs nothing above the highest layer read: its block ends the forward pass (no later layer,
+            // final norm or logits over the vocabulary runs). Generated samples need the whole model to draw each token.
+            if (Corpus != "generated")
+            {
+                int last = points.Max(p => p.Layer);
+                hooks.Add(HookPoint.BlockOutput(model, last).Install((_, _) => throw new StopForward()));
+            }
             using var noGrad = no_grad();
             var pace = new Pace(this, string.Join(", ", points.Select(p => $"L{p.Layer} {p.Kind}")));
             if (Corpus == "generated") count = RunGenerated(model, tokenizer, m => rowMask = m, pace);
@@ -288,13 +295,17 @@ public sealed class SecondMoments
             if (seqs.Length == 0) { pace.Done(Math.Min(i + 16, texts.Count), texts.Count); continue; }
             using var batch = TokenBatch.RightPadded(seqs, tokenizer.EosId ?? 0);
             setMask(batch.AttentionMask.reshape(-1).to(ScalarType.Bool));
-            model.Forward(batch.InputIds, batch.AttentionMask, batch.PositionIds);
+            try { model.Forward(batch.InputIds, batch.AttentionMask, batch.PositionIds); }
+            catch (StopForward) { }
             tokens += seqs.Sum(s => s.Count);
             pace.Done(Math.Min(i + 16, texts.Count), texts.Count);
         }
         setMask(null);
         return tokens;
     }
+
+    /// <summary>Thrown by the hook after the highest layer a text-corpus pass reads, to end that forward pass there.</summary>
+    private sealed class StopForward : Exception;
 
     private static Tensor? TryRead(string file, out long tokens)
     {
