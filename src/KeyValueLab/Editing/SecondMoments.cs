@@ -202,9 +202,10 @@ public sealed class SecondMoments
                     using var scope = NewDisposeScope();
                     var x = input.reshape(-1, input.shape[^1]).to(ScalarType.Float64);
                     if (rowMask is not null) x = x.index(rowMask);
-                    var xtx = x.t().matmul(x);
-                    if (sums[k] is null) sums[k] = xtx.DetachFromDisposeScope();
-                    else sums[k]!.add_(xtx);
+                    // Accumulated in place (addmm_): a separate xᵀx would be one more [dim, dim] float64 matrix per batch
+                    // (0.97 GB at Llama-2-7B's d_ff of 11,008).
+                    if (sums[k] is null) sums[k] = x.t().matmul(x).DetachFromDisposeScope();
+                    else sums[k]!.addmm_(x.t(), x);
                     return output;
                 }));
             }
@@ -230,7 +231,7 @@ public sealed class SecondMoments
         for (int i = 0; i < points.Count; i++)
         {
             using var s = sums[i] ?? throw new InvalidOperationException("no corpus token reached the statistics hook");
-            moments[i] = (s / count).to(ScalarType.Float32).DetachFromDisposeScope();
+            moments[i] = s.div_(count).to(ScalarType.Float32).DetachFromDisposeScope();  // in place: no second float64 matrix
         }
         return moments;
     }
