@@ -16,10 +16,10 @@ namespace KeyValueLab.Benchmarks;
 /// weights (N(0, 0.02), norms 1, biases 0) with the project's own writer into a temporary folder, then runs the work in a
 /// child process (so its peak RSS, VmHWM, is the work's own) and prints the peak against the row's goal, the time against
 /// the FLOP-bound time at the same child's measured matmul rate, and deletes the folder.
-///   memory [--row tune-llama|ft-gptj|rome-llama|ft-gpt2xl|all] [--layers N] [--steps S] [--folder DIR] [--no-checkpointing]
+///   memory [--row tune-llama|ft-gptj|rome-llama|ft-gpt2xl|all] [--layers N] [--steps S] [--folder DIR] [--no-checkpointing] [--phases] [--write-only]
 /// --layers cuts every model to its first N layers (the published widths, vocabularies and heads stay). --folder keeps the
 /// checkpoint in DIR (written when DIR has none) for the next run of the same row; --no-checkpointing trains the Llama row
-/// without gradient checkpointing.
+/// without gradient checkpointing; --write-only (with --folder) writes the checkpoint and stops; --phases prints, before each FT edit, RSS after one step's forward and backward pass.
 /// </summary>
 internal static class MemoryBenchmark
 {
@@ -33,7 +33,7 @@ internal static class MemoryBenchmark
             """{"model_type":"llama","hidden_size":4096,"intermediate_size":11008,"num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":32,"vocab_size":32000,"max_position_embeddings":4096,"rms_norm_eps":1e-5,"tie_word_embeddings":false}"""),
         new("ft-gptj", "GPT-J 6B", SafetensorsDType.F16, 28, "one FT edit of one layer's keys, and one of its values",
             """{"model_type":"gptj","vocab_size":50400,"n_positions":2048,"n_embd":4096,"n_layer":28,"n_head":16,"rotary_dim":64,"n_inner":16384,"activation_function":"gelu_new","layer_norm_epsilon":1e-5,"tie_word_embeddings":false}"""),
-        new("rome-llama", "Llama-2-7B", SafetensorsDType.BF16, 32, "ROME at layer 5 with statistics from 100 samples",
+        new("rome-llama", "Llama-2-7B", SafetensorsDType.BF16, 32, "ROME at layer 5 with statistics from 100 text samples of 64 tokens, no generated context templates",
             """{"model_type":"llama","hidden_size":4096,"intermediate_size":11008,"num_hidden_layers":32,"num_attention_heads":32,"num_key_value_heads":32,"vocab_size":32000,"max_position_embeddings":4096,"rms_norm_eps":1e-5,"tie_word_embeddings":false}"""),
         new("ft-gpt2xl", "GPT-2 XL", SafetensorsDType.F32, 48, "one FT edit (values)",
             """{"model_type":"gpt2","vocab_size":50257,"n_positions":1024,"n_embd":1600,"n_layer":48,"n_head":25,"activation_function":"gelu_new","layer_norm_epsilon":1e-5,"tie_word_embeddings":true}"""),
@@ -43,7 +43,8 @@ internal static class MemoryBenchmark
 
     public static int Run(string[] args)
     {
-        if (Option(args, "--child") is string child) return RunChild(child, Option(args, "--checkpoint")!, Int(args, "--steps", 3), checkpointing: !args.Contains("--no-checkpointing"));
+        if (Option(args, "--child") is string child)
+            return RunChild(child, Option(args, "--checkpoint")!, Int(args, "--steps", 3), checkpointing: !args.Contains("--no-checkpointing"), phases: args.Contains("--phases"));
         string which = Option(args, "--row") ?? "all";
         var rows = which == "all" ? Rows : Rows.Where(r => r.Name == which).ToArray();
         if (rows.Length == 0)
@@ -74,6 +75,7 @@ internal static class MemoryBenchmark
                     stored = WriteCheckpoint(row, used, folder);
                     Console.WriteLine($"{row.Name}: wrote {row.Shape} shape, {used} of {row.Layers} layers, {row.DType}: {stored / 1e9:F2} GB in {clock.Elapsed.TotalSeconds:F0} s");
                 }
+                if (kept is not null && args.Contains("--write-only")) continue;
                 var result = RunInChild(row.Name, folder, args);
                 if (result is null) return 1;
                 summary.Add(Summarise(row, used, stored, result));
@@ -99,11 +101,11 @@ internal static class MemoryBenchmark
             "ft-gptj" => string.Create(inv,
                 $"{head} = {peak / stored:F3} × stored (goal ≤ 1.15 × stored + 2 GB = {(1.15 * stored + 2e9) / 1e9:F2} GB); " +
                 $"keys {r["keys_s"]:F1} s = {r["keys_s"] / r["keys_ideal_s"]:F2} × FLOP-bound, values {r["values_s"]:F1} s = {r["values_s"] / r["values_ideal_s"]:F2} × FLOP-bound (goal ≤ 2.0) " +
-                $"at {r["matmul_gflops"]:F0} GFLOP/s; widening ≈ {r["widen_keys_s"]:F1} s of the keys edit and {r["widen_values_s"]:F1} s of the values edit"),
+                $"at {r["keys_matmul_gflops"]:F0} and {r["values_matmul_gflops"]:F0} GFLOP/s; widening ≈ {r["widen_keys_s"]:F1} s of the keys edit and {r["widen_values_s"]:F1} s of the values edit"),
             "rome-llama" => string.Create(inv,
-                $"{head} = {peak / stored:F3} × stored (goal ≤ 1.15 × stored + 2 GB = {(1.15 * stored + 2e9) / 1e9:F2} GB); statistics and edit {r["work_s"]:F0} s"),
+                $"{head} = {peak / stored:F3} × stored (goal ≤ 1.15 × stored + 2 GB = {(1.15 * stored + 2e9) / 1e9:F2} GB); statistics {r["stats_s"]:F0} s, edit {r["edit_s"]:F0} s"),
             _ => string.Create(inv,
-                $"{head} = {peak / stored:F3} × stored (goal ≤ 1.1); edit {r["values_s"]:F1} s = {r["values_s"] / r["values_ideal_s"]:F2} × FLOP-bound (goal ≤ 1.3) at {r["matmul_gflops"]:F0} GFLOP/s"),
+                $"{head} = {peak / stored:F3} × stored (goal ≤ 1.1); edit {r["values_s"]:F1} s = {r["values_s"] / r["values_ideal_s"]:F2} × FLOP-bound (goal ≤ 1.3) at {r["values_matmul_gflops"]:F0} GFLOP/s ({r["values_cpu_s"]:F1} CPU-s)"),
         };
     }
 
@@ -126,6 +128,14 @@ internal static class MemoryBenchmark
         }).ToList();
         HfCheckpointWriter.Save(folder, config, tensors, maxShardBytes: 5_000_000_000);
         return Directory.GetFiles(folder, "*.safetensors").Sum(f => new FileInfo(f).Length);
+    }
+
+    /// <summary><paramref name="count"/> lines of <paramref name="length"/> lowercase letters and spaces (one token each for the bench's byte tokenizer).</summary>
+    private static IEnumerable<string> SyntheticLines(int count, int length)
+    {
+        var random = new Random(12);
+        const string letters = "abcdefghijklmnopqrstuvwxyz    ";
+        for (int i = 0; i < count; i++) yield return "x" + new string([.. Enumerable.Range(0, length - 1).Select(_ => letters[random.Next(letters.Length)])]);
     }
 
     /// <summary>Values drawn per tensor from N(0, 0.02) in the stored dtype.</summary>
@@ -152,7 +162,8 @@ internal static class MemoryBenchmark
         var start = new ProcessStartInfo(self) { RedirectStandardOutput = true, UseShellExecute = false };
         if (Path.GetFileNameWithoutExtension(self) == "dotnet") start.ArgumentList.Add(typeof(MemoryBenchmark).Assembly.Location);
         foreach (string a in new[] { "memory", "--child", row, "--checkpoint", folder, "--steps", Option(args, "--steps") ?? "3" }) start.ArgumentList.Add(a);
-        if (args.Contains("--no-checkpointing")) start.ArgumentList.Add("--no-checkpointing");
+        foreach (string flag in new[] { "--no-checkpointing", "--phases" })
+            if (args.Contains(flag)) start.ArgumentList.Add(flag);
         using var child = Process.Start(start) ?? throw new InvalidOperationException($"could not start {self}");
         Dictionary<string, double>? result = null;
         while (child.StandardOutput.ReadLine() is string line)
@@ -168,10 +179,10 @@ internal static class MemoryBenchmark
         return null;
     }
 
-    private static int RunChild(string row, string folder, int steps, bool checkpointing)
+    private static int RunChild(string row, string folder, int steps, bool checkpointing, bool phases)
     {
         var values = new Dictionary<string, double>();
-        double matmul = 2.0 * 1024 * 1024 * 1024 / RuntimeBenchmark.Best(3, RuntimeBenchmark.MatmulOnce, out _) / 1e9;
+        double matmul = MatmulRate();
         values["matmul_gflops"] = matmul;
         var clock = Stopwatch.StartNew();
         using var loaded = ModelLoader.Load(folder, new LoadOptions { FourBit = row == "tune-llama" });
@@ -201,10 +212,30 @@ internal static class MemoryBenchmark
                 string cache = Directory.CreateTempSubdirectory("kvlab-bench-stats-").FullName;
                 try
                 {
-                    var hp = new LocateEditHyperparameters { Method = "ROME", Mom2NSamples = 100, Mom2SampleTokens = 64, VNumGradSteps = 5 };
-                    using var editor = new RomeEditor(hp, Math.Min(5, c.NumLayers - 1), new SecondMoments(hp.Mom2Corpus, hp.Mom2NSamples, hp.Mom2SampleTokens, cache));
+                    // A text corpus of 100 lines (the statistics' forward pass then stops after layer 5; a generated corpus
+                    // samples every token from the whole model: 64 passes per batch of 32).
+                    string corpus = Path.Combine(cache, "corpus.txt");
+                    File.WriteAllLines(corpus, SyntheticLines(100, 64));
+                    // The prompt alone as context (no generated templates): ROME's 10 of 5 and 10 of 10 tokens are generated token
+                    // by token through the whole model, 150 single-token forward passes, each widening every weight (≈ 1.9 s each at
+                    // 2 layers on the loaded machine, so ≈ 30 s each at 32); they set the time, not the memory this row measures.
+                    var hp = new LocateEditHyperparameters
+                    {
+                        Method = "ROME", Mom2Corpus = corpus, Mom2NSamples = 100, Mom2SampleTokens = 64, VNumGradSteps = 5, ContextTemplateLengthParams = [],
+                    };
+                    var stats = new SecondMoments(hp.Mom2Corpus, hp.Mom2NSamples, hp.Mom2SampleTokens, cache)
+                    {
+                        Progress = new Progress<WorkProgress>(p => Console.WriteLine($"statistics {p.Done}/{p.Total} ({p.Stage}) at {clock.Elapsed.TotalSeconds:F1} s")),
+                        Notice = Console.WriteLine,
+                    };
+                    using var editor = new RomeEditor(hp, Math.Min(5, c.NumLayers - 1), stats);
                     editor.Prepare(model, tokenizer);
+                    values["stats_s"] = clock.Elapsed.TotalSeconds;
+                    Console.WriteLine($"statistics {values["stats_s"]:F1} s; RSS {ProcessMemory.ResidentBytes() / 1e9:F2} GB, peak so far {ProcessMemory.PeakResidentBytes() / 1e9:F2} GB");
+                    var sw = Stopwatch.StartNew();
                     editor.Apply(model, tokenizer, [Request]);
+                    values["edit_s"] = sw.Elapsed.TotalSeconds;
+                    Console.WriteLine($"ROME edit {values["edit_s"]:F1} s");
                 }
                 finally { Directory.Delete(cache, recursive: true); }
                 break;
@@ -218,15 +249,24 @@ internal static class MemoryBenchmark
                 foreach (string side in row == "ft-gptj" ? new[] { "keys", "values" } : ["values"])
                 {
                     var editor = new FineTuneEditor(new FtHyperparameters { Layers = [layer], Side = side, Steps = steps, EarlyStopLoss = -1 });
+                    if (phases) StepPhases(model, editor, prompt, tokenizer.EosId ?? 0);
                     using var snapshot = WeightSnapshot.Take(model, editor.ParameterNames(model));
+                    // The machine is shared: the matmul rate is measured again right before and after the edit, and the
+                    // FLOP-bound time uses their mean; the process's CPU seconds say how much of the wall time it ran.
+                    double before = MatmulRate();
+                    var cpu = Process.GetCurrentProcess().TotalProcessorTime;
                     var sw = Stopwatch.StartNew();
                     editor.Apply(model, tokenizer, [Request]);
                     values[$"{side}_s"] = sw.Elapsed.TotalSeconds;
+                    values[$"{side}_cpu_s"] = (Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalSeconds;
+                    double rate = (before + MatmulRate()) / 2;
+                    values[$"{side}_matmul_gflops"] = rate;
                     snapshot.Restore(model);
-                    values[$"{side}_ideal_s"] = steps * EditBenchmark.StepFlop(c, tokens, layer, side == "keys") / (matmul * 1e9);
+                    values[$"{side}_ideal_s"] = steps * EditBenchmark.StepFlop(c, tokens, layer, side == "keys") / (rate * 1e9);
                     // Each step widens every frozen weight in the forward pass and those above the edited layer again in the backward pass.
                     values[$"widen_{side}_s"] = steps * widenAll * (1 + (c.NumLayers - layer - 1.0) / c.NumLayers);
-                    Console.WriteLine($"FT {side} at layer {layer}, {tokens} tokens, {steps} steps: {values[$"{side}_s"]:F1} s");
+                    Console.WriteLine($"FT {side} at layer {layer}, {tokens} tokens, {steps} steps: {values[$"{side}_s"]:F1} s ({values[$"{side}_cpu_s"]:F1} CPU-s) at {rate:F0} GFLOP/s " +
+                                      $"(= {values[$"{side}_s"] / values[$"{side}_ideal_s"]:F2} × FLOP-bound); RSS {ProcessMemory.ResidentBytes() / 1e9:F2} GB, peak so far {ProcessMemory.PeakResidentBytes() / 1e9:F2} GB");
                 }
                 break;
             }
@@ -256,18 +296,47 @@ internal static class MemoryBenchmark
                           $"after backward {values["backward_rss"] / 1e9:F2} ({values["backward_peak"] / 1e9:F2}) GB, after the update {ProcessMemory.ResidentBytes() / 1e9:F2} GB");
     }
 
-    /// <summary>Seconds to widen every frozen weight of <paramref name="model"/> once, block by block as a forward pass does.</summary>
+    /// <summary>
+    /// One FT step's forward and backward pass as <see cref="FineTuneEditor"/> runs it (no optimizer, weights unchanged),
+    /// printing RSS after loading the edited matrix as a master, after the forward pass (autograd's saved tensors held) and
+    /// after the backward pass (its gradient held).
+    /// </summary>
+    private static void StepPhases(CausalLM model, FineTuneEditor editor, EditPrompt prompt, int padId)
+    {
+        var memory = new Memory.FfnMemory(model);
+        var weights = editor.Scope.Matrices(memory).Select(m => m.Weight).ToList();
+        double rss0 = ProcessMemory.ResidentBytes();
+        using (var frozen = new FrozenParameters(model, weights))
+        using (var batch = new RewriteBatch([prompt], [], padId))
+        using (var scope = NewDisposeScope())
+        {
+            var loss = batch.Nll(batch.Forward(model));
+            double forward = ProcessMemory.ResidentBytes();
+            loss.backward();
+            double backward = ProcessMemory.ResidentBytes();
+            Console.WriteLine($"step phases: RSS with the master {rss0 / 1e9:F3} GB, after forward +{(forward - rss0) / 1e6:F0} MB, after backward +{(backward - rss0) / 1e6:F0} MB " +
+                              $"(gradient {weights.Sum(w => w.NumberOfElements * 4) / 1e6:F0} MB); peak so far {ProcessMemory.PeakResidentBytes() / 1e9:F3} GB");
+        }
+        foreach (var w in weights) { w.grad?.Dispose(); w.grad = null; }
+        Console.WriteLine($"step phases: RSS after it {ProcessMemory.ResidentBytes() / 1e9:F3} GB");
+    }
+
+    /// <summary>Seconds to widen every frozen weight of <paramref name="model"/> once, block by block into one buffer as a forward pass does.</summary>
     private static double WidenEverything(CausalLM model)
     {
         var sw = Stopwatch.StartNew();
         foreach (var (_, linear) in FrozenLinear.FrozenIn(model))
         {
             var w = FrozenLinear.Of(linear)!;
+            using var buffer = empty(Math.Min(w.BlockRows, w.Shape[0]), w.Shape[1]);
             for (long start = 0; start < w.Shape[0]; start += w.BlockRows)
-                using (var block = w.Widen(start, Math.Min(w.BlockRows, w.Shape[0] - start))) { }
+                using (var block = buffer.narrow(0, 0, Math.Min(w.BlockRows, w.Shape[0] - start))) w.WidenInto(start, block);
         }
         return sw.Elapsed.TotalSeconds;
     }
+
+    /// <summary>fp32 GFLOP/s of the best of three 1024³ matmuls.</summary>
+    private static double MatmulRate() => 2.0 * 1024 * 1024 * 1024 / RuntimeBenchmark.Best(3, RuntimeBenchmark.MatmulOnce, out _) / 1e9;
 
     private static int Int(string[] args, string name, int fallback) => int.TryParse(Option(args, name), out int v) ? v : fallback;
 

@@ -50,7 +50,7 @@ public sealed class FineTuneEditor : FineTuneEditorBase<FtHyperparameters>
                     for (int i = 0; i < weights.Count; i++)
                         weights[i].copy_(minimum(maximum(weights[i], originals[i].add(below, HeldScalars.One)), originals[i].add(above, HeldScalars.One)));
         }
-        foreach (var w in weights) w.grad?.zero_();
+        adam.ZeroGrad();  // released, not zeroed: a gradient kept after the edit is one more matrix resident (268 MB for GPT-J's fc_in)
         return new EditReport(steps, loss);
     }
 

@@ -22,6 +22,16 @@ public interface IFrozenWeight : IDisposable
 
     /// <summary>Rows <c>[start, start + count)</c> as a new fp32 tensor <c>[count, in]</c> on the weight's device.</summary>
     Tensor Widen(long start, long count);
+
+    /// <summary>
+    /// Rows <c>[start, start + destination.shape[0])</c> written into <paramref name="destination"/> (fp32 <c>[count, in]</c>),
+    /// so that a caller widening block after block reuses one buffer instead of allocating each block anew.
+    /// </summary>
+    void WidenInto(long start, Tensor destination)
+    {
+        using var block = Widen(start, destination.shape[0]);
+        destination.copy_(block);
+    }
 }
 
 /// <summary>A weight kept in its stored BF16 or F16 bytes (possibly a view of a memory-mapped file); widened block by block.</summary>
@@ -52,6 +62,12 @@ public sealed class StoredWeight : IFrozenWeight
     public long BlockRows => Math.Max(1, BlockBytes / (4 * Math.Max(1, Shape[1])));
 
     public Tensor Widen(long start, long count) => Stored.narrow(0, start, count).to(ScalarType.Float32);
+
+    public void WidenInto(long start, Tensor destination)
+    {
+        using var rows = Stored.narrow(0, start, destination.shape[0]);
+        destination.copy_(rows);  // copy_ converts BF16/F16 to fp32 in place
+    }
 
     public void Dispose() => Stored.Dispose();
 }
@@ -203,11 +219,15 @@ internal sealed class FrozenLinearFunction : autograd.SingleTensorFunction<Froze
             return nn.functional.linear(x, w);
         }
         var y = empty([.. x.shape[..^1], outF], ScalarType.Float32, x.device);
+        // One block-sized buffer for the whole call: allocating each block anew costs the kernel's page faults and zeroing
+        // of a fresh mapping per block whenever the allocator returns blocks of this size to the kernel (MALLOC_MMAP_THRESHOLD_).
+        using var buffer = empty([block, weight.Shape[1]], ScalarType.Float32, x.device);
         for (long start = 0; start < outF; start += block)
         {
             using var scope = NewDisposeScope();
             long n = Math.Min(block, outF - start);
-            var w = weight.Widen(start, n);                       // [n, in]
+            var w = buffer.narrow(0, 0, n);                         // [n, in]
+            weight.WidenInto(start, w);
             y.narrow(-1, start, n).copy_(nn.functional.linear(x, w));  // [.., n]
         }
         return y;
@@ -224,11 +244,13 @@ internal sealed class FrozenLinearFunction : autograd.SingleTensorFunction<Froze
             return g.matmul(w);
         }
         Tensor? sum = null;
+        using var buffer = empty([block, weight.Shape[1]], ScalarType.Float32, g.device);  // reused by every block (see Multiply)
         for (long start = 0; start < outF; start += block)
         {
             using var scope = NewDisposeScope();
             long n = Math.Min(block, outF - start);
-            var w = weight.Widen(start, n);                            // [n, in]
+            var w = buffer.narrow(0, 0, n);                              // [n, in]
+            weight.WidenInto(start, w);
             var part = g.narrow(-1, start, n).matmul(w);               // [.., in]
             if (sum is null) sum = part.MoveToOuterDisposeScope();
             else sum.PlusInPlace(part);
