@@ -280,7 +280,7 @@ public sealed record StudySpec
     /// The built-in study's small lifelong arm: on each organism, <see cref="DefaultLifelongEdits"/> cases of its own edited
     /// sequential-final in chunks of <see cref="DefaultLifelongChunk"/>, scored every <see cref="DefaultLifelongCheckpoint"/>
     /// edits: FT-BF on keys:up vs values at layer 1, MEMIT vs Key-MEMIT and AlphaEdit vs Key-AlphaEdit over layers 0–1 (keyed on
-    /// the last token, MEMIT's λ = 350 on both MEMIT sides, as the single-edit MEMIT batch). The target optimisation of the
+    /// the last token, MEMIT's λ = 350 as the single-edit MEMIT batch, Key-MEMIT's the same strength on the key side: 117). The target optimisation of the
     /// closed-form editors is cut to 10 steps and the "{}" template for the time budget (docs/editing.md, "Lifelong editing on
     /// the organism"); sized in docs/study.md ("The built-in study").
     /// </summary>
@@ -298,7 +298,7 @@ public sealed record StudySpec
                 new(EditorMethod.Parse("ft-bf"), StudySide.Parse("keys:up"), "1", EditMode.SequentialFinal, HyperparameterOverrides.None, sequence),
                 new(EditorMethod.Parse("ft-bf"), StudySide.Parse("values"), "1", EditMode.SequentialFinal, HyperparameterOverrides.None, sequence),
                 Closed("memit", "values", "mom2_update_weight=350"),
-                Closed("keymemit", "keys:up", "mom2_update_weight=350"),
+                Closed("keymemit", "keys:up", KeySideMemitWeight),
                 Closed("alphaedit", "values", TranslatedNullSpace),
                 Closed("keyalphaedit", "keys:up", TranslatedNullSpace),
             ],
@@ -306,6 +306,14 @@ public sealed record StudySpec
     }
 
     public const int DefaultLifelongEdits = 20, DefaultLifelongChunk = 5, DefaultLifelongCheckpoint = 10;
+
+    /// <summary>
+    /// MEMIT's λ = 350 carried to the key side at equal strength: λ weighs C = E[xxᵀ] against the edit's own keys, and over
+    /// the statistics' inputs E[xᵀC⁻¹x] = tr(C⁻¹C) = the input width, d_ff = 384 on the organism's value side and d = 128 on
+    /// its key side, so the same λ regularises the keys 3 times as hard; 350 × 128 / 384 ≈ 117 (docs/editing.md, "Why
+    /// Key-MEMIT edits less than MEMIT"). Derived from the organism's widths, not tuned.
+    /// </summary>
+    private const string KeySideMemitWeight = "mom2_update_weight=117";
 
     /// <summary>
     /// AlphaEdit's published absolute pair (threshold 2e-2, L2 10) translated to the spectrum on Llama-3-8B's facts, for the
