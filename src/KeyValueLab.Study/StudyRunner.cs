@@ -54,6 +54,8 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
 
     private int preEditScorings;
 
+    private StudyPlan Plan => plan;
+
     /// <summary>Runs this shard's missing units. Returns how many ran now.</summary>
     public int Run(CancellationToken cancel = default)
     {
@@ -179,11 +181,11 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
                 loaded ??= ModelLoader.Load(model.ModelPath);
                 var tokenizer = LoadTokenizer(model, loaded.Config.VocabSize);
                 var preScores = new Dictionary<string, CaseScores>(StringComparer.Ordinal);  // this model's, by evaluation and case
-                foreach (var group in edits)
+                foreach (var set in Interleaved(edits))
                 {
                     cancel.ThrowIfCancellationRequested();
-                    if (group.Kind == UnitKind.Lifelong) RunLifelongGroup(loaded.Model, tokenizer, group, state, host, versions, cancel);
-                    else RunEditGroup(loaded.Model, tokenizer, group, state, host, versions, preScores, cancel);
+                    if (set[0].Kind == UnitKind.Lifelong) RunLifelongGroup(loaded.Model, tokenizer, set[0], state, host, versions, cancel);
+                    else RunEditGroups(loaded.Model, tokenizer, set, state, host, versions, preScores, cancel);
                 }
             }
         }
@@ -213,84 +215,175 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
     private ITokenizer LoadTokenizer(StudyModel model, int modelVocabSize) =>
         TokenizerLoader.ForModel(model.ModelPath, plan.Inputs.TokenizerPath, TokenizerHint, modelVocabSize);
 
-    private void RunEditGroup(CausalLM model, ITokenizer tokenizer, UnitGroup group, RunState state, string host, string versions,
+    /// <summary>
+    /// Single-mode groups that the analysis pairs case by case (one organism and seed, the same layers and variant, one
+    /// editor family: FT with FT, Key-ROME with ROME), in the order of their first member; every other group alone.
+    /// </summary>
+    private static List<List<UnitGroup>> Interleaved(IReadOnlyList<UnitGroup> groups)
+    {
+        var sets = new List<List<UnitGroup>>();
+        var byKey = new Dictionary<string, List<UnitGroup>>(StringComparer.Ordinal);
+        foreach (var g in groups)
+        {
+            if (g.Kind != UnitKind.Edit || g.Condition is not { Mode: EditMode.Single } c)
+            {
+                sets.Add([g]);
+                continue;
+            }
+            string family = c.Method.Name.StartsWith("key", StringComparison.Ordinal) ? c.Method.Name[3..] : c.Method.Name;
+            string key = $"{g.Organism}\n{g.Seed}\n{family}\n{c.Layers}\n{g.Variant}\n{string.Join(",", g.Cases.Select(x => x.CaseId))}";
+            if (byKey.TryGetValue(key, out var set)) set.Add(g);
+            else sets.Add(byKey[key] = [g]);
+        }
+        return sets;
+    }
+
+    /// <summary>
+    /// Runs a set of paired single-mode groups case by case, rotating which condition goes first (for two: ABBA), so
+    /// whatever changes the machine's speed over seconds (the other workers' load on shared cores and caches) falls on
+    /// both sides of each pair instead of on one condition's block; the timing claim compares their CPU seconds.
+    /// Batch-mode groups and sets of one run as before.
+    /// </summary>
+    private void RunEditGroups(CausalLM model, ITokenizer tokenizer, IReadOnlyList<UnitGroup> set, RunState state, string host, string versions,
         Dictionary<string, CaseScores> preScores, CancellationToken cancel)
     {
-        var condition = group.Condition!;
-        var editing = plan.Spec.Editing!;
-        var editor = EditorFactory.Create(model, StudyPlan.Choice(condition, plan.Inputs, editing));
+        var runs = new List<EditGroupRun>();
         try
         {
-            state.Report($"preparing {group.GroupId}");
-            foreach (string line in editor.Prepare(model, tokenizer)) Log(line);
-            var evaluation = new EvaluationOptions
-            {
-                GenerationPrompts = editing.GenerationPrompts,
-                GenerationTokens = editing.GenerationTokens,
-                Seed = (ulong)group.Seed,
-            };
-            var evaluator = new CaseEvaluator(model, tokenizer, evaluation);
-            string setting = JsonSerializer.Serialize(evaluation, Json);
-            CaseScores Pre(EditCase c)
-            {
-                string key = $"{setting}\n{c.CaseId}";
-                if (!preScores.TryGetValue(key, out var scores))
-                {
-                    preScores[key] = scores = evaluator.Measure(c);
-                    Interlocked.Increment(ref preEditScorings);
-                }
-                return scores;
-            }
-            var config = new JsonObject
-            {
-                ["kind"] = Name(UnitKind.Edit),
-                ["method"] = editor.Method,
-                ["side"] = condition.Side.ToString(),
-                ["layers"] = string.Join(",", editor.Scope.Layers),
-                ["mode"] = Name(condition.Mode),
-                ["seed"] = group.Seed,
-                ["organism"] = group.Organism,
-                ["variant"] = group.Variant,
-                ["order"] = plan.Order(group),
-                ["torch_threads"] = TorchSharp.torch.get_num_threads(),  // 1: CpuSeconds is this thread's CPU clock
-                ["hyperparameters"] = editor.Hyperparameters.DeepClone(),
-                ["evaluation"] = JsonSerializer.SerializeToNode(evaluation, Json),
-            };
-            var names = editor.ParameterNames(model);
-            string before = ParameterHash.Sha256(model), edited = ParameterHash.Sha256(model, names);
-            using var snapshot = WeightSnapshot.Take(model, names);
-            if (condition.Mode == EditMode.Batch)
-            {
-                // A batch edit depends on all its requests: a group with any unit missing re-runs the whole batch
-                // (deterministically) and stores the missing cases together.
-                var started = DateTime.UtcNow;
-                var missing = Enumerable.Range(0, group.Cases.Count).Where(i => !state.IsStored(group.UnitIds[i])).ToList();
-                var scored = new List<(int Case, CaseScores Pre, CaseScores Post)>();
-                var cost = EditRun.EditBatch(model, tokenizer, editor, evaluator, group.Cases, [.. missing.Select(i => group.Cases[i])], snapshot,
-                    (k, pre, post, _) => scored.Add((missing[k], pre, post)), cancel: cancel, preScores: Pre);
-                // Each case's share of the group's wall time and of the edit's time.
-                double share = (DateTime.UtcNow - started).TotalSeconds / group.Cases.Count;
-                var records = scored.Select(x => EditRecord(group, x.Case, condition, editor, x.Pre, x.Post, cost.Seconds / group.Cases.Count,
-                    cost.CpuSeconds / group.Cases.Count, cost.Changed, config, started, share, host, versions)).ToList();
-                state.Add(records, group.GroupId);
-            }
+            foreach (var group in set) runs.Add(new EditGroupRun(this, model, tokenizer, group, state, host, versions, preScores));
+            if (runs.Count == 1 && runs[0].Group.Condition!.Mode == EditMode.Batch) runs[0].RunBatch(cancel);
             else
             {
-                for (int i = 0; i < group.Cases.Count; i++)
-                {
-                    cancel.ThrowIfCancellationRequested();
-                    if (state.IsStored(group.UnitIds[i])) continue;
-                    var started = DateTime.UtcNow;
-                    var e = EditRun.EditOnce(model, tokenizer, editor, evaluator, group.Cases[i], snapshot, names, edited, preScores: Pre);
-                    state.Add([EditRecord(group, i, condition, editor, e.Pre, e.Post, e.Seconds, e.CpuSeconds, e.Changed, config, started,
-                        (DateTime.UtcNow - started).TotalSeconds, host, versions)], group.UnitIds[i]);
-                }
+                int n = set[0].Cases.Count;
+                for (int i = 0; i < n; i++)
+                    for (int k = 0; k < runs.Count; k++)
+                    {
+                        cancel.ThrowIfCancellationRequested();
+                        // Two conditions: A B, B A, B A, A B, ... (ABBA); more: rotate the first by one each case.
+                        int j = runs.Count == 2 ? (i % 4 is 0 or 3 ? k : 1 - k) : (k + i) % runs.Count;
+                        runs[j].RunCase(i);
+                    }
             }
-            if (ParameterHash.Sha256(model) != before)
-                throw new InvalidOperationException($"after {group.GroupId} the model's parameter hash differs from the original's");
+            foreach (var r in runs) r.CheckRestored();
         }
         finally
         {
+            foreach (var r in runs) r.Dispose();
+        }
+    }
+
+    /// <summary>One editing condition's group on the loaded model: its editor prepared, its snapshot taken; cases run one by
+    /// one (or as one batch), each stored as it ends.</summary>
+    private sealed class EditGroupRun : IDisposable
+    {
+        private readonly StudyRunner runner;
+        private readonly CausalLM model;
+        private readonly ITokenizer tokenizer;
+        private readonly RunState state;
+        private readonly string host, versions, before, edited;
+        private readonly IKnowledgeEditor editor;
+        private readonly CaseEvaluator evaluator;
+        private readonly Func<EditCase, CaseScores> pre;
+        private readonly JsonObject config;
+        private readonly IReadOnlyList<string> names;
+        private readonly WeightSnapshot snapshot;
+
+        public UnitGroup Group { get; }
+
+        public EditGroupRun(StudyRunner runner, CausalLM model, ITokenizer tokenizer, UnitGroup group, RunState state, string host, string versions,
+            Dictionary<string, CaseScores> preScores)
+        {
+            (this.runner, this.model, this.tokenizer, Group, this.state, this.host, this.versions) = (runner, model, tokenizer, group, state, host, versions);
+            var condition = group.Condition!;
+            var editing = runner.Plan.Spec.Editing!;
+            editor = EditorFactory.Create(model, StudyPlan.Choice(condition, runner.Plan.Inputs, editing));
+            try
+            {
+                state.Report($"preparing {group.GroupId}");
+                foreach (string line in editor.Prepare(model, tokenizer)) runner.Log(line);
+                var evaluation = new EvaluationOptions
+                {
+                    GenerationPrompts = editing.GenerationPrompts,
+                    GenerationTokens = editing.GenerationTokens,
+                    Seed = (ulong)group.Seed,
+                };
+                evaluator = new CaseEvaluator(model, tokenizer, evaluation);
+                string setting = JsonSerializer.Serialize(evaluation, Json);
+                var scorer = evaluator;
+                pre = c =>
+                {
+                    string key = $"{setting}\n{c.CaseId}";
+                    if (!preScores.TryGetValue(key, out var scores))
+                    {
+                        preScores[key] = scores = scorer.Measure(c);
+                        Interlocked.Increment(ref runner.preEditScorings);
+                    }
+                    return scores;
+                };
+                config = new JsonObject
+                {
+                    ["kind"] = Name(UnitKind.Edit),
+                    ["method"] = editor.Method,
+                    ["side"] = condition.Side.ToString(),
+                    ["layers"] = string.Join(",", editor.Scope.Layers),
+                    ["mode"] = Name(condition.Mode),
+                    ["seed"] = group.Seed,
+                    ["organism"] = group.Organism,
+                    ["variant"] = group.Variant,
+                    ["order"] = runner.Plan.Order(group),
+                    ["torch_threads"] = TorchSharp.torch.get_num_threads(),  // 1: CpuSeconds is this thread's CPU clock
+                    ["hyperparameters"] = editor.Hyperparameters.DeepClone(),
+                    ["evaluation"] = JsonSerializer.SerializeToNode(evaluation, Json),
+                };
+                names = editor.ParameterNames(model);
+                before = ParameterHash.Sha256(model);
+                edited = ParameterHash.Sha256(model, names);
+                snapshot = WeightSnapshot.Take(model, names);
+            }
+            catch
+            {
+                (editor as IDisposable)?.Dispose();
+                throw;
+            }
+        }
+
+        /// <summary>A batch edit depends on all its requests: a group with any unit missing re-runs the whole batch
+        /// (deterministically) and stores the missing cases together.</summary>
+        public void RunBatch(CancellationToken cancel)
+        {
+            var group = Group;
+            var started = DateTime.UtcNow;
+            var missing = Enumerable.Range(0, group.Cases.Count).Where(i => !state.IsStored(group.UnitIds[i])).ToList();
+            var scored = new List<(int Case, CaseScores Pre, CaseScores Post)>();
+            var cost = EditRun.EditBatch(model, tokenizer, editor, evaluator, group.Cases, [.. missing.Select(i => group.Cases[i])], snapshot,
+                (k, pre, post, _) => scored.Add((missing[k], pre, post)), cancel: cancel, preScores: pre);
+            // Each case's share of the group's wall time and of the edit's time.
+            double share = (DateTime.UtcNow - started).TotalSeconds / group.Cases.Count;
+            var records = scored.Select(x => EditRecord(group, x.Case, group.Condition!, editor, x.Pre, x.Post, cost.Seconds / group.Cases.Count,
+                cost.CpuSeconds / group.Cases.Count, cost.Changed, config, started, share, host, versions)).ToList();
+            state.Add(records, group.GroupId);
+        }
+
+        /// <summary>Case <paramref name="i"/> edited on the original weights, scored, restored and stored (nothing when stored).</summary>
+        public void RunCase(int i)
+        {
+            var group = Group;
+            if (state.IsStored(group.UnitIds[i])) return;
+            var started = DateTime.UtcNow;
+            var e = EditRun.EditOnce(model, tokenizer, editor, evaluator, group.Cases[i], snapshot, names, edited, preScores: pre);
+            state.Add([EditRecord(group, i, group.Condition!, editor, e.Pre, e.Post, e.Seconds, e.CpuSeconds, e.Changed, config, started,
+                (DateTime.UtcNow - started).TotalSeconds, host, versions)], group.UnitIds[i]);
+        }
+
+        public void CheckRestored()
+        {
+            if (ParameterHash.Sha256(model) != before)
+                throw new InvalidOperationException($"after {Group.GroupId} the model's parameter hash differs from the original's");
+        }
+
+        public void Dispose()
+        {
+            snapshot.Dispose();
             (editor as IDisposable)?.Dispose();
         }
     }
