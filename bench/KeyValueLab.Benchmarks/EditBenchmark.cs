@@ -26,7 +26,7 @@ internal static class EditBenchmark
         using var loaded = ModelLoader.Create(Gpt2MediumConfig, seed: 0);
         var model = loaded.Model;
         var tokenizer = new ByteTokenizer();
-        double matmul = 2.0 * 1024 * 1024 * 1024 / RuntimeBenchmark.Best(repeats, RuntimeBenchmark.MatmulOnce, out _) / 1e9;
+        double matmul = RuntimeBenchmark.MatmulGflops(repeats);
         var prompt = EditPrompts.Build(model, tokenizer, Request.Prompt, Request.Subject, Request.TargetNew);
         int tokens = prompt.PromptIds.Length + prompt.TargetIds.Length - 1;
         Console.WriteLine($"GPT-2-medium shape, layer {layer}, one request ({tokens} tokens), {steps} Adam steps; fp32 matmul {matmul:F1} GFLOP/s");

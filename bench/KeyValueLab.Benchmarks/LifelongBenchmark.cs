@@ -22,7 +22,7 @@ internal static class LifelongBenchmark
         int n = Int(args, "--n", 100), history = Int(args, "--history", 1900), repeats = Int(args, "--repeats", 2);
         double kept = double.TryParse(Option(args, "--kept"), System.Globalization.CultureInfo.InvariantCulture, out double k) ? k : 0.7;
         torch.manual_seed(0);
-        double matmul = 2.0 * 1024 * 1024 * 1024 / RuntimeBenchmark.Best(3, RuntimeBenchmark.MatmulOnce, out _) / 1e9;
+        double matmul = RuntimeBenchmark.MatmulGflops(3);
         Console.WriteLine($"AlphaEdit per-layer update at GPT-2 XL shape: batch of {n} keys, {history} earlier keys in the store, {kept:P0} of directions kept; fp32 matmul {matmul:F1} GFLOP/s");
         // GPT-J (d_ff 16384, 6 layers 3-8): the same store computed from its formula, not measured (the eigendecomposition of
         // a 16384² float64 moment needs about 6 GB and minutes on this machine).

@@ -182,7 +182,7 @@ internal static class MemoryBenchmark
     private static int RunChild(string row, string folder, int steps, bool checkpointing, bool phases)
     {
         var values = new Dictionary<string, double>();
-        double matmul = MatmulRate();
+        double matmul = RuntimeBenchmark.MatmulGflops(3);
         values["matmul_gflops"] = matmul;
         var clock = Stopwatch.StartNew();
         using var loaded = ModelLoader.Load(folder, new LoadOptions { FourBit = row == "tune-llama" });
@@ -253,13 +253,13 @@ internal static class MemoryBenchmark
                     using var snapshot = WeightSnapshot.Take(model, editor.ParameterNames(model));
                     // The machine is shared: the matmul rate is measured again right before and after the edit, and the
                     // FLOP-bound time uses their mean; the process's CPU seconds say how much of the wall time it ran.
-                    double before = MatmulRate();
+                    double before = RuntimeBenchmark.MatmulGflops(3);
                     var cpu = Process.GetCurrentProcess().TotalProcessorTime;
                     var sw = Stopwatch.StartNew();
                     editor.Apply(model, tokenizer, [Request]);
                     values[$"{side}_s"] = sw.Elapsed.TotalSeconds;
                     values[$"{side}_cpu_s"] = (Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalSeconds;
-                    double rate = (before + MatmulRate()) / 2;
+                    double rate = (before + RuntimeBenchmark.MatmulGflops(3)) / 2;
                     values[$"{side}_matmul_gflops"] = rate;
                     snapshot.Restore(model);
                     values[$"{side}_ideal_s"] = steps * EditBenchmark.StepFlop(c, tokens, layer, side == "keys") / (rate * 1e9);
@@ -334,9 +334,6 @@ internal static class MemoryBenchmark
         }
         return sw.Elapsed.TotalSeconds;
     }
-
-    /// <summary>fp32 GFLOP/s of the best of three 1024³ matmuls.</summary>
-    private static double MatmulRate() => 2.0 * 1024 * 1024 * 1024 / RuntimeBenchmark.Best(3, RuntimeBenchmark.MatmulOnce, out _) / 1e9;
 
     private static int Int(string[] args, string name, int fallback) => int.TryParse(Option(args, name), out int v) ? v : fallback;
 

@@ -96,7 +96,7 @@ internal static class RuntimeBenchmark
         model.eval();
         double flop = ForwardFlop(model.Config, Batch, Tokens);
 
-        double matmul = Best(repeats, MatmulOnce, out _) is var mm ? 2.0 * 1024 * 1024 * 1024 / mm / 1e9 : 0;
+        double matmul = MatmulGflops(repeats);
         double forwardSeconds = Best(repeats, () => ForwardOnce(model), out _);
         double forward = flop / forwardSeconds / 1e9;
         Console.WriteLine($"fp32 matmul 1024x1024x1024: {matmul,8:F1} GFLOP/s");
@@ -118,6 +118,9 @@ internal static class RuntimeBenchmark
         double layers = c.NumLayers * (batch * tokens * perToken + batch * attention);
         return 2 * (layers + (double)batch * tokens * d * c.VocabSize);
     }
+
+    /// <summary>fp32 GFLOP/s of the best of <paramref name="repeats"/> 1024³ matmuls: the rate every benchmark prints beside its own figures.</summary>
+    public static double MatmulGflops(int repeats) => 2.0 * 1024 * 1024 * 1024 / Best(repeats, MatmulOnce, out _) / 1e9;
 
     public static double MatmulOnce()
     {
