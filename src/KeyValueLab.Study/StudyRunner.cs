@@ -320,21 +320,8 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
                     }
                     return scores;
                 };
-                config = new JsonObject
-                {
-                    ["kind"] = Name(UnitKind.Edit),
-                    ["method"] = editor.Method,
-                    ["side"] = condition.Side.ToString(),
-                    ["layers"] = string.Join(",", editor.Scope.Layers),
-                    ["mode"] = Name(condition.Mode),
-                    ["seed"] = group.Seed,
-                    ["organism"] = group.Organism,
-                    ["variant"] = group.Variant,
-                    ["order"] = runner.Plan.Order(group),
-                    ["torch_threads"] = TorchSharp.torch.get_num_threads(),  // 1: CpuSeconds is this thread's CPU clock
-                    ["hyperparameters"] = editor.Hyperparameters.DeepClone(),
-                    ["evaluation"] = JsonSerializer.SerializeToNode(evaluation, Json),
-                };
+                config = runner.UnitConfig(UnitKind.Edit, editor, group, Name(condition.Mode), evaluation,
+                    ("torch_threads", TorchSharp.torch.get_num_threads()));  // 1: CpuSeconds is this thread's CPU clock
                 names = editor.ParameterNames(model);
                 before = ParameterHash.Sha256(model);
                 edited = ParameterHash.Sha256(model, names);
@@ -456,25 +443,12 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
                 ChunkSeconds = run.ChunkSeconds,
                 ParametersChanged = changed,
             };
-            var config = new JsonObject
-            {
-                ["kind"] = Name(UnitKind.Lifelong),
-                ["method"] = editor.Method,
-                ["side"] = condition.Side.ToString(),
-                ["layers"] = result.Layers,
-                ["mode"] = result.Mode,
-                ["seed"] = group.Seed,
-                ["organism"] = group.Organism,
-                ["variant"] = group.Variant,
-                ["order"] = plan.Order(group),
-                ["edits"] = group.Cases.Count,
-                ["chunk"] = sequence.Chunk,
-                ["checkpoint_every"] = sequence.CheckpointEvery,
-                ["generation_scores"] = sequence.Generation,
-                ["case_ids"] = new JsonArray([.. group.Cases.Select(c => (JsonNode?)c.CaseId)]),
-                ["hyperparameters"] = editor.Hyperparameters.DeepClone(),
-                ["evaluation"] = JsonSerializer.SerializeToNode(evaluation, Json),
-            };
+            var config = UnitConfig(UnitKind.Lifelong, editor, group, result.Mode, evaluation,
+                ("edits", group.Cases.Count),
+                ("chunk", sequence.Chunk),
+                ("checkpoint_every", sequence.CheckpointEvery),
+                ("generation_scores", sequence.Generation),
+                ("case_ids", new JsonArray([.. group.Cases.Select(c => (JsonNode?)c.CaseId)])));
             state.Add([new UnitRecord(group.UnitIds[0], Name(UnitKind.Lifelong), group.GroupId, group.Seed, config.ToJsonString(), JsonSerializer.Serialize(result, Json),
                 clock.Elapsed.TotalSeconds, Stamp(started), Now(), host, versions, "")], group.GroupId);
         }
@@ -482,6 +456,31 @@ public sealed class StudyRunner(StudyPlan plan, string runFolder, Shard shard, A
         {
             (editor as IDisposable)?.Dispose();
         }
+    }
+
+    /// <summary>
+    /// An editing unit's stored config: what names its condition and replicate, then the kind's own <paramref name="extra"/>
+    /// keys, then the editor's hyperparameters and the evaluation settings (in that order, as stores have always had them).
+    /// </summary>
+    private JsonObject UnitConfig(UnitKind kind, IKnowledgeEditor editor, UnitGroup group, string mode, EvaluationOptions evaluation,
+        params (string Key, JsonNode? Value)[] extra)
+    {
+        var config = new JsonObject
+        {
+            ["kind"] = Name(kind),
+            ["method"] = editor.Method,
+            ["side"] = group.Condition!.Side.ToString(),
+            ["layers"] = string.Join(",", editor.Scope.Layers),
+            ["mode"] = mode,
+            ["seed"] = group.Seed,
+            ["organism"] = group.Organism,
+            ["variant"] = group.Variant,
+            ["order"] = plan.Order(group),
+        };
+        foreach (var (key, value) in extra) config[key] = value;
+        config["hyperparameters"] = editor.Hyperparameters.DeepClone();
+        config["evaluation"] = JsonSerializer.SerializeToNode(evaluation, Json);
+        return config;
     }
 
     /// <summary>Means over <paramref name="cases"/> of ES, PS, NS and the generation-based scores (a metric no case has is left out).</summary>
