@@ -79,9 +79,9 @@ public sealed class BreadthFirstFtEditor : FineTuneEditorBase<BreadthFirstFtHype
             foreach (var part in order.Chunk(Hp.BatchSize))
             {
                 using var scope = NewDisposeScope();
-                using var batch = new RewriteBatch([.. part.Select(i => rows[i])], [], padId);
+                using var batch = new RewriteBatch([.. part.Select(i => rows[i])], [], padId, model.Device);
                 var objective = batch.Nll(batch.Forward(model));
-                double loss = objective.item<float>();
+                double loss = MetaDevice.Read(objective);
                 sum += loss * part.Length;
                 if (loss < Hp.EarlyStopLoss) continue;
                 adam.ZeroGrad();

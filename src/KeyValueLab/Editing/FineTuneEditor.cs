@@ -29,8 +29,8 @@ public sealed class FineTuneEditor : FineTuneEditorBase<FtHyperparameters>
         int padId = tokenizer.EosId ?? 0;
         using var frozen = new FrozenParameters(model, weights);
         using var originals = new DisposableList(Hp.NormConstraint is null ? [] : weights.Select(w => w.detach().clone().DetachFromDisposeScope()));
-        using var batch = new RewriteBatch(rows, [], padId);
-        using var lastBatch = Hp.Objective is FtObjective.PromptLast ? new PromptLastBatch(rows, padId) : null;
+        using var batch = new RewriteBatch(rows, [], padId, model.Device);
+        using var lastBatch = Hp.Objective is FtObjective.PromptLast ? new PromptLastBatch(rows, padId, model.Device) : null;
         using var adam = Tuning.AdamWOptimizer.Adam(weights, Hp.Lr, Hp.WeightDecay);  // held Scalars on this per-step path (see HeldScalars)
         using Scalar below = (-(Hp.NormConstraint ?? 0)).ToScalar(), above = (Hp.NormConstraint ?? 0).ToScalar();
         int steps = 0;
@@ -39,7 +39,7 @@ public sealed class FineTuneEditor : FineTuneEditorBase<FtHyperparameters>
         {
             using var scope = NewDisposeScope();
             var objective = lastBatch is null ? batch.Nll(batch.Forward(model)) : lastBatch.Loss(model);
-            loss = objective.item<float>();
+            loss = MetaDevice.Read(objective);  // NaN on meta: the fixed number of steps
             if (loss < Hp.EarlyStopLoss) break;
             adam.ZeroGrad();
             objective.backward();
@@ -60,20 +60,20 @@ public sealed class FineTuneEditor : FineTuneEditorBase<FtHyperparameters>
         private readonly Inference.TokenBatch _batch;
         private readonly Tensor _rows, _cols, _targets, _weights;
 
-        public PromptLastBatch(IReadOnlyList<EditPrompt> rows, int padId)
+        public PromptLastBatch(IReadOnlyList<EditPrompt> rows, int padId, Device device)
         {
             using var scope = NewDisposeScope();
-            _batch = Inference.TokenBatch.RightPadded([.. rows.Select(r => (IReadOnlyList<int>)r.PromptIds)], padId);
+            _batch = Inference.TokenBatch.RightPadded([.. rows.Select(r => (IReadOnlyList<int>)r.PromptIds)], padId, device);
             var (ri, ci, ti, wi) = (new List<long>(), new List<long>(), new List<long>(), new List<float>());
             for (int r = 0; r < rows.Count; r++)
                 foreach (int t in rows[r].TargetIds)
                 {
                     ri.Add(r); ci.Add(rows[r].PromptIds.Length - 1); ti.Add(t); wi.Add(1f / rows[r].TargetIds.Length / rows.Count);
                 }
-            _rows = tensor(ri.ToArray()).DetachFromDisposeScope();
-            _cols = tensor(ci.ToArray()).DetachFromDisposeScope();
-            _targets = tensor(ti.ToArray()).DetachFromDisposeScope();
-            _weights = tensor(wi.ToArray()).DetachFromDisposeScope();
+            _rows = tensor(ri.ToArray(), device: device).DetachFromDisposeScope();
+            _cols = tensor(ci.ToArray(), device: device).DetachFromDisposeScope();
+            _targets = tensor(ti.ToArray(), device: device).DetachFromDisposeScope();
+            _weights = tensor(wi.ToArray(), device: device).DetachFromDisposeScope();
             _batch.InputIds.DetachFromDisposeScope();
             _batch.AttentionMask.DetachFromDisposeScope();
             _batch.PositionIds.DetachFromDisposeScope();

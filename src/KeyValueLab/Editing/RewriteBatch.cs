@@ -8,20 +8,20 @@ namespace KeyValueLab.Editing;
 /// <summary>
 /// Prompts with targets (teacher-forced NLL rows) and prompts without (KL rows), right-padded into one
 /// batch, with a one-hot of each row's lookup position so an edit vector can be added there. The tensors
-/// are detached and owned by the batch, so one batch serves every step of an optimisation.
+/// are detached and owned by the batch, so one batch serves every step of an optimisation; they are on the model's device.
 /// </summary>
 internal sealed class RewriteBatch : IDisposable
 {
     private readonly List<Tensor> _owned = [];
 
-    public RewriteBatch(IReadOnlyList<EditPrompt> targetRows, IReadOnlyList<EditPrompt> klRows, int padId)
+    public RewriteBatch(IReadOnlyList<EditPrompt> targetRows, IReadOnlyList<EditPrompt> klRows, int padId, Device device)
     {
         if (targetRows.Count == 0) throw new ArgumentException("at least one prompt with a target is needed", nameof(targetRows));
         var rows = targetRows.Concat(klRows).ToList();
         // The last target token is never an input: position p-1+j predicts target token j.
         var sequences = rows.Select(r => (IReadOnlyList<int>)[.. r.PromptIds, .. r.TargetIds.Length > 0 ? r.TargetIds[..^1] : []]).ToArray();
         using var scope = NewDisposeScope();
-        using var batch = TokenBatch.RightPadded(sequences, padId);
+        using var batch = TokenBatch.RightPadded(sequences, padId, device);
         int b = rows.Count, t = batch.Width;
         var lookup = new float[b * t];
         var targets = new long[b * t];
@@ -40,11 +40,11 @@ internal sealed class RewriteBatch : IDisposable
         InputIds = Keep(batch.InputIds);
         AttentionMask = Keep(batch.AttentionMask);
         PositionIds = Keep(batch.PositionIds);
-        Lookup = Keep(tensor(lookup, [b, t, 1]));
-        Targets = Keep(tensor(targets, [b, t, 1]));
-        Weights = Keep(tensor(weights, [b, t]));
-        KlRowIndex = Keep(tensor(Enumerable.Range(targetRows.Count, klRows.Count).Select(i => (long)i).ToArray()));
-        KlPosIndex = Keep(tensor(klRows.Select(k => (long)k.LookupIndex).ToArray()));
+        Lookup = Keep(tensor(lookup, [b, t, 1], device: device));
+        Targets = Keep(tensor(targets, [b, t, 1], device: device));
+        Weights = Keep(tensor(weights, [b, t], device: device));
+        KlRowIndex = Keep(tensor(Enumerable.Range(targetRows.Count, klRows.Count).Select(i => (long)i).ToArray(), device: device));
+        KlPosIndex = Keep(tensor(klRows.Select(k => (long)k.LookupIndex).ToArray(), device: device));
         KlRows = klRows.Count;
         FirstLookup = targetRows[0].LookupIndex;
     }
@@ -71,7 +71,7 @@ internal sealed class RewriteBatch : IDisposable
     /// <summary>Mean over target rows of each row's mean NLL of its target tokens (scalar).</summary>
     public Tensor Nll(Tensor logits)
     {
-        var logProbs = logits.gather(-1, Targets).squeeze(-1) - logits.logsumexp(-1);  // [B, T]
+        var logProbs = logits.gather(-1, Targets).squeeze(-1) - MetaDevice.LogSumExp(logits, -1);  // [B, T]
         return -(logProbs * Weights).sum();
     }
 

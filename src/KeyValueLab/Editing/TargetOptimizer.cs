@@ -34,7 +34,7 @@ public static class TargetOptimizer
         CausalLM model, IReadOnlyList<HookPoint> points, IReadOnlyList<EditPrompt> rewriting, IReadOnlyList<EditPrompt> klPrompts,
         LocateEditHyperparameters hp, int padId)
     {
-        using var batch = new RewriteBatch(rewriting, klPrompts, padId);
+        using var batch = new RewriteBatch(rewriting, klPrompts, padId, model.Device);
         using var frozen = new FrozenParameters(model);
         var deltas = new Parameter?[points.Count];
         var initials = new Tensor?[points.Count];

@@ -45,18 +45,19 @@ public sealed class TokenBatch : IDisposable
     }
 
     /// <summary>Tokens first, padding after.</summary>
-    public static TokenBatch RightPadded(IReadOnlyList<IReadOnlyList<int>> sequences, int padId = 0) =>
-        Create(sequences, PaddingSide.Right, padId);
+    public static TokenBatch RightPadded(IReadOnlyList<IReadOnlyList<int>> sequences, int padId = 0, Device? device = null) =>
+        Create(sequences, PaddingSide.Right, padId, device);
 
     /// <summary>Padding first, tokens after.</summary>
-    public static TokenBatch LeftPadded(IReadOnlyList<IReadOnlyList<int>> sequences, int padId = 0) =>
-        Create(sequences, PaddingSide.Left, padId);
+    public static TokenBatch LeftPadded(IReadOnlyList<IReadOnlyList<int>> sequences, int padId = 0, Device? device = null) =>
+        Create(sequences, PaddingSide.Left, padId, device);
 
     /// <summary>
     /// Pads <paramref name="sequences"/> to the longest one. <paramref name="padId"/> is never attended
-    /// to, so any id works (0, or the EOS id as Hugging Face does for GPT-2).
+    /// to, so any id works (0, or the EOS id as Hugging Face does for GPT-2). The tensors are created on
+    /// <paramref name="device"/> (default: the CPU).
     /// </summary>
-    public static TokenBatch Create(IReadOnlyList<IReadOnlyList<int>> sequences, PaddingSide side, int padId = 0)
+    public static TokenBatch Create(IReadOnlyList<IReadOnlyList<int>> sequences, PaddingSide side, int padId = 0, Device? device = null)
     {
         ArgumentNullException.ThrowIfNull(sequences);
         if (sequences.Count == 0) throw new ArgumentException("a batch needs at least one sequence", nameof(sequences));
@@ -79,9 +80,9 @@ public sealed class TokenBatch : IDisposable
             }
         }
         return new TokenBatch(
-            tensor(ids, [b, t], dtype: ScalarType.Int64),
-            tensor(mask, [b, t], dtype: ScalarType.Int64),
-            tensor(positions, [b, t], dtype: ScalarType.Int64),
+            tensor(ids, [b, t], ScalarType.Int64, device),
+            tensor(mask, [b, t], ScalarType.Int64, device),
+            tensor(positions, [b, t], ScalarType.Int64, device),
             lengths, t, side, padId);
     }
 

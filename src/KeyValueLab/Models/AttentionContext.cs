@@ -85,17 +85,18 @@ internal sealed class AttentionContext
             var keyAt = HeldScalars.Arange(0, total, 1, ScalarType.Int64, device).unsqueeze(0);      // [1, Tk]
             var allowed = keyAt.le(queryAt).unsqueeze(0).unsqueeze(0);                                 // [1, 1, T, Tk]
             if (attentionMask is not null)
-                allowed = allowed.logical_and(attentionMask.ne(zero).unsqueeze(1).unsqueeze(1));          // [B, 1, T, Tk]
-            // The float minimum rather than -inf: a query that sees nothing (a left-pad position) gets a
+                allowed = allowed.bitwise_and(attentionMask.ne(zero).unsqueeze(1).unsqueeze(1));          // [B, 1, T, Tk]
+            // Boolean masks combine with bitwise_and/bitwise_not (the same bits as logical_and/logical_not, which have no
+            // meta kernel). The float minimum rather than -inf: a query that sees nothing (a left-pad position) gets a
             // uniform average instead of NaN, and its output is never used.
             if (needMask)
-                mask = zeros(allowed.shape, ScalarType.Float32, device).masked_fill(allowed.logical_not(), lowest);
+                mask = zeros(allowed.shape, ScalarType.Float32, device).masked_fill(allowed.bitwise_not(), lowest);
             foreach (int w in windows)
             {
                 var queryAtMinusW = HeldScalars.Arange(past - w, total - w, 1, ScalarType.Int64, device).unsqueeze(1);  // [T, 1]
                 var inWindow = keyAt.gt(queryAtMinusW).unsqueeze(0).unsqueeze(0);                                     // [1, 1, T, Tk]
-                var allowedW = allowed.logical_and(inWindow);
-                windowMasks[w] = zeros(allowedW.shape, ScalarType.Float32, device).masked_fill(allowedW.logical_not(), lowest);
+                var allowedW = allowed.bitwise_and(inWindow);
+                windowMasks[w] = zeros(allowedW.shape, ScalarType.Float32, device).masked_fill(allowedW.bitwise_not(), lowest);
             }
         }
         return new AttentionContext(batch, length, past, positions, mask, isCausal, cache, windowMasks);
@@ -124,7 +125,7 @@ internal sealed class AttentionContext
     {
         (k, v) = RepeatKv(q, k, v);
         var mask = MaskFor(window);
-        return nn.functional.scaled_dot_product_attention(q, k, v, mask?.to(q.dtype), is_casual: mask is null && IsCausal);
+        return MetaDevice.Attention(q, k, v, mask?.to(q.dtype), isCausal: mask is null && IsCausal);
     }
 
     /// <summary>

@@ -68,6 +68,9 @@ public abstract class CausalLM : nn.Module
     /// <summary>The unembedding matrix <c>[vocab, C]</c> that <see cref="Logits"/> multiplies by: <c>lm_head.weight</c>, or the tied input embedding.</summary>
     public abstract Tensor OutputEmbedding { get; }
 
+    /// <summary>The device the model's parameters are on: where the tensors that feed it are created.</summary>
+    public Device Device => OutputEmbedding.device;
+
     /// <summary>
     /// The linear module whose weight is <see cref="OutputEmbedding"/> (<c>lm_head</c>, GPT-NeoX's <c>embed_out</c>), or
     /// null when the head is tied to the input embedding. It stays a plain fp32 matrix: the unembedding multiplies by it

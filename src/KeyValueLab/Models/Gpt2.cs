@@ -73,16 +73,16 @@ internal sealed class Gpt2Mlp : nn.Module<Tensor, Tensor>
 /// <summary>One pre-LayerNorm transformer block: x + attn(ln_1(x)), then + mlp(ln_2(x)).</summary>
 internal sealed class Gpt2Block : nn.Module<Tensor, AttentionContext, Tensor>
 {
-    [ComponentName(Name = "ln_1")] private readonly LayerNorm _ln1;
+    [ComponentName(Name = "ln_1")] private readonly MetaSafeLayerNorm _ln1;
     [ComponentName(Name = "attn")] private readonly Gpt2Attention _attn;
-    [ComponentName(Name = "ln_2")] private readonly LayerNorm _ln2;
+    [ComponentName(Name = "ln_2")] private readonly MetaSafeLayerNorm _ln2;
     [ComponentName(Name = "mlp")] private readonly Gpt2Mlp _mlp;
 
     public Gpt2Block(int layer, ModelConfig config, Gpt2Options options, Device? device) : base("block")
     {
-        _ln1 = nn.LayerNorm(config.HiddenSize, options.LayerNormEps, device: device);
+        _ln1 = new MetaSafeLayerNorm(config.HiddenSize, options.LayerNormEps, device);
         _attn = new Gpt2Attention(layer, config, options, device);
-        _ln2 = nn.LayerNorm(config.HiddenSize, options.LayerNormEps, device: device);
+        _ln2 = new MetaSafeLayerNorm(config.HiddenSize, options.LayerNormEps, device);
         _mlp = new Gpt2Mlp(config, options, device);
         RegisterComponents();
     }
@@ -103,14 +103,14 @@ internal sealed class Gpt2Model : nn.Module<Tensor, AttentionContext, Tensor>
     [ComponentName(Name = "wte")] private readonly TokenEmbedding _wte;
     [ComponentName(Name = "wpe")] private readonly TokenEmbedding _wpe;
     [ComponentName(Name = "h")] private readonly ModuleList<Gpt2Block> _h;
-    [ComponentName(Name = "ln_f")] private readonly LayerNorm _lnF;
+    [ComponentName(Name = "ln_f")] private readonly MetaSafeLayerNorm _lnF;
 
     public Gpt2Model(ModelConfig config, Gpt2Options options, Device? device) : base("transformer")
     {
         _wte = new TokenEmbedding(config.VocabSize, config.HiddenSize, device);
         _wpe = new TokenEmbedding(config.MaxPositions, config.HiddenSize, device);
         _h = nn.ModuleList(Enumerable.Range(0, config.NumLayers).Select(i => new Gpt2Block(i, config, options, device)).ToArray());
-        _lnF = nn.LayerNorm(config.HiddenSize, options.LayerNormEps, device: device);
+        _lnF = new MetaSafeLayerNorm(config.HiddenSize, options.LayerNormEps, device);
         RegisterComponents();
     }
 
@@ -185,7 +185,10 @@ public sealed class Gpt2 : CausalLM
     {
         using var scope = NewDisposeScope();
         var ctx = AttentionContext.Build(inputIds, attentionMask, positionIds, cache);
-        long maxPosition = ctx.Positions.max().item<long>();
+        // Without explicit positions or padding they run Past..Past+T-1, so the shapes give the largest; otherwise it is read
+        // back, except on meta (no values; max() has no meta kernel there).
+        long? maxPosition = positionIds is null && attentionMask is null ? ctx.Past + ctx.Length - 1
+            : MetaDevice.Is(ctx.Positions) ? null : ctx.Positions.max().item<long>();
         if (maxPosition >= Config.MaxPositions)
             throw new ArgumentException($"position {maxPosition} is past GPT-2's n_positions {Config.MaxPositions}");
         return _transformer.call(inputIds, ctx).MoveToOuterDisposeScope();  // [B, T, C]

@@ -68,16 +68,16 @@ internal sealed class GptNeoxMlp : nn.Module<Tensor, Tensor>
 /// <summary>One layer: parallel x + attn(ln1(x)) + mlp(ln2(x)), or sequential a = x + attn(ln1(x)); a + mlp(ln2(a)).</summary>
 internal sealed class GptNeoxLayer : nn.Module<Tensor, AttentionContext, Tensor>
 {
-    [ComponentName(Name = "input_layernorm")] private readonly LayerNorm _inputLayernorm;
-    [ComponentName(Name = "post_attention_layernorm")] private readonly LayerNorm _postAttentionLayernorm;
+    [ComponentName(Name = "input_layernorm")] private readonly MetaSafeLayerNorm _inputLayernorm;
+    [ComponentName(Name = "post_attention_layernorm")] private readonly MetaSafeLayerNorm _postAttentionLayernorm;
     [ComponentName(Name = "attention")] private readonly GptNeoxAttention _attention;
     [ComponentName(Name = "mlp")] private readonly GptNeoxMlp _mlp;
     private readonly bool _parallel;
 
     public GptNeoxLayer(int layer, ModelConfig config, GptNeoxOptions options, Device? device) : base("layer")
     {
-        _inputLayernorm = nn.LayerNorm(config.HiddenSize, options.LayerNormEps, device: device);
-        _postAttentionLayernorm = nn.LayerNorm(config.HiddenSize, options.LayerNormEps, device: device);
+        _inputLayernorm = new MetaSafeLayerNorm(config.HiddenSize, options.LayerNormEps, device);
+        _postAttentionLayernorm = new MetaSafeLayerNorm(config.HiddenSize, options.LayerNormEps, device);
         _attention = new GptNeoxAttention(layer, config, options, device);
         _mlp = new GptNeoxMlp(config, options, device);
         _parallel = options.ParallelResidual;
@@ -100,13 +100,13 @@ internal sealed class GptNeoxModel : nn.Module<Tensor, AttentionContext, Tensor>
 {
     [ComponentName(Name = "embed_in")] private readonly TokenEmbedding _embedIn;
     [ComponentName(Name = "layers")] private readonly ModuleList<GptNeoxLayer> _layers;
-    [ComponentName(Name = "final_layer_norm")] private readonly LayerNorm _finalLayerNorm;
+    [ComponentName(Name = "final_layer_norm")] private readonly MetaSafeLayerNorm _finalLayerNorm;
 
     public GptNeoxModel(ModelConfig config, GptNeoxOptions options, Device? device) : base("gpt_neox")
     {
         _embedIn = new TokenEmbedding(config.VocabSize, config.HiddenSize, device);
         _layers = nn.ModuleList(Enumerable.Range(0, config.NumLayers).Select(i => new GptNeoxLayer(i, config, options, device)).ToArray());
-        _finalLayerNorm = nn.LayerNorm(config.HiddenSize, options.LayerNormEps, device: device);
+        _finalLayerNorm = new MetaSafeLayerNorm(config.HiddenSize, options.LayerNormEps, device);
         RegisterComponents();
     }
 

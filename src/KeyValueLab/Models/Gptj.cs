@@ -99,13 +99,13 @@ internal sealed class GptjMlp : nn.Module<Tensor, Tensor>
 /// <summary>One block: h = ln_1(x); x + attn(h) + mlp(h).</summary>
 internal sealed class GptjBlock : nn.Module<Tensor, AttentionContext, Tensor>
 {
-    [ComponentName(Name = "ln_1")] private readonly LayerNorm _ln1;
+    [ComponentName(Name = "ln_1")] private readonly MetaSafeLayerNorm _ln1;
     [ComponentName(Name = "attn")] private readonly GptjAttention _attn;
     [ComponentName(Name = "mlp")] private readonly GptjMlp _mlp;
 
     public GptjBlock(int layer, ModelConfig config, GptjOptions options, Device? device) : base("block")
     {
-        _ln1 = nn.LayerNorm(config.HiddenSize, options.LayerNormEps, device: device);
+        _ln1 = new MetaSafeLayerNorm(config.HiddenSize, options.LayerNormEps, device);
         _attn = new GptjAttention(layer, config, device);
         _mlp = new GptjMlp(config, options, device);
         RegisterComponents();
@@ -126,13 +126,13 @@ internal sealed class GptjModel : nn.Module<Tensor, AttentionContext, Tensor>
 {
     [ComponentName(Name = "wte")] private readonly TokenEmbedding _wte;
     [ComponentName(Name = "h")] private readonly ModuleList<GptjBlock> _h;
-    [ComponentName(Name = "ln_f")] private readonly LayerNorm _lnF;
+    [ComponentName(Name = "ln_f")] private readonly MetaSafeLayerNorm _lnF;
 
     public GptjModel(ModelConfig config, GptjOptions options, Device? device) : base("transformer")
     {
         _wte = new TokenEmbedding(config.VocabSize, config.HiddenSize, device);
         _h = nn.ModuleList(Enumerable.Range(0, config.NumLayers).Select(i => new GptjBlock(i, config, options, device)).ToArray());
-        _lnF = nn.LayerNorm(config.HiddenSize, options.LayerNormEps, device: device);
+        _lnF = new MetaSafeLayerNorm(config.HiddenSize, options.LayerNormEps, device);
         RegisterComponents();
     }
 

@@ -22,5 +22,5 @@ internal sealed class TokenEmbedding : nn.Module<Tensor, Tensor>
     public Parameter weight => _weight;
 
     /// <summary>Rows of the table for <paramref name="ids"/> <c>[...]</c> → <c>[..., dim]</c>.</summary>
-    public override Tensor forward(Tensor ids) => _weight.index_select(0, ids.reshape(-1)).view([.. ids.shape, _weight.shape[1]]);
+    public override Tensor forward(Tensor ids) => MetaDevice.Rows(_weight, ids);
 }

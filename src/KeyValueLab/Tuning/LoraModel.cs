@@ -112,8 +112,10 @@ public sealed class LoraModel : IDisposable
             // kaiming_uniform_(a=√5): gain √(2/(1+5)), bound gain·√(3/fan_in) = 1/√in.
             double bound = 1.0 / Math.Sqrt(inF);
             var shared = fused is null ? null : layers.FirstOrDefault(l => l.FusedModule == fused)?.A;
-            var a = shared ?? new Parameter((rand([config.R, inF], generator: generator) * (2 * bound) - bound).detach(), requires_grad: true);
-            var b = new Parameter(zeros(outF, config.R), requires_grad: true);
+            // A is drawn on the CPU (the generator's device, the same draws everywhere) and moved to the linear's device.
+            var device = linear.weight.device;
+            var a = shared ?? new Parameter((rand([config.R, inF], generator: generator) * (2 * bound) - bound).to(device).detach(), requires_grad: true);
+            var b = new Parameter(zeros(outF, config.R, device: device), requires_grad: true);
             layers.Add(new LoraLayer(name, linear, a, b) { FusedModule = fused });
         }
         var lora = new LoraModel(model, config, layers);
