@@ -172,13 +172,16 @@ public static class FrozenLinear
     /// <summary>Releases the frozen weights of every linear in <paramref name="module"/> now (before the module is disposed).</summary>
     public static void DisposeAll(nn.Module module)
     {
-        foreach (var (_, linear) in FrozenIn(module).ToList())
-        {
-            States.TryGetValue(linear, out var s);
-            s!.Unhook();
-            States.Remove(linear);
-            s.Weight.Dispose();
-        }
+        foreach (var (_, linear) in FrozenIn(module).ToList()) Release(linear);
+    }
+
+    /// <summary>Unhooks <paramref name="linear"/> and releases its frozen weight, if it has one (its placeholder stays).</summary>
+    internal static void Release(Linear linear)
+    {
+        if (!States.TryGetValue(linear, out var s)) return;
+        s.Unhook();
+        States.Remove(linear);
+        s.Weight.Dispose();
     }
 
     /// <summary>Every frozen linear of <paramref name="module"/> with its state-dict module name.</summary>

@@ -59,6 +59,57 @@ internal sealed class FusedLinear : nn.Module<Tensor, Tensor>
 
     public Parameter weight => _weight;
 
+    /// <summary>The whole weight in another form (NF4) after <see cref="Freeze"/>, or null while it is an fp32 parameter.</summary>
+    public IFrozenWeight? Frozen { get; private set; }
+
+    /// <summary>
+    /// Keeps the weight in another form: <paramref name="whole"/> <c>[sum(rows), in]</c> (owned from now on) stands for it, each
+    /// part becomes a frozen linear over <paramref name="rows"/>(start, count) of it (views that share its bytes), and the
+    /// registered <c>weight</c> a zero-width placeholder <c>[sum(rows), 0]</c> on <paramref name="device"/>, as a frozen
+    /// <see cref="Linear"/>'s. For NF4 at load (<c>Nf4Base.QuantizeInto</c>), so the fused matrix is quantised as one tensor.
+    /// </summary>
+    internal void Freeze(IFrozenWeight whole, Func<long, long, IFrozenWeight> rows, Device device)
+    {
+        if (Frozen is not null) throw new InvalidOperationException("the fused linear is already frozen");
+        if (!whole.Shape.SequenceEqual(_weight.shape))
+            throw new ArgumentException($"the weight is [{string.Join(", ", whole.Shape)}], the fused linear [{string.Join(", ", _weight.shape)}]", nameof(whole));
+        long offset = 0;
+        foreach (var (_, part) in _parts)
+        {
+            long n = part.weight!.shape[0];
+            FrozenLinear.Freeze(part, rows(offset, n), device);
+            offset += n;
+        }
+        _requiredGrad = _weight.requires_grad;
+        var placeholder = new Parameter(empty([whole.Shape[0], 0], ScalarType.Float32, device), requires_grad: false);
+        placeholder.DetachFromDisposeScope();  // lives with the module, not with the caller's scope
+        Register(placeholder);
+        Frozen = whole;
+    }
+
+    private bool _requiredGrad;
+
+    /// <summary>Undoes <see cref="Freeze"/>: the weight becomes the fp32 matrix <see cref="Frozen"/> decodes to, the parts views of it again.</summary>
+    internal void Thaw()
+    {
+        if (Frozen is null) return;
+        var fp32 = new Parameter(Frozen.Widen(0, Frozen.Shape[0]), requires_grad: _requiredGrad);
+        fp32.DetachFromDisposeScope();
+        foreach (var (_, part) in _parts) FrozenLinear.Release(part);
+        Register(fp32);
+        Frozen.Dispose();
+        Frozen = null;
+        Adopt(fp32);
+    }
+
+    /// <summary>Registers <paramref name="weight"/> as this module's <c>weight</c> in place of the current one, which is disposed.</summary>
+    private void Register(Parameter weight)
+    {
+        ConditionallyRegisterParameter("weight", weight);
+        _weight.Dispose();
+        _weight = weight;
+    }
+
     /// <summary>The parts by name (Phi-3: <c>gate</c>, <c>up</c>), each a linear whose weight is rows of <see cref="weight"/>.</summary>
     public IReadOnlyList<(string Name, Linear Module)> Parts => _parts;
 
@@ -71,7 +122,14 @@ internal sealed class FusedLinear : nn.Module<Tensor, Tensor>
     protected override void Dispose(bool disposing)
     {
         if (disposing)
-            foreach (var (_, part) in _parts) part.Dispose();
+        {
+            foreach (var (_, part) in _parts)
+            {
+                FrozenLinear.Release(part);
+                part.Dispose();
+            }
+            Frozen?.Dispose();
+        }
         base.Dispose(disposing);
     }
 }

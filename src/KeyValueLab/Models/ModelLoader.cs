@@ -142,6 +142,7 @@ public static class ModelLoader
         var match = StateDictMatcher.Match(
             parameters.ToDictionary(p => p.Key, p => p.Value.shape, StringComparer.Ordinal), visible, transposed: transposed);
         var linears = model.named_modules().Where(m => m.module is Linear).Select(m => m.name).ToHashSet(StringComparer.Ordinal);
+        var fused = model.named_modules().Where(m => m.module is FusedLinear).Select(m => m.name).ToHashSet(StringComparer.Ordinal);
         string? head = model.UnembeddingModule;
         var infos = source.Tensors.ToDictionary(t => t.Name, StringComparer.Ordinal);
         var fileOrder = source.Tensors.Select((t, i) => (t.Name, i)).ToDictionary(x => x.Name, x => x.i, StringComparer.Ordinal);
@@ -169,6 +170,8 @@ public static class ModelLoader
                     if (narrow != ScalarType.Float32) keeping = Keeping.Narrow;
                 }
             }
+            // A fused linear (Phi-3's gate_up_proj) is quantised whole, as bitsandbytes quantises the nn.Linear that holds it.
+            else if (options.FourBit && fused.Contains(module)) keeping = Keeping.Nf4;
             plan.Add(new PlannedParameter(name, info, transposed.Contains(name), keeping, narrow));
         }
         return plan;
@@ -255,6 +258,10 @@ public static class ModelLoader
             var value = p.Transposed ? stored.t() : stored;   // [out, in]
             switch (p.Keeping)
             {
+                case Keeping.Nf4 when module is FusedLinear fusedLinear:
+                    Tuning.Nf4Base.QuantizeInto(fusedLinear, value, device);
+                    quantised.Add(p.Name[..^".weight".Length]);
+                    break;
                 case Keeping.Nf4:
                     Tuning.Nf4Base.QuantizeInto((Linear)module, value, device);
                     quantised.Add(p.Name[..^".weight".Length]);
@@ -279,7 +286,8 @@ public static class ModelLoader
         }
         var left = model.named_parameters().Where(x => x.parameter.device_type == DeviceType.META && device.type != DeviceType.META).Select(x => x.name).ToList();
         if (left.Count > 0) throw new InvalidOperationException($"parameters left unfilled: {string.Join(", ", left)}");
-        var frozen = FrozenLinear.FrozenIn(model).Select(f => f.Linear.weight.Handle).ToHashSet();
+        var frozen = FrozenLinear.FrozenIn(model).Select(f => f.Linear.weight.Handle)
+            .Concat(model.modules().OfType<FusedLinear>().Where(f => f.Frozen is not null).Select(f => f.weight.Handle)).ToHashSet();
         foreach (var (_, param) in model.named_parameters())
             if (!frozen.Contains(param.Handle)) param.requires_grad = true;  // as a freshly built model's
         return (layout, quantised);

@@ -20,6 +20,8 @@ public static class ParameterHash
     public static string Sha256(nn.Module model, IEnumerable<string>? names = null)
     {
         var frozen = FrozenLinear.FrozenIn(model).ToDictionary(f => f.Name + ".weight", f => f.Linear, StringComparer.Ordinal);
+        var frozenFused = model.named_modules().Where(m => m.module is FusedLinear { Frozen: not null })
+            .ToDictionary(m => m.name + ".weight", m => ((FusedLinear)m.module).Frozen!, StringComparer.Ordinal);  // NF4 at load
         var parameters = model.named_parameters().ToDictionary(p => p.name, p => p.parameter, StringComparer.Ordinal);
         var chosen = (names ?? parameters.Keys).Distinct().Order(StringComparer.Ordinal);
         using var sha = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
@@ -28,6 +30,7 @@ public static class ParameterHash
             Tensor p = parameters.TryGetValue(name, out var found) ? found : throw new ArgumentException($"the model has no parameter {name}", nameof(names));
             using var scope = NewDisposeScope();
             if (frozen.TryGetValue(name, out var linear)) p = FrozenLinear.Weight(linear);
+            else if (frozenFused.TryGetValue(name, out var whole)) p = whole.Widen(0, whole.Shape[0]);
             sha.AppendData(Encoding.UTF8.GetBytes($"{name}\0{p.dtype}\0{string.Join(",", p.shape)}\0"));
             var flat = p.detach().cpu().contiguous().view(-1);
             long count = flat.numel(), perChunk = Math.Max(1, ChunkBytes / flat.ElementSize);

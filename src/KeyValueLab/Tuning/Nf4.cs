@@ -101,16 +101,25 @@ public sealed class Nf4Tensor : IFrozenWeight
     // For each byte value b: (code[b >> 4], code[b & 15]); one gather decodes both nibbles.
     private static readonly float[] BytePairs = [.. Enumerable.Range(0, 256).SelectMany(b => new[] { Nf4Codes.Nf4[b >> 4], Nf4Codes.Nf4[b & 15] })];
 
-    private Nf4Tensor(long[] shape, Tensor packed, Tensor qAbsmax, Tensor nestedAbsmax, float offset)
+    private Nf4Tensor(long[] shape, Tensor packed, Tensor qAbsmax, Tensor nestedAbsmax, float offset, long first = 0, bool isView = false)
     {
         Shape = shape;
+        (_first, IsRowView) = (first, isView);
         Packed = packed;
         QuantizedAbsmax = qAbsmax;
         NestedAbsmax = nestedAbsmax;
         Offset = offset;
     }
 
-    /// <summary>Shape of the original tensor (e.g. <c>[out, in]</c>).</summary>
+    private readonly long _first;  // element of the quantised tensor where a row view starts (0 for a whole tensor)
+
+    /// <summary>
+    /// True for <see cref="RowView"/>: rows of another NF4 tensor (a fused weight's part), sharing its bytes; <see cref="Packed"/>,
+    /// the scales and <see cref="Offset"/> are then those of the whole tensor.
+    /// </summary>
+    public bool IsRowView { get; }
+
+    /// <summary>Shape of the original tensor (e.g. <c>[out, in]</c>); for a row view, its rows.</summary>
     public long[] Shape { get; }
 
     /// <summary>Number of weights.</summary>
@@ -128,8 +137,25 @@ public sealed class Nf4Tensor : IFrozenWeight
     /// <summary>Mean of the block absmax values, subtracted before their 8-bit quantisation.</summary>
     public float Offset { get; }
 
-    /// <summary>Bytes held: packed weights, 8-bit scales, nested fp32 scales and the offset (the shared 256-entry code table not counted).</summary>
-    public long Bytes => Packed.NumberOfElements + QuantizedAbsmax.NumberOfElements + NestedAbsmax.NumberOfElements * 4 + 4;
+    /// <summary>
+    /// Bytes held: packed weights, 8-bit scales, nested fp32 scales and the offset (the shared 256-entry code table not counted);
+    /// 0 for a row view, whose bytes are the whole tensor's.
+    /// </summary>
+    public long Bytes => IsRowView ? 0 : Packed.NumberOfElements + QuantizedAbsmax.NumberOfElements + NestedAbsmax.NumberOfElements * 4 + 4;
+
+    /// <summary>
+    /// Rows <c>[start, start + count)</c> of this 2-D tensor as an NF4 tensor of their own that shares these bytes (new handles
+    /// to the same storage, so either can be disposed first): how a fused weight quantised whole, as bitsandbytes quantises a
+    /// fused <c>nn.Linear</c>, serves its parts. Dequantising it gives exactly those rows of <see cref="Dequantize"/>.
+    /// </summary>
+    internal Nf4Tensor RowView(long start, long count)
+    {
+        if (Shape.Length != 2 || IsRowView || start < 0 || count < 1 || start + count > Shape[0])
+            throw new ArgumentException($"rows [{start}, {start + count}) of an NF4 tensor [{string.Join(", ", Shape)}]{(IsRowView ? " that is a view" : "")}");
+        // New handles, out of any dispose scope: they live as long as the view.
+        return new Nf4Tensor([count, Shape[1]], Packed.detach().DetachFromDisposeScope(), QuantizedAbsmax.detach().DetachFromDisposeScope(),
+            NestedAbsmax.detach().DetachFromDisposeScope(), Offset, start * Shape[1], isView: true);
+    }
 
     /// <summary>Quantises <paramref name="weight"/> (any shape, read as float32, flattened row-major).</summary>
     public static Nf4Tensor Quantize(Tensor weight) => Quantize(weight, blockReciprocals: null);
@@ -284,7 +310,7 @@ public sealed class Nf4Tensor : IFrozenWeight
         return (values * scales).Plus(offset).MoveToOuterDisposeScope();
     }
 
-    /// <summary>Dequantised whole: NF4 blocks run across rows, so the matrix is decoded at once.</summary>
+    /// <summary>Dequantised whole: NF4 blocks run across rows, so the matrix (or row view) is decoded at once.</summary>
     long IFrozenWeight.BlockRows => Shape[0];
 
     /// <summary>Rows of the dequantised weight (all of them in one piece, as <see cref="IFrozenWeight.BlockRows"/> asks).</summary>
@@ -295,17 +321,17 @@ public sealed class Nf4Tensor : IFrozenWeight
         return all.narrow(0, start, count).clone();
     }
 
-    /// <summary>The float32 weights <c>code[index] × absmax[block]</c>, in the original shape.</summary>
+    /// <summary>The float32 weights <c>code[index] × absmax[block]</c>, in the original shape (a row view: its rows).</summary>
     /// <remarks>Decoded by a plain loop over the bytes (both cores), straight from the packed tensor's memory into the new
     /// tensor's: several times faster than the equivalent tensor ops (which would first widen every byte to an int64 index),
     /// and without managed arrays, which on every forward and backward pass of every quantised linear would make large-object
     /// garbage and so frequent full GCs.</remarks>
     public unsafe Tensor Dequantize()
     {
-        long n = Count;
+        long n = Count, first = _first, last = first + n;  // elements [first, last) of the quantised tensor
         using var absmaxTensor = Absmax();
         var result = empty(Shape, ScalarType.Float32);
-        long blocks = absmaxTensor.shape[0];
+        long firstBlockOfAll = first / BlockSize, blocks = (last + BlockSize - 1) / BlockSize - firstBlockOfAll;
         nint packedAt = Address(Packed), absmaxAt = Address(absmaxTensor), resultAt = Address(result);
         const int blocksPerTask = 256;
         Parallel.For(0, (int)((blocks + blocksPerTask - 1) / blocksPerTask), task =>
@@ -314,17 +340,13 @@ public sealed class Nf4Tensor : IFrozenWeight
             float* absmax = (float*)absmaxAt, output = (float*)resultAt;
             fixed (float* pairs = BytePairs)
             {
-                long firstBlock = (long)task * blocksPerTask, lastBlock = Math.Min(blocks, firstBlock + blocksPerTask);
+                long firstBlock = firstBlockOfAll + (long)task * blocksPerTask, lastBlock = Math.Min(firstBlockOfAll + blocks, firstBlock + blocksPerTask);
                 for (long block = firstBlock; block < lastBlock; block++)
                 {
                     float scale = absmax[block];
-                    long start = block * BlockSize, end = Math.Min(n, start + BlockSize);
-                    for (long i = start; i < end; i += 2)
-                    {
-                        int b = packed[i >> 1];
-                        output[i] = pairs[2 * b] * scale;
-                        if (i + 1 < end) output[i + 1] = pairs[2 * b + 1] * scale;
-                    }
+                    long start = Math.Max(first, block * BlockSize), end = Math.Min(last, block * BlockSize + BlockSize);
+                    for (long i = start; i < end; i++)
+                        output[i - first] = pairs[2 * packed[i >> 1] + (i & 1)] * scale;  // element 2k: high nibble of byte k
                 }
             }
         });

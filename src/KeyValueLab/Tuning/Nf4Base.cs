@@ -20,18 +20,21 @@ namespace KeyValueLab.Tuning;
 public sealed class Nf4Base : IDisposable
 {
     private readonly List<(string Name, Linear Module)> _layers = [];
+    private readonly List<(string Name, FusedLinear Module)> _fused = [];  // fused linears, quantised whole (their parts are row views)
     private readonly bool _restoreOnDispose;
 
     private Nf4Base(bool restoreOnDispose) => _restoreOnDispose = restoreOnDispose;
 
     /// <summary>Linears quantised, by state-dict module name.</summary>
-    public IReadOnlyList<string> Modules => [.. _layers.Select(l => l.Name)];
+    public IReadOnlyList<string> Modules => [.. _layers.Select(l => l.Name), .. _fused.Select(f => f.Name)];
 
     /// <summary>Bytes the quantised weights take in fp32.</summary>
-    public long Fp32Bytes => _layers.Sum(l => Of(l.Module)!.Count * 4);
+    public long Fp32Bytes => _layers.Sum(l => Of(l.Module)!.Count * 4) + _fused.Sum(f => Whole(f.Module).Count * 4);
 
     /// <summary>Bytes they take now (packed nibbles, 8-bit block scales, nested scales).</summary>
-    public long Nf4Bytes => _layers.Sum(l => Of(l.Module)!.Bytes);
+    public long Nf4Bytes => _layers.Sum(l => Of(l.Module)!.Bytes) + _fused.Sum(f => Whole(f.Module).Bytes);
+
+    private static Nf4Tensor Whole(FusedLinear fused) => (Nf4Tensor)fused.Frozen!;
 
     /// <summary>
     /// Quantises every linear of <paramref name="model"/> except its head (<see cref="CausalLM.UnembeddingModule"/>:
@@ -44,6 +47,13 @@ public sealed class Nf4Base : IDisposable
         string? head = model.UnembeddingModule;
         foreach (var (name, module) in model.named_modules())
         {
+            if (module is FusedLinear fused && !(skip?.Invoke(name) ?? false))
+            {
+                if (fused.Frozen is not null) throw new InvalidOperationException($"{name} is already quantised");
+                QuantizeInto(fused, fused.weight, fused.weight.device);
+                result._fused.Add((name, fused));
+                continue;
+            }
             if (module is not Linear linear || name == head || (skip?.Invoke(name) ?? false)) continue;
             if (Of(linear) is not null) throw new InvalidOperationException($"{name} is already quantised");
             if (FrozenLinear.Of(linear) is null) QuantizeInto(linear, linear.weight);
@@ -64,6 +74,18 @@ public sealed class Nf4Base : IDisposable
         else FrozenLinear.Replace(linear, weight);
     }
 
+    /// <summary>
+    /// Quantises <paramref name="fp32"/> <c>[sum(rows), in]</c> as the weight of a fused linear (Phi-3's <c>gate_up_proj</c>) in one
+    /// NF4 tensor, as bitsandbytes quantises the one <c>nn.Linear</c> that holds it in transformers: blocks of 64 run on across
+    /// the parts' rows and one offset and set of nested scales covers them all. Each part computes with its rows of it
+    /// (<see cref="Nf4Tensor.RowView"/>), so the gate and up keys stay exactly the rows of the dequantised fused matrix.
+    /// </summary>
+    internal static void QuantizeInto(FusedLinear fused, Tensor fp32, Device device)
+    {
+        var whole = Detached(Nf4Tensor.Quantize(fp32));
+        fused.Freeze(whole, whole.RowView, device);
+    }
+
     /// <summary>The NF4 base of a model whose linears <paramref name="names"/> were quantised as they were loaded.</summary>
     /// <remarks>Its <see cref="Dispose"/> leaves them quantised: the fp32 weights never existed, and the
     /// <see cref="LoadedModel"/> releases them with the model.</remarks>
@@ -72,7 +94,8 @@ public sealed class Nf4Base : IDisposable
         var result = new Nf4Base(restoreOnDispose: false);
         var modules = model.named_modules().ToDictionary(m => m.name, m => m.module, StringComparer.Ordinal);
         foreach (string name in names)
-            result._layers.Add((name, modules[name] as Linear is { } l && Of(l) is not null ? l : throw new ArgumentException($"{name} is not a quantised linear", nameof(names))));
+            if (modules[name] is FusedLinear { Frozen: Nf4Tensor } fused) result._fused.Add((name, fused));
+            else result._layers.Add((name, modules[name] as Linear is { } l && Of(l) is not null ? l : throw new ArgumentException($"{name} is not a quantised linear", nameof(names))));
         return result;
     }
 
@@ -111,7 +134,10 @@ public sealed class Nf4Base : IDisposable
         if (_restoreOnDispose)
             foreach (var (_, linear) in _layers)
                 if (Of(linear) is not null) FrozenLinear.MakeMaster(linear);
+        if (_restoreOnDispose)
+            foreach (var (_, fused) in _fused) fused.Thaw();
         _layers.Clear();
+        _fused.Clear();
     }
 }
 

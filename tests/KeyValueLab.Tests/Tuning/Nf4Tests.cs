@@ -168,6 +168,10 @@ public class Nf4AtLoadTests(ITestOutputHelper output)
         return data;
     }
 
+    /// <summary>The NF4 weight of a quantised linear, or the one tensor of a fused linear (Phi-3's gate_up_proj).</summary>
+    private static Nf4Tensor Nf4Of(nn.Module module) =>
+        module is FusedLinear fused ? Assert.IsType<Nf4Tensor>(fused.Frozen) : Nf4Base.Of((TorchSharp.Modules.Linear)module)!;
+
     [Theory]
     [MemberData(nameof(Fixtures))]
     public void QuantisingAtLoadGivesTheBytesOfQuantisingAfterLoading(string fixture)
@@ -183,8 +187,8 @@ public class Nf4AtLoadTests(ITestOutputHelper output)
         var reference = after.Model.named_modules().ToDictionary(m => m.name, m => m.module);
         foreach (string name in nf4.Modules)
         {
-            var a = Nf4Base.Of((TorchSharp.Modules.Linear)modules[name])!;
-            var b = Nf4Base.Of((TorchSharp.Modules.Linear)reference[name])!;
+            var a = Nf4Of(modules[name]);
+            var b = Nf4Of(reference[name]);
             Assert.Equal(b.Shape, a.Shape);
             Assert.Equal(b.Offset, a.Offset);
             Assert.Equal(b.Packed.data<byte>().ToArray(), a.Packed.data<byte>().ToArray());
