@@ -41,9 +41,9 @@ internal static class MetaDevice
     {
         if (!Is(x)) return nn.functional.layer_norm(x, shape, weight, bias, eps);
         using Scalar epsilon = eps;
-        var centred = x - x.mean([-1L], keepdim: true);
-        var variance = (centred * centred).mean([-1L], keepdim: true);
-        var y = centred * variance.add(epsilon).rsqrt() * weight;
+        var centred = x.Plus(x.mean([-1L], keepdim: true).neg());  // held Scalars: a forward pass is per-step code (see HeldScalars)
+        var variance = centred.mul(centred).mean([-1L], keepdim: true);
+        var y = centred.mul(variance.add(epsilon, HeldScalars.One).rsqrt()).mul(weight);
         return bias is null ? y : y.Plus(bias);
     }
 
