@@ -199,14 +199,18 @@ public sealed class StudyPlan
             var lifelongIds = lifelong.Select((c, i) => c.Id + (lifelongVariants[i].Length == 0 ? "" : $"[{lifelongVariants[i]}]") + "/" + EditModes.Name(c.Mode)).ToList();
             if (ids.Concat(lifelongIds.Select(id => "lifelong " + id)).GroupBy(id => id).FirstOrDefault(g => g.Count() > 1) is { } twice)
                 throw new InputException(studyFile, $"editing run {twice.Key} appears twice with the same settings");
-            // One permutation of the data, cut into one block of cases per replicate: a case is drawn at most once. The
-            // lifelong arm's blocks come after all the single-edit blocks, so its cases never overlap them.
+            // One permutation of the data, cut into one block of cases per replicate: a case is drawn at most once among the
+            // single edits. The lifelong arm's blocks come after all the single-edit blocks; where those leftover cases are too
+            // few for the arm, a replicate's sequence goes on with that replicate's own single-edit cases (each sequence edits a
+            // fresh copy of the replicate's model, a model state of its own, so no case is counted twice within a comparison,
+            // and keys and values still edit the same cases).
             var replicates = Replicates(spec, inputs);
             int perReplicate = editing.Conditions.Count == 0 ? 0 : Math.Min(editing.Cases, all.Count / replicates.Count);
             if (perReplicate == 0 && editing.Conditions.Count > 0)
                 throw new InputException(data, $"edit_data holds {all.Count} records, too few for one case per seed ({replicates.Count} seeds)");
             int offset = perReplicate * replicates.Count;
-            int perSequence = editing.Lifelong is { } arm ? Math.Min(arm.Edits, (all.Count - offset) / replicates.Count) : 0;
+            int leftover = editing.Lifelong is { } arm ? Math.Min(arm.Edits, (all.Count - offset) / replicates.Count) : 0;
+            int perSequence = editing.Lifelong is { } a ? Math.Min(a.Edits, leftover + perReplicate) : 0;
             if (editing.Lifelong is not null && perSequence == 0)
                 throw new InputException(data, $"edit_data holds {all.Count} records: after {offset} single-edit cases none are left for the lifelong arm's {replicates.Count} sequences");
             var permutation = TaskLoader.Permutation(all.Count, spec.Seeds[0]);
@@ -226,7 +230,7 @@ public sealed class StudyPlan
                         Variant = variants[c],
                     });
                 }
-                var sequence = permutation.Skip(offset + r * perSequence).Take(perSequence).Select(i => all[i]).ToList();
+                var sequence = permutation.Skip(offset + r * leftover).Take(leftover).Select(i => all[i]).Concat(cases.Take(perSequence - leftover)).ToList();
                 foreach (int c in TaskLoader.Permutation(lifelong.Count, seed))
                 {
                     string group = $"lifelong/{Prefix(model)}{lifelongIds[c]}/s{seed}";

@@ -108,7 +108,8 @@ public sealed record SequenceSpec(int Chunk, int? CheckpointEvery, bool Generati
 /// <summary>
 /// The lifelong arm of a study: every condition edits the same <see cref="Edits"/> cases of each replicate in sequence on
 /// one model (one unit per condition and replicate). Its cases are drawn after the single-edit cases of the same
-/// permutation, so they never overlap them.
+/// permutation; where too few are left, a replicate's sequence goes on with that replicate's own single-edit cases
+/// (each sequence edits a fresh copy of the model; <see cref="StudyPlan.Build"/>).
 /// </summary>
 public sealed record LifelongSpec
 {

@@ -59,7 +59,8 @@ public sealed class LifelongEditorTests : IClassFixture<EditorTests.Stories>
     /// The published pair translated to the spectrum (docs/editing.md, "Translated settings": keep 0.7 of the directions,
     /// L2 = 0.05 × k × the largest kept eigenvalue) edits where the absolute one, on this model, hardly does (L(new) −0.03).
     /// (With L2 left at 10 the kept fraction alone still passes this; the L2 = r·k·cut arithmetic is checked against the plain
-    /// formula in NullSpaceTests.) Key-AlphaEdit (up) with the same pair moved L(new) the wrong way here (2.226 → 6.125), so it has no such test.
+    /// formula in NullSpaceTests.) Key-AlphaEdit (up) with the same pair moved L(new) the wrong way here (2.226 → 6.125), so it has no such test
+    /// (why: docs/editing.md, "Key-AlphaEdit on stories260K"; with P = I it is the least-squares update checked below).
     /// </summary>
     [Fact]
     public void AlphaEditWithTheTranslatedRelativeSettingsEditsThisSmallModel()
@@ -67,6 +68,49 @@ public sealed class LifelongEditorTests : IClassFixture<EditorTests.Stories>
         var hp = Hp("AlphaEdit");
         using var editor = new AlphaEditEditor(hp, new NullSpaceSettings(KeptFraction: 0.7, L2Relative: 0.05), [1, 2], Stats(hp));
         CheckEdit(editor, 0.5);
+    }
+
+    /// <summary>
+    /// With P = I (kept fraction 1) Key-AlphaEdit is the unprojected key-side ridge least-squares update: for one request at
+    /// one layer, ΔK = Δa hᵀ / (hᵀh + L2) with h the FFN input at the subject's last token. So every L2 gives the L2 = 0
+    /// update scaled by hᵀh / (hᵀh + L2), and ΔK maps every input orthogonal to h to zero; h computed here on its own.
+    /// (On this model that update makes L(new) worse, 2.226 → 5.63 at L2 = 0.01: docs/editing.md, "Key-AlphaEdit on stories260K".)
+    /// </summary>
+    [Fact]
+    public void KeyAlphaEditWithPEqualToTheIdentityIsTheUnprojectedLeastSquaresUpdate()
+    {
+        var model = _f.Loaded.Model;
+        var hp = Hp("KeyAlphaEdit") with { ContextTemplateLengthParams = [], FactToken = FactToken.Last };   // the key: "{}" only
+        var memory = new FfnMemory(model);
+        var kinds = EditScope.ParseKeyKinds("up");
+        var scope = new EditScope(EditSide.Keys, [2], kinds);
+        var prompt = EditPrompts.Build(model, _f.Tokenizer, Request.Prompt, Request.Subject, null, lookupLast: true);
+        using var h = LookupActivations.AtLookup(model, [prompt], KeySideTargets.InputPoint(scope, memory, 2), input: true, _f.Tokenizer.EosId ?? 0)[0].to(ScalarType.Float64);
+        double hh = h.dot(h).item<double>();
+        Tensor Delta(double l2)
+        {
+            using var editor = new KeyAlphaEditEditor(hp, new NullSpaceSettings(L2: l2, KeptFraction: 1), [2], kinds, Stats(hp));
+            var names = editor.ParameterNames(model);
+            using var snapshot = WeightSnapshot.Take(model, names);
+            var before = memory.Keys(2, KeyKind.Up).detach().clone();
+            try
+            {
+                editor.Prepare(model, _f.Tokenizer);
+                Assert.Equal(64, editor.Projector(2).Kept);
+                editor.Apply(model, _f.Tokenizer, [Request]);
+                return (memory.Keys(2, KeyKind.Up).detach() - before).to(ScalarType.Float64);
+            }
+            finally { snapshot.Restore(model); }
+        }
+        using var exact = Delta(0);
+        using var ridged = Delta(4 * hh);   // a ridge of 4·hᵀh: a fifth of the exact update
+        Assert.True(exact.norm().item<double>() > 1e-3, "the edit changed nothing");
+        // float32 update against float64 arithmetic on it: 1e-4 of the norm.
+        double scale = exact.norm().item<double>();
+        double error = (ridged * 5 - exact).norm().item<double>();
+        Assert.True(error <= 1e-4 * scale, $"ΔK(L2 = 4hᵀh)·5 vs ΔK(0): relative {error / scale:G3}");
+        using var orthogonal = exact - exact.matmul(h).outer(h) / hh;   // ΔK (I − h hᵀ/hᵀh)
+        Assert.True(orthogonal.norm().item<double>() <= 1e-4 * scale, $"ΔK off h: relative {orthogonal.norm().item<double>() / scale:G3}");
     }
 
     /// <remarks>Only the up matrix: m = act(g)·u is linear in u, so a partly reached target still moves m its way. With

@@ -133,7 +133,7 @@ public sealed class ReferenceEditorTests : IDisposable
         {
             var projector = editor.Projector(l);
             Assert.Equal((int)Reference("alphaedit", $"alphaedit.kept.{l}")[0].item<float>(), projector.Kept);
-            using var p = projector.Basis.matmul(projector.Basis.t());
+            using var p = projector.Projection();
             AssertRelative(refP[l], p, $"P at layer {l}");
         }
         EditRequest[][] batches = [Requests[..2], Requests[2..]];
@@ -146,11 +146,11 @@ public sealed class ReferenceEditorTests : IDisposable
                 using var after = Values(l);
                 AssertRelative(Reference("alphaedit", $"alphaedit.batch{b}.delta.{l}"), after - before[l], $"AlphaEdit Δ batch {b} layer {l}");
                 before[l].Dispose();
-                // The K_p store holds Ûᵀ K_p K_pᵀ Û; the reference keeps the dense cache_c.
-                var u = editor.Projector(l).Basis;
-                using var refProjected = u.t().matmul(Reference("alphaedit", $"alphaedit.batch{b}.cache_c")[l]).matmul(u);
+                // The K_p store holds P K_p in P's coordinates; the reference keeps the dense cache_c = K_p K_pᵀ.
+                using var p = editor.Projector(l).Projection();
+                using var refProjected = p.matmul(Reference("alphaedit", $"alphaedit.batch{b}.cache_c")[l]).matmul(p);
                 using var ours = editor.Projector(l).ProjectedHistory();
-                AssertRelative(refProjected, ours, $"Ûᵀ K_pK_pᵀ Û after batch {b}, layer {l}");
+                AssertRelative(refProjected, ours, $"P K_pK_pᵀ P after batch {b}, layer {l}");
             }
         }
         Assert.Equal(3, editor.HistoryCount);

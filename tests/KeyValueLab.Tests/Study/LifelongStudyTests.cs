@@ -153,11 +153,45 @@ public class LifelongStudyPlanTests
         Assert.Contains(sequences, g => g.GroupId == "lifelong/keymemit/keys/L0-1/sequential-final/s2");
     }
 
+    /// <summary>
+    /// 2 × 240 single-edit cases of 500 leave 10 per replicate: a 30-edit arm takes those 10, then the replicate's own first 20
+    /// single-edit cases (each sequence edits a fresh copy of the model), keys and values on the same cases, never another
+    /// replicate's. (Before, the arm was cut to the 10 leftover cases.)
+    /// </summary>
+    [Fact]
+    public void ALifelongArmLargerThanTheLeftoverCasesDrawsFromTheReplicatesOwnCases()
+    {
+        using var dir = new TempDir();
+        var plan = Studies.Plan(Studies.Write(dir, LifelongStudy(cases: 240, edits: 30)));
+        var singles = plan.Groups.Where(g => g.Kind == UnitKind.Edit).SelectMany(g => g.Cases.Select(c => c.CaseId)).ToHashSet();
+        Assert.Equal(480, singles.Count);
+        var sequences = plan.Groups.Where(g => g.Kind == UnitKind.Lifelong).ToList();
+        foreach (int seed in (int[])[1, 2])
+        {
+            var own = plan.Groups.Single(g => g.Kind == UnitKind.Edit && g.Seed == seed).Cases.Select(c => c.CaseId).ToList();
+            var ofSeed = sequences.Where(g => g.Seed == seed).ToList();
+            Assert.Equal(4, ofSeed.Count);
+            var ids = ofSeed[0].Cases.Select(c => c.CaseId).ToList();
+            Assert.All(ofSeed, g => Assert.Equal(ids, g.Cases.Select(c => c.CaseId)));
+            Assert.Equal(30, ids.Count);
+            Assert.DoesNotContain(ids.Take(10), singles.Contains);
+            Assert.Equal(own.Take(20), ids.Skip(10));
+            Assert.All(sequences.Where(g => g.Seed != seed), g => Assert.Empty(g.Cases.Select(c => c.CaseId).Intersect(ids)));
+        }
+    }
+
     [Fact]
     public void DataTooShortForTheArmIsRefusedBeforeAnyWork()
     {
         using var dir = new TempDir();
-        var e = Assert.Throws<InputException>(() => Studies.Plan(Studies.Write(dir, LifelongStudy(cases: 250, edits: 5))));
+        // One record, two seeds and no single-edit runs: nothing for the second sequence.
+        var records = JsonNode.Parse(File.ReadAllText(Studies.CounterFact))!.AsArray();
+        string data = dir.File("one.json");
+        File.WriteAllText(data, new JsonArray(records[0]!.DeepClone()).ToJsonString());
+        var study = LifelongStudy(cases: 1, edits: 5);
+        study["edit_data"] = data;
+        study["editing"]!.AsObject().Remove("runs");
+        var e = Assert.Throws<InputException>(() => Studies.Plan(Studies.Write(dir, study)));
         Assert.Contains("none are left for the lifelong arm", e.Message);
     }
 

@@ -301,5 +301,12 @@ public class ReplicateTests
         Assert.True(full.Seeds.Count * full.Editing.Cases <= new WorldConfig().CounterFactCases);
         Assert.Equal(standard.Editing.Conditions.Select(c => c.Id + c.Overrides), full.Editing.Conditions.Select(c => c.Id + c.Overrides));
         Assert.Equal(standard.Tuning!.Targets, full.Tuning!.Targets);
+        // The default study's lifelong arm, in longer sequences that fit in each organism's leftover plus its own cases.
+        var (arm, defaultArm) = (full.Editing.Lifelong!, standard.Editing.Lifelong!);
+        Assert.Equal(defaultArm.Conditions.Select(c => $"{c.Id} {c.Overrides} {c.Mode} {c.Sequence!.Generation}"),
+            arm.Conditions.Select(c => $"{c.Id} {c.Overrides} {c.Mode} {c.Sequence!.Generation}"));
+        int leftover = (new WorldConfig().CounterFactCases - full.Seeds.Count * full.Editing.Cases) / full.Seeds.Count;
+        Assert.InRange(arm.Edits, defaultArm.Edits + 1, leftover + full.Editing.Cases);
+        Assert.All(arm.Conditions, c => Assert.Equal((20, 20), (c.Sequence!.Chunk, c.Sequence.CheckpointEvery)));
     }
 }
