@@ -49,7 +49,7 @@ public abstract class LocateEditorBase : IKnowledgeEditor, IDisposable
         }
     }
 
-    public IReadOnlyList<string> ParameterNames(CausalLM model) => [.. Scope.Matrices(new FfnMemory(model)).Select(m => m.Name)];
+    public IReadOnlyList<string> ParameterNames(CausalLM model) => Scope.MatrixNames(new FfnMemory(model));
 
     /// <summary>The modules whose input statistics this editor needs, one per layer.</summary>
     protected abstract IReadOnlyList<MomentPoint> MomentPoints(FfnMemory memory);
@@ -60,7 +60,7 @@ public abstract class LocateEditorBase : IKnowledgeEditor, IDisposable
     public virtual IReadOnlyList<string> Prepare(CausalLM model, ITokenizer tokenizer)
     {
         var memory = new FfnMemory(model);
-        Scope.Matrices(memory);
+        Scope.MatrixNames(memory);  // checks the layers and key kinds
         ContextTemplates = EditPrompts.ContextTemplates(model, tokenizer, Hp.ContextTemplateLengthParams);
         var log = new List<string> { $"{ContextTemplates.Count} context templates" };
         if (!Hp.Mom2Adjustment && UsesInverseMoment) return log;
