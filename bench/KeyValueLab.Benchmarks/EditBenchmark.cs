@@ -52,19 +52,27 @@ internal static class EditBenchmark
     }
 
     /// <summary>
-    /// FLOP of one FT step on one sequence of T tokens: the full forward pass, then backward: input gradients
-    /// through every layer above the edited one and the unembedding (2× their forward), in the edited layer the
-    /// weight gradient of the edited matrix plus, for keys, the input gradient through the value matrix.
+    /// FLOP of one FT step on one sequence of T tokens: the full forward pass, then backward: input gradients only
+    /// through every layer above the edited one and the unembedding (their weights are frozen: one product per weight,
+    /// 1× its forward; the attention's two T×T products take four, 2× theirs), in the edited layer the weight gradient
+    /// of the edited matrix plus, for keys, the input gradient through the value matrix.
     /// </summary>
     public static double StepFlop(ModelConfig c, int tokens, int layer, bool keys)
     {
         double d = c.HiddenSize, ff = c.IntermediateSize, t = tokens;
-        double perLayer = 2 * t * (4 * d * d + 2 * d * ff) + 2 * 2.0 * t * t * d;
+        double linear = 2 * t * (4 * d * d + 2 * d * ff), attention = 2 * 2.0 * t * t * d;
         double unembed = 2 * t * d * c.VocabSize;
-        double forward = c.NumLayers * perLayer + unembed;
-        double above = (c.NumLayers - layer - 1) * perLayer + unembed;
+        double forward = c.NumLayers * (linear + attention) + unembed;
+        double backward = (c.NumLayers - layer - 1) * (linear + 2 * attention) + unembed;
         double edited = 2 * t * d * ff + (keys ? 2 * t * d * ff : 0);
-        return forward + 2 * above + edited;
+        return forward + backward + edited;
+    }
+
+    /// <summary>FLOP of one step's recomputation under gradient checkpointing: the forward pass of every layer above the edited one again.</summary>
+    public static double RecomputeFlop(ModelConfig c, int tokens, int layer)
+    {
+        double d = c.HiddenSize, ff = c.IntermediateSize, t = tokens;
+        return (c.NumLayers - layer - 1) * (2 * t * (4 * d * d + 2 * d * ff) + 2 * 2.0 * t * t * d);
     }
 
     /// <summary>One id per UTF-16 unit (random weights need no real vocabulary).</summary>

@@ -18,7 +18,7 @@ namespace KeyValueLab.Benchmarks;
 /// the FLOP-bound time at the same child's measured matmul rate, and deletes the folder.
 ///   memory [--row tune-llama|ft-gptj|rome-llama|ft-gpt2xl|all] [--layers N] [--steps S] [--folder DIR] [--no-checkpointing] [--phases] [--write-only]
 /// --layers cuts every model to its first N layers (the published widths, vocabularies and heads stay). --folder keeps the
-/// checkpoint in DIR (written when DIR has none) for the next run of the same row; --no-checkpointing trains the Llama row
+/// checkpoint in DIR (written when DIR has none) for the next run of the same row; --no-checkpointing trains the Llama row (and edits the FT rows)
 /// without gradient checkpointing; --write-only (with --folder) writes the checkpoint and stops; --phases prints, before each FT edit, RSS after one step's forward and backward pass.
 /// </summary>
 internal static class MemoryBenchmark
@@ -101,11 +101,14 @@ internal static class MemoryBenchmark
             "ft-gptj" => string.Create(inv,
                 $"{head} = {peak / stored:F3} × stored (goal ≤ 1.15 × stored + 2 GB = {(1.15 * stored + 2e9) / 1e9:F2} GB); " +
                 $"keys {r["keys_s"]:F1} s = {r["keys_s"] / r["keys_ideal_s"]:F2} × FLOP-bound, values {r["values_s"]:F1} s = {r["values_s"] / r["values_ideal_s"]:F2} × FLOP-bound (goal ≤ 2.0) " +
-                $"at {r["keys_matmul_gflops"]:F0} and {r["values_matmul_gflops"]:F0} GFLOP/s; widening ≈ {r["widen_keys_s"]:F1} s of the keys edit and {r["widen_values_s"]:F1} s of the values edit"),
+                $"at {r["keys_matmul_gflops"]:F0} and {r["values_matmul_gflops"]:F0} GFLOP/s; in CPU-s {r["keys_cpu_s"]:F1} = {r["keys_cpu_s"] / r["keys_ideal_cpu_s"]:F2} × and {r["values_cpu_s"]:F1} = {r["values_cpu_s"] / r["values_ideal_cpu_s"]:F2} × " +
+                $"at {r["keys_matmul_gflops_per_cpu_s"]:F0} and {r["values_matmul_gflops_per_cpu_s"]:F0} GFLOP per CPU-s; of which matmul {r["keys_ideal_s"]:F1} and {r["values_ideal_s"]:F1} s, widening ≈ {r["widen_keys_s"]:F1} and {r["widen_values_s"]:F1} s " +
+                $"({r["widen_keys_cpu_s"]:F1} and {r["widen_values_cpu_s"]:F1} CPU-s)"),
             "rome-llama" => string.Create(inv,
                 $"{head} = {peak / stored:F3} × stored (goal ≤ 1.15 × stored + 2 GB = {(1.15 * stored + 2e9) / 1e9:F2} GB); statistics {r["stats_s"]:F0} s, edit {r["edit_s"]:F0} s"),
             _ => string.Create(inv,
-                $"{head} = {peak / stored:F3} × stored (goal ≤ 1.1); edit {r["values_s"]:F1} s = {r["values_s"] / r["values_ideal_s"]:F2} × FLOP-bound (goal ≤ 1.3) at {r["values_matmul_gflops"]:F0} GFLOP/s ({r["values_cpu_s"]:F1} CPU-s)"),
+                $"{head} = {peak / stored:F3} × stored (goal ≤ 1.1); edit {r["values_s"]:F1} s = {r["values_s"] / r["values_ideal_s"]:F2} × FLOP-bound (goal ≤ 1.3) at {r["values_matmul_gflops"]:F0} GFLOP/s, " +
+                $"{r["values_cpu_s"]:F1} CPU-s = {r["values_cpu_s"] / r["values_ideal_cpu_s"]:F2} × at {r["values_matmul_gflops_per_cpu_s"]:F0} GFLOP per CPU-s; recomputation (checkpointing) {r["values_recompute_s"]:F1} s at the matmul rate"),
         };
     }
 
@@ -245,28 +248,43 @@ internal static class MemoryBenchmark
                 int layer = Math.Min(row == "ft-gptj" ? 5 : 17, c.NumLayers - 1);
                 var prompt = EditPrompts.Build(model, tokenizer, Request.Prompt, Request.Subject, Request.TargetNew);
                 int tokens = prompt.PromptIds.Length + prompt.TargetIds.Length - 1;
-                double widenAll = row == "ft-gptj" ? WidenEverything(model) : 0;
+                // As the tune row: each layer above the edited one recomputed in the backward pass, where the architecture has it.
+                bool recompute = checkpointing && model.SupportsGradientCheckpointing;
+                model.GradientCheckpointing = recompute;
+                // The first pass reads the mapped weights from the file (page faults, disk); the second is what a step's widening costs.
+                var (coldWall, coldCpu) = WidenEverything(model);
+                var (widenWall, widenCpu) = WidenEverything(model);
+                Console.WriteLine($"gradient checkpointing {(recompute ? "on" : "off")}; widening every frozen weight once: {widenWall:F1} s ({widenCpu:F1} CPU-s), the first time (from the file) {coldWall:F1} s ({coldCpu:F1} CPU-s)");
                 foreach (string side in row == "ft-gptj" ? new[] { "keys", "values" } : ["values"])
                 {
                     var editor = new FineTuneEditor(new FtHyperparameters { Layers = [layer], Side = side, Steps = steps, EarlyStopLoss = -1 });
                     if (phases) StepPhases(model, editor, prompt, tokenizer.EosId ?? 0);
                     using var snapshot = WeightSnapshot.Take(model, editor.ParameterNames(model));
-                    // The machine is shared: the matmul rate is measured again right before and after the edit, and the
-                    // FLOP-bound time uses their mean; the process's CPU seconds say how much of the wall time it ran.
-                    double before = RuntimeBenchmark.MatmulGflops(3);
+                    // The machine is shared: the matmul rate is measured again right before and after the edit, per wall second and
+                    // per CPU-second of the process; the FLOP-bound times use their means, so the edit's wall time and its CPU
+                    // seconds each have a ratio (the CPU one does not count the time the process waited for a core).
+                    double before = RuntimeBenchmark.MatmulGflops(3), beforeCpu = RuntimeBenchmark.MatmulGflopsPerCpuSecond(3);
                     var cpu = Process.GetCurrentProcess().TotalProcessorTime;
                     var sw = Stopwatch.StartNew();
                     editor.Apply(model, tokenizer, [Request]);
-                    values[$"{side}_s"] = sw.Elapsed.TotalSeconds;
-                    values[$"{side}_cpu_s"] = (Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalSeconds;
-                    double rate = (before + RuntimeBenchmark.MatmulGflops(3)) / 2;
-                    values[$"{side}_matmul_gflops"] = rate;
+                    double wall = values[$"{side}_s"] = sw.Elapsed.TotalSeconds;
+                    double cpuS = values[$"{side}_cpu_s"] = (Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalSeconds;
+                    double rate = values[$"{side}_matmul_gflops"] = (before + RuntimeBenchmark.MatmulGflops(3)) / 2;
+                    double cpuRate = values[$"{side}_matmul_gflops_per_cpu_s"] = (beforeCpu + RuntimeBenchmark.MatmulGflopsPerCpuSecond(3)) / 2;
                     snapshot.Restore(model);
-                    values[$"{side}_ideal_s"] = steps * EditBenchmark.StepFlop(c, tokens, layer, side == "keys") / (rate * 1e9);
-                    // Each step widens every frozen weight in the forward pass and those above the edited layer again in the backward pass.
-                    values[$"widen_{side}_s"] = steps * widenAll * (1 + (c.NumLayers - layer - 1.0) / c.NumLayers);
-                    Console.WriteLine($"FT {side} at layer {layer}, {tokens} tokens, {steps} steps: {values[$"{side}_s"]:F1} s ({values[$"{side}_cpu_s"]:F1} CPU-s) at {rate:F0} GFLOP/s " +
-                                      $"(= {values[$"{side}_s"] / values[$"{side}_ideal_s"]:F2} × FLOP-bound); RSS {ProcessMemory.ResidentBytes() / 1e9:F2} GB, peak so far {ProcessMemory.PeakResidentBytes() / 1e9:F2} GB");
+                    double flop = steps * EditBenchmark.StepFlop(c, tokens, layer, side == "keys");
+                    double ideal = values[$"{side}_ideal_s"] = flop / (rate * 1e9);
+                    double idealCpu = values[$"{side}_ideal_cpu_s"] = flop / (cpuRate * 1e9);
+                    // The recomputation is work the step does beyond its FLOP-bound count (the price of the memory it saves).
+                    values[$"{side}_recompute_s"] = recompute ? steps * EditBenchmark.RecomputeFlop(c, tokens, layer) / (rate * 1e9) : 0;
+                    // Each step widens every frozen weight in the forward pass and those above the edited layer again in the backward
+                    // pass (and in the recomputation).
+                    double passes = steps * (1 + (recompute ? 2 : 1) * (c.NumLayers - layer - 1.0) / c.NumLayers);
+                    double widen = values[$"widen_{side}_s"] = passes * widenWall, widenC = values[$"widen_{side}_cpu_s"] = passes * widenCpu;
+                    Console.WriteLine($"FT {side} at layer {layer}, {tokens} tokens, {steps} steps: {wall:F1} s = {wall / ideal:F2} × FLOP-bound at {rate:F0} GFLOP/s; " +
+                                      $"{cpuS:F1} CPU-s = {cpuS / idealCpu:F2} × FLOP-bound at {cpuRate:F0} GFLOP per CPU-s; RSS after the restore {ProcessMemory.ResidentBytes() / 1e9:F2} GB, peak so far {ProcessMemory.PeakResidentBytes() / 1e9:F2} GB");
+                    Console.WriteLine($"  split: matmul (FLOP-bound) {ideal:F1} s, recomputation {values[$"{side}_recompute_s"]:F1} s, widening ≈ {widen:F1} s ({passes:F2} passes), rest {wall - ideal - values[$"{side}_recompute_s"] - widen:F1} s; " +
+                                      $"in CPU-s: matmul {idealCpu:F1}, widening ≈ {widenC:F1}, rest {cpuS - idealCpu - widenC - (recompute ? steps * EditBenchmark.RecomputeFlop(c, tokens, layer) / (cpuRate * 1e9) : 0):F1} (after the recomputation's)");
                 }
                 break;
             }
@@ -321,9 +339,10 @@ internal static class MemoryBenchmark
         Console.WriteLine($"step phases: RSS after it {ProcessMemory.ResidentBytes() / 1e9:F3} GB");
     }
 
-    /// <summary>Seconds to widen every frozen weight of <paramref name="model"/> once, block by block into one buffer as a forward pass does.</summary>
-    private static double WidenEverything(CausalLM model)
+    /// <summary>Wall and CPU seconds to widen every frozen weight of <paramref name="model"/> once, block by block into one buffer as a forward pass does.</summary>
+    private static (double Wall, double Cpu) WidenEverything(CausalLM model)
     {
+        var cpu = Process.GetCurrentProcess().TotalProcessorTime;
         var sw = Stopwatch.StartNew();
         foreach (var (_, linear) in FrozenLinear.FrozenIn(model))
         {
@@ -332,7 +351,7 @@ internal static class MemoryBenchmark
             for (long start = 0; start < w.Shape[0]; start += w.BlockRows)
                 using (var block = buffer.narrow(0, 0, Math.Min(w.BlockRows, w.Shape[0] - start))) w.WidenInto(start, block);
         }
-        return sw.Elapsed.TotalSeconds;
+        return (sw.Elapsed.TotalSeconds, (Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalSeconds);
     }
 
     private static int Int(string[] args, string name, int fallback) => int.TryParse(Option(args, name), out int v) ? v : fallback;

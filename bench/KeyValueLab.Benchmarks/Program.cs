@@ -122,6 +122,25 @@ internal static class RuntimeBenchmark
     /// <summary>fp32 GFLOP/s of the best of <paramref name="repeats"/> 1024³ matmuls: the rate every benchmark prints beside its own figures.</summary>
     public static double MatmulGflops(int repeats) => 2.0 * 1024 * 1024 * 1024 / Best(repeats, MatmulOnce, out _) / 1e9;
 
+    /// <summary>
+    /// GFLOP per CPU-second of the process (all its threads) of a 1024³ fp32 matmul, best of <paramref name="repeats"/> runs of
+    /// 8 products: on a shared machine a process is descheduled for part of its wall time, and this rate does not count that.
+    /// </summary>
+    public static double MatmulGflopsPerCpuSecond(int repeats)
+    {
+        using var scope = NewDisposeScope();
+        var a = randn(1024, 1024);
+        var b = randn(1024, 1024);
+        double Once()
+        {
+            using var inner = NewDisposeScope();
+            var cpu = Process.GetCurrentProcess().TotalProcessorTime;
+            for (int i = 0; i < 8; i++) _ = a.matmul(b)[0, 0].item<float>();
+            return (Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalSeconds;
+        }
+        return 8 * 2.0 * 1024 * 1024 * 1024 / Best(repeats, Once, out _) / 1e9;
+    }
+
     public static double MatmulOnce()
     {
         using var scope = NewDisposeScope();

@@ -184,7 +184,7 @@ public sealed class StudyPlan
                 try
                 {
                     var editor = EditorFactory.Create(meta, Choice(condition, inputs, editing));
-                    editor.Scope.Matrices(memory);  // layer range and key kinds against this architecture
+                    editor.Scope.MatrixNames(memory);  // layer range and key kinds against this architecture
                     (editor as IDisposable)?.Dispose();
                 }
                 catch (ArgumentException e)

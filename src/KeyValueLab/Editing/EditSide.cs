@@ -57,19 +57,28 @@ public sealed record EditScope(EditSide Side, IReadOnlyList<int> Layers, IReadOn
         return KeyKinds;
     }
 
-    /// <summary>The live weight matrices in scope, by state-dict name (in layer order; keys before values).</summary>
-    public IReadOnlyList<(string Name, Parameter Weight)> Matrices(FfnMemory memory)
+    /// <summary>
+    /// The live weight matrices in scope, by state-dict name (in layer order; keys before values). A matrix kept in its
+    /// stored dtype becomes an fp32 master here (<see cref="FfnMemory.Keys"/>): call it to edit, <see cref="MatrixNames"/> to name.
+    /// </summary>
+    public IReadOnlyList<(string Name, Parameter Weight)> Matrices(FfnMemory memory) =>
+        [.. InScope(memory).Select(m => (m.Name, m.Keys ? memory.Keys(m.Layer, m.Kind) : memory.Values(m.Layer)))];
+
+    /// <summary>The state-dict names of <see cref="Matrices"/> (checking the layers and key kinds), leaving every weight as it is held.</summary>
+    public IReadOnlyList<string> MatrixNames(FfnMemory memory) => [.. InScope(memory).Select(m => m.Name)];
+
+    private List<(string Name, int Layer, KeyKind? Kind, bool Keys)> InScope(FfnMemory memory)
     {
         foreach (int layer in Layers)
             if (layer < 0 || layer >= memory.Layers) throw new ArgumentException($"layer {layer} is not a layer of this model (0..{memory.Layers - 1})");
-        var list = new List<(string, Parameter)>();
+        var list = new List<(string, int, KeyKind?, bool)>();
         foreach (int layer in Layers)
         {
             if (Side is EditSide.Keys or EditSide.Both)
                 foreach (var kind in ResolveKeyKinds(memory))
-                    list.Add((memory.KeysName(layer, Kind(memory, kind)), memory.Keys(layer, Kind(memory, kind))));
+                    list.Add((memory.KeysName(layer, Kind(memory, kind)), layer, Kind(memory, kind), true));
             if (Side is EditSide.Values or EditSide.Both)
-                list.Add((memory.ValuesName(layer), memory.Values(layer)));
+                list.Add((memory.ValuesName(layer), layer, null, false));
         }
         return list;
     }

@@ -48,11 +48,11 @@ public abstract class FineTuneEditorBase<THp> : IKnowledgeEditor where THp : IFi
         }
     }
 
-    public IReadOnlyList<string> ParameterNames(CausalLM model) => [.. Scope.Matrices(new FfnMemory(model)).Select(m => m.Name)];
+    public IReadOnlyList<string> ParameterNames(CausalLM model) => Scope.MatrixNames(new FfnMemory(model));
 
     public IReadOnlyList<string> Prepare(CausalLM model, ITokenizer tokenizer)
     {
-        Scope.Matrices(new FfnMemory(model));  // checks the layers and key kinds
+        Scope.MatrixNames(new FfnMemory(model));  // checks the layers and key kinds
         return [];
     }
 

@@ -14,7 +14,7 @@ namespace KeyValueLab.Editing;
 /// </summary>
 public abstract class LocateEditorBase : IKnowledgeEditor, IDisposable
 {
-    private readonly Dictionary<int, Tensor> _inverse = [];
+    private readonly Dictionary<int, InverseMoment> _inverse = [];
     private readonly Dictionary<int, Tensor> _moments = [];
 
     protected LocateEditorBase(LocateEditHyperparameters hp, EditScope scope, SecondMoments statistics)
@@ -49,7 +49,7 @@ public abstract class LocateEditorBase : IKnowledgeEditor, IDisposable
         }
     }
 
-    public IReadOnlyList<string> ParameterNames(CausalLM model) => [.. Scope.Matrices(new FfnMemory(model)).Select(m => m.Name)];
+    public IReadOnlyList<string> ParameterNames(CausalLM model) => Scope.MatrixNames(new FfnMemory(model));
 
     /// <summary>The modules whose input statistics this editor needs, one per layer.</summary>
     protected abstract IReadOnlyList<MomentPoint> MomentPoints(FfnMemory memory);
@@ -60,7 +60,7 @@ public abstract class LocateEditorBase : IKnowledgeEditor, IDisposable
     public virtual IReadOnlyList<string> Prepare(CausalLM model, ITokenizer tokenizer)
     {
         var memory = new FfnMemory(model);
-        Scope.Matrices(memory);
+        Scope.MatrixNames(memory);  // checks the layers and key kinds
         ContextTemplates = EditPrompts.ContextTemplates(model, tokenizer, Hp.ContextTemplateLengthParams);
         var log = new List<string> { $"{ContextTemplates.Count} context templates" };
         if (!Hp.Mom2Adjustment && UsesInverseMoment) return log;
@@ -68,15 +68,16 @@ public abstract class LocateEditorBase : IKnowledgeEditor, IDisposable
         var moments = Statistics.Get(model, tokenizer, points);
         for (int i = 0; i < points.Count; i++)
         {
-            _moments[points[i].Layer] = moments[i];
-            if (UsesInverseMoment)
+            if (!UsesInverseMoment)
             {
-                using var scope = NewDisposeScope();
-                var c = moments[i].to(ScalarType.Float64);
-                Tensor inv;
-                try { inv = linalg.inv(c); }
-                catch (Exception) { inv = linalg.pinv(c); }  // a rank-deficient C (too few samples)
-                _inverse[points[i].Layer] = inv.to(ScalarType.Float32).DetachFromDisposeScope();
+                _moments[points[i].Layer] = moments[i];
+                continue;
+            }
+            // Only C⁻¹k is needed: C is factored (float64 LU) and dropped, and each key solved against the factor.
+            using (var c = moments[i].to(ScalarType.Float64))
+            {
+                moments[i].Dispose();
+                _inverse[points[i].Layer] = InverseMoment.Factor(c);
             }
         }
         log.AddRange(Statistics.Log);
@@ -92,9 +93,9 @@ public abstract class LocateEditorBase : IKnowledgeEditor, IDisposable
     /// <summary>E[x xᵀ] of the inputs at <paramref name="layer"/> (after <see cref="Prepare"/>).</summary>
     protected Tensor Moment(int layer) => _moments.TryGetValue(layer, out var c) ? c : throw new InvalidOperationException("call Prepare first");
 
-    /// <summary>C⁻¹ at <paramref name="layer"/>, or null without mom2 adjustment.</summary>
-    protected Tensor? InverseMoment(int layer) =>
-        !Hp.Mom2Adjustment ? null : _inverse.TryGetValue(layer, out var c) ? c : throw new InvalidOperationException("call Prepare first");
+    /// <summary>C⁻¹<paramref name="k"/> <c>[dim]</c> at <paramref name="layer"/>, or <paramref name="k"/> itself without mom2 adjustment.</summary>
+    protected Tensor InverseMomentTimes(int layer, Tensor k) =>
+        !Hp.Mom2Adjustment ? k : _inverse.TryGetValue(layer, out var c) ? c.Solve(k) : throw new InvalidOperationException("call Prepare first");
 
     /// <summary>The rewriting prompts (every template, with the target) and the KL prompts of a request.</summary>
     protected (List<EditPrompt> Rewriting, List<EditPrompt> Kl) Prompts(CausalLM model, ITokenizer tokenizer, EditRequest r)
@@ -140,7 +141,7 @@ public abstract class LocateEditorBase : IKnowledgeEditor, IDisposable
         using var opt = TargetOptimizer.Optimize(model, [.. modules.Select(m => m.Point)], rewriting, kl, Hp, PadId(tokenizer));
         using var scope = NewDisposeScope();
         var kStar = TemplateMeanInput(model, tokenizer, r, modules[0].Point);
-        var u = InverseMoment(layer) is { } inv ? inv.matmul(kStar) : kStar;
+        var u = InverseMomentTimes(layer, kStar);
         u = u / u.norm();
         var (k, _) = AtRequest(model, tokenizer, r, modules[0].Point);
         var denominator = k.dot(u);
@@ -159,10 +160,52 @@ public abstract class LocateEditorBase : IKnowledgeEditor, IDisposable
 
     public void Dispose()
     {
-        foreach (var t in _inverse.Values) t.Dispose();
+        foreach (var f in _inverse.Values) f.Dispose();
         foreach (var t in _moments.Values) t.Dispose();
         _inverse.Clear();
         _moments.Clear();
         GC.SuppressFinalize(this);
+    }
+}
+
+/// <summary>
+/// C⁻¹ applied to a vector without forming C⁻¹: the LU factors of C (float64, partial pivoting, the factorisation
+/// <c>linalg.inv</c> itself starts from, so it fails on exactly the matrices inversion fails on), or, for a singular C (too few
+/// samples), its pseudo-inverse as before. Solving costs O(d²) per key; the factor is the one d × d float64 matrix kept.
+/// </summary>
+internal sealed class InverseMoment : IDisposable
+{
+    private readonly Tensor? _lu, _pivots, _pseudoInverse;
+
+    private InverseMoment(Tensor? lu, Tensor? pivots, Tensor? pseudoInverse) => (_lu, _pivots, _pseudoInverse) = (lu, pivots, pseudoInverse);
+
+    /// <summary>Factors <paramref name="c"/> (float64 <c>[d, d]</c>; not modified).</summary>
+    public static InverseMoment Factor(Tensor c)
+    {
+        using var scope = NewDisposeScope();
+        try
+        {
+            var (lu, pivots) = linalg.lu_factor(c);
+            return new InverseMoment(lu.DetachFromDisposeScope(), pivots!.DetachFromDisposeScope(), null);
+        }
+        catch (Exception)  // a singular C: libtorch refuses to factor it, as it refuses to invert it
+        {
+            return new InverseMoment(null, null, linalg.pinv(c).to(ScalarType.Float32).DetachFromDisposeScope());
+        }
+    }
+
+    /// <summary>C⁻¹<paramref name="k"/> (fp32 <c>[d]</c>), solved in float64.</summary>
+    public Tensor Solve(Tensor k)
+    {
+        if (_pseudoInverse is not null) return _pseudoInverse.matmul(k);
+        using var scope = NewDisposeScope();
+        return linalg.lu_solve(_lu!, _pivots!, k.to(ScalarType.Float64).unsqueeze(-1)).squeeze(-1).to(ScalarType.Float32).MoveToOuterDisposeScope();
+    }
+
+    public void Dispose()
+    {
+        _lu?.Dispose();
+        _pivots?.Dispose();
+        _pseudoInverse?.Dispose();
     }
 }

@@ -320,13 +320,15 @@ public sealed class SecondMoments
             var header = JsonNode.Parse(Encoding.UTF8.GetString(reader.ReadBytes(headerLength)))!;
             long dim = header["dim"]!.GetValue<long>();
             tokens = header["tokens"]!.GetValue<long>();
-            var bytes = reader.ReadBytes(checked((int)(dim * dim * 4)));
-            if (bytes.Length != dim * dim * 4) return null;
-            var data = new float[dim * dim];
-            Buffer.BlockCopy(bytes, 0, data, 0, bytes.Length);
-            return tensor(data, [dim, dim]).DetachFromDisposeScope();
+            long offset = stream.Position;
+            if (stream.Length - offset < dim * dim * 4) return null;
+            // Read straight into the tensor's memory: no managed copies of a [dim, dim] matrix (0.48 GB at d_ff 11,008).
+            var moment = empty([dim, dim], ScalarType.Float32).DetachFromDisposeScope();
+            try { Checkpoints.TensorBytes.ReadInto(stream.SafeFileHandle, offset, moment, file, "mom2"); }
+            catch { moment.Dispose(); throw; }
+            return moment;
         }
-        catch (Exception e) when (e is IOException or JsonException or EndOfStreamException or NullReferenceException or InvalidOperationException)
+        catch (Exception e) when (e is IOException or JsonException or EndOfStreamException or NullReferenceException or InvalidOperationException or InputException)
         {
             return null;  // a damaged cache entry is recomputed
         }
@@ -337,15 +339,16 @@ public sealed class SecondMoments
         Directory.CreateDirectory(Path.GetDirectoryName(file)!);
         string tmp = file + $".{Environment.ProcessId}.{Guid.NewGuid():N}.tmp";  // unique per writer: two threads of one process may compute the same entry
         byte[] head = Encoding.UTF8.GetBytes(header.ToJsonString());
-        float[] data = moment.contiguous().data<float>().ToArray();
+        using (var contiguous = moment.contiguous())
         using (var stream = File.Create(tmp))
-        using (var writer = new BinaryWriter(stream))
         {
-            writer.Write(head.Length);
-            writer.Write(head);
-            var bytes = new byte[data.Length * 4];
-            Buffer.BlockCopy(data, 0, bytes, 0, bytes.Length);
-            writer.Write(bytes);
+            using (var writer = new BinaryWriter(stream, Encoding.UTF8, leaveOpen: true))
+            {
+                writer.Write(head.Length);
+                writer.Write(head);
+            }
+            // Straight from the tensor's memory, in chunks: no managed copies of the matrix (two of 0.48 GB at d_ff 11,008).
+            Checkpoints.TensorBytes.WriteTo(stream, contiguous);
         }
         File.Move(tmp, file, overwrite: true);
     }

@@ -122,9 +122,13 @@ internal sealed class Gpt2Model : nn.Module<Tensor, AttentionContext, Tensor>
     public override Tensor forward(Tensor inputIds, AttentionContext ctx)
     {
         var x = _wte.call(inputIds).Plus(_wpe.call(ctx.Positions));  // [B, T, C]
-        foreach (var block in _h) x = block.call(x, ctx);
+        foreach (var block in _h)
+            x = Checkpointed is { } generators ? LayerCheckpoint.Apply(h => block.call(h, ctx), x, generators) : block.call(x, ctx);
         return _lnF.call(x);
     }
+
+    /// <summary>Set while the owning model checkpoints its blocks: the generators to restore before recomputing one (see <see cref="LayerCheckpoint"/>).</summary>
+    internal IReadOnlyList<Generator>? Checkpointed { get; set; }
 }
 
 /// <summary>GPT-2 settings beyond <see cref="ModelConfig"/>, read from <c>config.json</c>.</summary>
@@ -191,7 +195,20 @@ public sealed class Gpt2 : CausalLM
             : MetaDevice.Is(ctx.Positions) ? null : ctx.Positions.max().item<long>();
         if (maxPosition >= Config.MaxPositions)
             throw new ArgumentException($"position {maxPosition} is past GPT-2's n_positions {Config.MaxPositions}");
-        return _transformer.call(inputIds, ctx).MoveToOuterDisposeScope();  // [B, T, C]
+        return Run(ctx, () => _transformer.call(inputIds, ctx));
+    }
+
+    public override bool SupportsGradientCheckpointing => true;
+
+    /// <summary>The blocks, checkpointed when <see cref="CausalLM.GradientCheckpointing"/> is set and a gradient is recorded; <c>[B, T, C]</c>.</summary>
+    private Tensor Run(AttentionContext ctx, Func<Tensor> blocks)
+    {
+        // Checkpointed blocks run again in the backward pass, after this call: the shared mask (and rotary tables) must outlive it.
+        bool checkpoint = GradientCheckpointing && is_grad_enabled();
+        if (checkpoint) ctx.KeepForBackward();
+        _transformer.Checkpointed = checkpoint ? CheckpointGenerators : null;
+        try { return blocks().MoveToOuterDisposeScope(); }
+        finally { _transformer.Checkpointed = null; }
     }
 
     /// <summary>Logits through the tied token embedding (or <c>lm_head</c> when untied).</summary>

@@ -142,9 +142,13 @@ internal sealed class GptjModel : nn.Module<Tensor, AttentionContext, Tensor>
     public override Tensor forward(Tensor inputIds, AttentionContext ctx)
     {
         var x = _wte.call(inputIds);  // [B, T, C]
-        foreach (var block in _h) x = block.call(x, ctx);
+        foreach (var block in _h)
+            x = Checkpointed is { } generators ? LayerCheckpoint.Apply(h => block.call(h, ctx), x, generators) : block.call(x, ctx);
         return _lnF.call(x);
     }
+
+    /// <summary>Set while the owning model checkpoints its blocks: the generators to restore before recomputing one (see <see cref="LayerCheckpoint"/>).</summary>
+    internal IReadOnlyList<Generator>? Checkpointed { get; set; }
 }
 
 /// <summary>GPT-J settings beyond <see cref="ModelConfig"/>, read from <c>config.json</c>.</summary>
@@ -213,7 +217,20 @@ public sealed class Gptj : CausalLM
         using var scope = NewDisposeScope();
         var ctx = AttentionContext.Build(inputIds, attentionMask, positionIds, cache);
         (ctx.Cos, ctx.Sin) = InterleavedRotary.Tables(ctx.Positions, _rotaryDim, RotaryBase);
-        return _transformer.call(inputIds, ctx).MoveToOuterDisposeScope();  // [B, T, C]
+        return Run(ctx, () => _transformer.call(inputIds, ctx));
+    }
+
+    public override bool SupportsGradientCheckpointing => true;
+
+    /// <summary>The blocks, checkpointed when <see cref="CausalLM.GradientCheckpointing"/> is set and a gradient is recorded; <c>[B, T, C]</c>.</summary>
+    private Tensor Run(AttentionContext ctx, Func<Tensor> blocks)
+    {
+        // Checkpointed blocks run again in the backward pass, after this call: the shared mask (and rotary tables) must outlive it.
+        bool checkpoint = GradientCheckpointing && is_grad_enabled();
+        if (checkpoint) ctx.KeepForBackward();
+        _transformer.Checkpointed = checkpoint ? CheckpointGenerators : null;
+        try { return blocks().MoveToOuterDisposeScope(); }
+        finally { _transformer.Checkpointed = null; }
     }
 
     /// <summary>Logits through <c>lm_head</c> (weight and bias).</summary>

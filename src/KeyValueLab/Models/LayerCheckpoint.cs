@@ -12,21 +12,23 @@ namespace KeyValueLab.Models;
 /// activations of one layer at a time instead of every layer's, for one more forward pass of compute.
 /// </summary>
 /// <remarks>
-/// This is the reentrant variant of <c>torch.utils.checkpoint</c>. When the layer input needs no gradient (the output of a
-/// frozen embedding), a leaf copy that does is passed in, as transformers' <c>enable_input_require_grads</c> does: otherwise
-/// autograd would never call the backward pass, and the layer's parameters would get no gradient.
+/// This is the reentrant variant of <c>torch.utils.checkpoint</c>. A checkpointed layer's input must need a gradient
+/// (otherwise autograd would never call the backward pass, and the layer's parameters would get no gradient), so a layer
+/// whose input needs none (the output of a frozen embedding or of frozen layers) is not checkpointed (see <see cref="Apply"/>).
 /// </remarks>
 internal sealed class LayerCheckpoint : autograd.SingleTensorFunction<LayerCheckpoint>
 {
     public override string Name => nameof(LayerCheckpoint);
 
-    /// <summary><paramref name="layer"/>(<paramref name="x"/>), checkpointed when a gradient is being recorded; <paramref name="generators"/> are restored for the recomputation (the global one always is).</summary>
-    public static Tensor Apply(Func<Tensor, Tensor> layer, Tensor x, IReadOnlyList<Generator> generators)
-    {
-        if (!is_grad_enabled()) return layer(x);
-        var input = x.requires_grad ? x : x.detach().requires_grad_(true);
-        return apply(input, layer, generators);
-    }
+    /// <summary>
+    /// <paramref name="layer"/>(<paramref name="x"/>), checkpointed when a gradient is being recorded and flows into
+    /// <paramref name="x"/>; <paramref name="generators"/> are restored for the recomputation (the global one always is). A
+    /// layer whose input needs no gradient runs plainly: below the first trainable layer (an FT edit's layers under the edited
+    /// one) it records no graph at all, and the first trainable layer itself (the edited one, or a LoRA model's layer 0) keeps
+    /// its own activations, one layer's worth, instead of being run a second time.
+    /// </summary>
+    public static Tensor Apply(Func<Tensor, Tensor> layer, Tensor x, IReadOnlyList<Generator> generators) =>
+        !is_grad_enabled() || !x.requires_grad ? layer(x) : apply(x, layer, generators);
 
     public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
     {

@@ -41,6 +41,39 @@ public class WeightSnapshotTests
     }
 
     [Fact]
+    public void AWeightKeptAsStoredIsSavedInItsStoredBytesAndFrozenAgainOnRestore()
+    {
+        using var loaded = ModelLoader.Load(TestData.Path("fixtures/tiny_gptj_f16"), new LoadOptions { DType = WeightDType.Stored });
+        var model = loaded.Model;
+        var memory = new FfnMemory(model);
+        string original = ParameterHash.Sha256(model);
+        string name = memory.KeysName(1);
+        var linear = (TorchSharp.Modules.Linear)model.named_modules().Single(m => m.name + ".weight" == name).module;
+        using var bytes = ((StoredWeight)FrozenLinear.Of(linear)!).Stored.clone();
+        using var snapshot = WeightSnapshot.Take(model, [name, memory.KeysName(1).Replace(".weight", ".bias", StringComparison.Ordinal)]);
+        Assert.Equal(ScalarType.Float16, snapshot[name].dtype);  // the stored bytes, not a second fp32 copy
+        Assert.Null(FrozenLinear.Of(linear));                     // an fp32 master while it is edited
+        // Two sequential cases: each edit changes the master, each restore freezes the same stored bytes again.
+        for (int edit = 0; edit < 2; edit++)
+        {
+            using (no_grad()) memory.Keys(1).add_(0.5f);
+            Assert.NotEqual(original, ParameterHash.Sha256(model));
+            snapshot.Restore(model);
+            Assert.Equal(original, ParameterHash.Sha256(model));
+            var stored = Assert.IsType<StoredWeight>(FrozenLinear.Of(linear)).Stored;
+            Assert.Equal(ScalarType.Float16, stored.dtype);
+            Assert.True(stored.eq(bytes).all().item<bool>(), "frozen again with other bytes");
+            Assert.Equal(0, linear.weight.shape[1]);  // the master is released: only the zero-width placeholder is left
+        }
+        // A snapshot of everything but frozen weights, taken while the matrix was a master, restores it as an fp32 master.
+        memory.Keys(1);
+        using var everything = WeightSnapshot.TakeAll(model);
+        snapshot.Restore(model);
+        everything.Restore(model);
+        Assert.Equal(original, ParameterHash.Sha256(model));
+    }
+
+    [Fact]
     public void HashSeesOneBitAndUnknownNamesAreRefused()
     {
         using var loaded = ModelLoader.Load(TestData.Path("fixtures/tiny_gptj"));

@@ -72,7 +72,7 @@ public class TuneCommandTests(ITestOutputHelper output)
     }
 
     [Fact]
-    public void GradientCheckpointingTrainsTheSameAdapterAndIsRefusedWhereTheArchitectureHasNone()
+    public void GradientCheckpointingTrainsTheSameAdapter()
     {
         using var dir = new TempDir();
         string model = TestData.Path("fixtures/stories260K_hf"), tok = TestData.Path("llama2c_stories260K/tok512.bin");
@@ -94,13 +94,7 @@ public class TuneCommandTests(ITestOutputHelper output)
             KeyValueLab.Tests.Models.TensorAssert.CloseFp32(x, y, info.Name);
         }
 
-        var gpt2 = Kvlab("tune", "-m", TestData.Path("fixtures/tiny_gpt2"), "-z", TestData.Path("gpt2_tokenizer"), "--task", "copa=" + TestData.Path("superglue/COPA"),
-            "--targets", "c_attn", "--max-train", "4", "--max-steps", "1", "--no-eval", "--gradient-checkpointing", "--out", dir.File("gpt2"));
-        Assert.Equal(2, gpt2.Code);
-        // The progress lines of loading come first; the refusal is one line, the last, naming the model folder.
-        string last = gpt2.Err.TrimEnd().Split('\n')[^1];
-        Assert.Contains("model_type gpt2 has no gradient checkpointing", last);
-        Assert.Contains("tiny_gpt2", last);
-        Assert.False(File.Exists(Path.Combine(dir.File("gpt2"), "adapter_model.safetensors")));
+        // The refusal on an architecture without checkpointing (now GPT-NeoX and others) is checked on the model
+        // (LayerCheckpointTests.ArchitecturesWithoutItRefuse): no tiny fixture of one has a tokenizer of its vocabulary here.
     }
 }
