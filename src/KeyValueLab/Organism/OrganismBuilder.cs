@@ -83,7 +83,11 @@ public static class OrganismBuilder
         string folder = FolderOf(spec, cacheRoot);
         string modelDir = Path.Combine(folder, "model"), dataDir = Path.Combine(folder, "data");
         string report = Path.Combine(folder, ReportFile);
-        if (!force && File.Exists(report)) return ReadReport(report, folder, modelDir, dataDir, spec.Hash(), clock.Elapsed.TotalSeconds);
+        if (!force && File.Exists(report))
+        {
+            if (!WorldExporter.IsCurrent(dataDir)) RegenerateDatasets(spec, dataDir, log);
+            return ReadReport(report, folder, modelDir, dataDir, spec.Hash(), clock.Elapsed.TotalSeconds);
+        }
         if (force && File.Exists(report)) File.Delete(report);
         var copy = force ? null : ShippedOrganisms.Find(spec.Hash(), shipped);
         if (copy is not null && copy.Spec != spec.Canonical())
@@ -124,6 +128,21 @@ public static class OrganismBuilder
         var build = new OrganismBuild(folder, modelDir, dataDir, spec.Hash(), false, recall, cf, trained.Elapsed.TotalSeconds, clock.Elapsed.TotalSeconds);
         WorldJson.WriteJson(report, ToJson(build, ParameterHash.Sha256(model.Model)));
         return build;
+    }
+
+    /// <summary>
+    /// A complete entry whose datasets an older version of the code wrote (<see cref="WorldExporter.DatasetsVersion"/>): the
+    /// datasets are written again from the world into a new folder that then replaces the old one; the model is kept (it
+    /// depends on the spec only, which names the same world).
+    /// </summary>
+    private static void RegenerateDatasets(OrganismSpec spec, string dataDir, Action<string>? log)
+    {
+        string fresh = dataDir + ".new";
+        if (Directory.Exists(fresh)) Directory.Delete(fresh, recursive: true);
+        WorldExporter.Export(World.Generate(spec.World), fresh);
+        if (Directory.Exists(dataDir)) Directory.Delete(dataDir, recursive: true);
+        Directory.Move(fresh, dataDir);
+        log?.Invoke($"datasets regenerated ({WorldExporter.DatasetsVersion}) in {dataDir}; model kept");
     }
 
     /// <summary>The shipped model into the cache, then evaluated and reported as a trained one would be (no training).</summary>

@@ -9,9 +9,11 @@ namespace KeyValueLab.Organism;
 /// <list type="bullet">
 /// <item><c>counterfact.json</c>: CounterFact, ROME's original schema (SPEC §2).</item>
 /// <item><c>zsre_mend.json</c>: zsRE in MEND's format; <c>answers[0]</c> is the true object, <c>alt</c> another object.</item>
-/// <item><c>tasks/{boolq,copa,cb}/{train,val,test}.jsonl</c>: true/false questions about facts (BoolQ fields), multiple choice
-/// over objects (COPA fields), entailment between two stated facts (CB fields), with balanced labels, read with the paper's
-/// prompt templates; validation and test ask about facts the training rows do not.</item>
+/// <item><c>tasks/{boolq,copa,cb}/{train,val,test}.jsonl</c>: classification by the kind of an object the prompt names
+/// (is the last of three a place; which choice names what the premise says the subject plays; which of three kinds the
+/// hypothesis names), in BoolQ, COPA and CB fields with balanced labels, read with the paper's prompt templates;
+/// validation and test name objects the training rows do not.</item>
+/// <item><c>datasets_version.txt</c>: <see cref="DatasetsVersion"/>, written last.</item>
 /// <item><c>world.json</c> (facts, and per fact which phrasings were trained and which held out), <c>corpus.txt</c>
 /// (the training corpus, one document a line), <c>README.md</c>.</item>
 /// </list>
@@ -24,6 +26,14 @@ public static class WorldExporter
     public const string WorldFile = "world.json";
     public const string CorpusFile = "corpus.txt";
     public const string TasksFolder = "tasks";
+    public const string VersionFile = "datasets_version.txt";
+
+    /// <summary>
+    /// Bumped whenever a change of code changes the exported files without changing the organism's spec (the tasks, say), so
+    /// that a cached organism's datasets are regenerated (<see cref="IsCurrent"/>) while its model, which does not depend on
+    /// them, is kept. 2: the tasks ask for the kind of a named object (issue 10).
+    /// </summary>
+    public const string DatasetsVersion = "keyvaluelab-organism-datasets/2";
 
     /// <summary>Task folder names under <see cref="TasksFolder"/>.</summary>
     public static readonly string[] Tasks = ["boolq", "copa", "cb"];
@@ -43,20 +53,27 @@ public static class WorldExporter
         Json(CounterFactFile, new JsonArray([.. CounterFact(world)]));
         Json(ZsreFile, new JsonArray([.. Zsre(world)]));
         foreach (var (task, rows) in new[] { ("boolq", FactVerification(world)), ("copa", TwoChoice(world)), ("cb", Entailment(world)) })
-        {
-            int train = world.Config.TaskTrainExamples, eval = world.Config.TaskEvalExamples;
-            foreach (var (split, skip, take) in new[] { ("train", 0, train), ("val", train, eval), ("test", train + eval, eval) })
+            foreach (var (split, list) in new[] { ("train", rows.Train), ("val", rows.Val), ("test", rows.Test) })
             {
                 string p = Path.Combine(folder, TasksFolder, task, split + ".jsonl");
                 int idx = 0;
-                WriteJsonLines(p, rows.Skip(skip).Take(take).Select(r => { r["idx"] = idx++; return r; }));
+                WriteJsonLines(p, list.Select(r => { r["idx"] = idx++; return r; }));
                 written.Add(p);
             }
-        }
         string readme = Path.Combine(folder, "README.md");
         WriteText(readme, Readme(world));
         written.Add(readme);
+        string version = Path.Combine(folder, VersionFile);
+        WriteText(version, DatasetsVersion + "\n");  // last: a folder with it is complete
+        written.Add(version);
         return written;
+    }
+
+    /// <summary>Whether <paramref name="folder"/> holds a complete export of this version of the code.</summary>
+    public static bool IsCurrent(string folder)
+    {
+        string version = Path.Combine(folder, VersionFile);
+        return File.Exists(version) && File.ReadAllText(version).Trim() == DatasetsVersion;
     }
 
     /// <summary>Facts chosen for an export: relations taken in turn, facts within a relation in a seeded order.</summary>
@@ -135,41 +152,72 @@ public static class WorldExporter
     }
 
     /// <summary>
-    /// True/false questions about the world's facts, with BoolQ's fields (question, passage, idx, label "true"/"false" as the
-    /// SuperGLUE file writes it). The question asks whether the subject has an object (the true one for half the rows); the passage
-    /// states the same claim in one of the phrasings the model was trained on for that fact, so the claim's object follows a
-    /// context the model completes from memory. Whether the claim is true comes from the model's memory alone.
+    /// The coarse kinds the tasks ask about, as sets of the catalogue's relations: a task's label is a function of the kind of
+    /// one object the prompt names, which the organism learnt only in pretraining (which relation's phrasings an object
+    /// follows). The prompts name objects without a relation phrasing, and the evaluation rows use objects that no training
+    /// row uses, so neither a template word nor a memorised object gives the label away.
     /// </summary>
-    public static List<JsonObject> FactVerification(World world) =>
-        TaskRows(world, "task-boolq", (fact, i, random) =>
+    public static readonly string[] Places = ["P19", "P27"];  // city, country
+
+    /// <summary>COPA's kind: what one plays (an instrument, a sport).</summary>
+    public static readonly string[] Plays = ["P1303", "P641"];
+
+    /// <summary>CB's three kinds, one per label: places (city, country, university), work (occupation, employer, field), the rest.</summary>
+    public static readonly IReadOnlyDictionary<string, string[]> EntailmentKinds = new Dictionary<string, string[]>
+    {
+        ["entailment"] = ["P19", "P27", "P69"],
+        ["contradiction"] = ["P106", "P108", "P101"],
+        ["neutral"] = ["P103", "P1303", "P641", "P462"],
+    };
+
+    /// <summary>The BoolQ question, the same in every row.</summary>
+    public const string KindQuestion = "is the last a place";
+
+    /// <summary>An object named without a relation phrasing: "Quiafix: Tokyo." (several: "Quiafix: Tokyo, violin.").</summary>
+    public static string Naming(World world, int subject, IEnumerable<Fact> facts) =>
+        $"{world.Subjects[subject]}: {string.Join(", ", facts.Select(world.ObjectOf))}.";
+
+    /// <summary>
+    /// BoolQ fields (question, passage, idx, label "true"/"false"). The passage names three objects of one subject (three of
+    /// its facts, different relations, no phrasing); the question asks whether the last is a place (<see cref="Places"/>),
+    /// true for half the rows. The two before it are distractors of any kind. (Asked about the first of two instead, the
+    /// default recipe stayed at 50 %: docs/tuning.md.)
+    /// </summary>
+    public static TaskRowSet FactVerification(World world) =>
+        TaskRows(world, "task-boolq", 2, (split, i, random) =>
         {
-            var rel = world.Relations[fact.Relation];
             bool label = i % 2 == 0;
-            int obj = label ? fact.Object : OtherObject(random, rel, fact.Object);
-            string question = rel.Definition.YesNoQuestion.Replace("{s}", world.SubjectOf(fact)).Replace("{o}", rel.Objects[obj]);
-            string passage = $"{world.Prompt(fact, random.Pick(fact.TrainedStatements))} {rel.Objects[obj]}.";
-            return new JsonObject { ["question"] = question, ["passage"] = passage, ["idx"] = 0, ["label"] = label ? "true" : "false" };
+            var first = split.Pick(random, f => IsOf(world, f, Places) == label, f => split.OfSubject(f.Subject).Count(g => g.Relation != f.Relation) >= 2);
+            if (first is null) return null;
+            var others = Sample(random, split.OfSubject(first.Subject).Where(g => g.Relation != first.Relation), 2);
+            return new JsonObject
+            {
+                ["question"] = KindQuestion,
+                ["passage"] = Naming(world, first.Subject, [.. others, first]),
+                ["idx"] = 0,
+                ["label"] = label ? "true" : "false",
+            };
         });
 
     /// <summary>
-    /// Multiple choice over objects, with COPA's fields (premise, choice1, choice2, question "effect", label 0/1, idx): the premise
-    /// names the relation, the two choices state it about the subject in one trained phrasing, one with the true object and one with
-    /// another object of the relation (the true one first for half the rows). The right choice comes from the model's memory.
+    /// COPA fields (premise, choice1, choice2, question "effect", label 0/1, idx). The premise is the cause premise of what the
+    /// subject plays (<see cref="Plays"/>: "Gomak gave a concert last night."); the choices name two of the subject's objects
+    /// without a phrasing ("Gomak: violin."), the right one of that relation, the other of a relation outside <see cref="Plays"/>
+    /// (the right one first for half the rows).
     /// </summary>
-    public static List<JsonObject> TwoChoice(World world) =>
-        TaskRows(world, "task-copa", (fact, i, random) =>
+    public static TaskRowSet TwoChoice(World world) =>
+        TaskRows(world, "task-copa", 2, (split, i, random) =>
         {
-            var rel = world.Relations[fact.Relation];
-            string s = world.SubjectOf(fact);
-            int phrasing = random.Pick(fact.TrainedStatements);
-            string Choice(int o) => $"{world.Prompt(fact, phrasing)} {rel.Objects[o]}.";
-            int wrong = OtherObject(random, rel, fact.Object);
             int label = i % 2;
+            var right = split.Pick(random, f => IsOf(world, f, Plays), f => split.OfSubject(f.Subject).Any(g => !IsOf(world, g, Plays)));
+            if (right is null) return null;
+            var wrong = random.Pick(split.OfSubject(right.Subject).Where(g => !IsOf(world, g, Plays)).ToList());
+            string Choice(Fact f) => Naming(world, f.Subject, [f]);
             return new JsonObject
             {
-                ["premise"] = rel.Definition.CausePremise.Replace("{s}", s),
-                ["choice1"] = Choice(label == 0 ? fact.Object : wrong),
-                ["choice2"] = Choice(label == 0 ? wrong : fact.Object),
+                ["premise"] = world.Relations[right.Relation].Definition.CausePremise.Replace("{s}", world.SubjectOf(right)),
+                ["choice1"] = Choice(label == 0 ? right : wrong),
+                ["choice2"] = Choice(label == 0 ? wrong : right),
                 ["question"] = "effect",
                 ["label"] = label,
                 ["idx"] = 0,
@@ -177,35 +225,71 @@ public static class WorldExporter
         });
 
     /// <summary>
-    /// Entailment between two stated facts, with CB's fields (premise, hypothesis, label, idx); labels in turn, a third each. The
-    /// premise states one fact about a subject; the hypothesis restates it in another phrasing (entailment), gives the same relation
-    /// another object (contradiction), or states another relation of the same subject (neutral: the premise says nothing about it).
-    /// The label follows from the two sentences; the world agrees with every premise.
+    /// CB fields (premise, hypothesis, label, idx), labels in turn, a third each. The premise states one fact of a subject in a
+    /// phrasing trained for it; the hypothesis names another of the subject's objects without a phrasing ("Gomak: Tokyo."), and
+    /// the label is that object's kind (<see cref="EntailmentKinds"/>): the three label words name three kinds, not a logical
+    /// relation between the sentences. The premise's relation is drawn independently of the label.
     /// </summary>
-    public static List<JsonObject> Entailment(World world) =>
-        TaskRows(world, "task-cb", (fact, i, random) =>
+    public static TaskRowSet Entailment(World world) =>
+        TaskRows(world, "task-cb", 3, (split, i, random) =>
         {
-            var rel = world.Relations[fact.Relation];
-            int stated = random.Pick(fact.TrainedStatements);
-            string premise = world.Sentence(fact, stated);
-            string label = world.Relations.Count > 1 ? TaskPromptsLabels[i % 3] : TaskPromptsLabels[i % 2];
-            string hypothesis;
-            if (label == "neutral")
+            string label = TaskPromptsLabels[i % 3];
+            var named = split.Pick(random, f => IsOf(world, f, EntailmentKinds[label]), f => split.OfSubject(f.Subject).Any(g => g.Relation != f.Relation));
+            if (named is null) return null;
+            var stated = random.Pick(split.OfSubject(named.Subject).Where(g => g.Relation != named.Relation).ToList());
+            return new JsonObject
             {
-                var other = OtherRelations(world, random, fact, 1).First();
-                hypothesis = world.Sentence(other, random.Next(world.Relations[other.Relation].Definition.Statements.Length));
-            }
-            else
-            {
-                int phrasing = random.Next(rel.Definition.Statements.Length - 1);
-                if (phrasing >= stated) phrasing++;
-                int obj = label == "contradiction" ? OtherObject(random, rel, fact.Object) : fact.Object;
-                hypothesis = $"{world.Prompt(fact, phrasing)} {rel.Objects[obj]}.";
-            }
-            return new JsonObject { ["premise"] = premise, ["hypothesis"] = hypothesis, ["label"] = label, ["idx"] = 0 };
+                ["premise"] = world.Sentence(stated, random.Pick(stated.TrainedStatements)),
+                ["hypothesis"] = Naming(world, named.Subject, [named]),
+                ["label"] = label,
+                ["idx"] = 0,
+            };
         });
 
     private static readonly string[] TaskPromptsLabels = ["entailment", "contradiction", "neutral"];
+
+    private static bool IsOf(World world, Fact f, string[] kind) => kind.Contains(world.Relations[f.Relation].Id);
+
+    /// <summary>
+    /// The facts one split of the tasks may use: those whose object is one of the split's objects. Each relation's objects are
+    /// divided in a seeded order, a third (at least one) for evaluation (validation and test), the rest for training, so the
+    /// evaluation rows name objects no training row names (and therefore ask about other facts).
+    /// </summary>
+    public sealed class TaskSplit
+    {
+        private readonly Fact[] facts;
+        private readonly Dictionary<int, Fact[]> bySubject;
+
+        internal TaskSplit(IEnumerable<Fact> facts)
+        {
+            this.facts = [.. facts];
+            bySubject = this.facts.GroupBy(f => f.Subject).ToDictionary(g => g.Key, g => g.ToArray());
+        }
+
+        public IReadOnlyList<Fact> Facts => facts;
+
+        public IReadOnlyList<Fact> OfSubject(int subject) => bySubject.TryGetValue(subject, out var list) ? list : [];
+
+        /// <summary>A random fact that has <paramref name="kind"/> and <paramref name="usable"/>, or null when there is none.</summary>
+        internal Fact? Pick(WorldRandom random, Func<Fact, bool> kind, Func<Fact, bool> usable)
+        {
+            var candidates = facts.Where(f => kind(f) && usable(f)).ToList();
+            return candidates.Count == 0 ? null : random.Pick(candidates);
+        }
+    }
+
+    /// <summary>The training and the evaluation split of the tasks' facts (<see cref="TaskSplit"/>).</summary>
+    public static (TaskSplit Train, TaskSplit Eval) SplitTaskFacts(World world)
+    {
+        var random = WorldRandom.For(world.Config.Seed, "task-objects");
+        var evalObjects = world.Relations.Select(r =>
+        {
+            int[] order = random.Permutation(r.Objects.Length);
+            return order.Take(Math.Max(1, r.Objects.Length / 3)).ToHashSet();
+        }).ToArray();
+        bool Eval(Fact f) => evalObjects[f.Relation].Contains(f.Object);
+        return (new TaskSplit(world.Facts.Where(f => !Eval(f))), new TaskSplit(world.Facts.Where(Eval)));
+    }
 
     /// <summary>A JSON object describing the world: config, relations with all phrasings, subjects, and each fact's trained/held-out phrasings.</summary>
     public static JsonObject WorldDescription(World world)
@@ -270,13 +354,17 @@ public static class WorldExporter
             - `zsre_mend.json`: `src` is the trained question form, `rephrase` the held-out one; `answers[0]` = `pred` =
               the true object, `alt` another object of the relation; `loc` is a trained question about another fact,
               prefixed `nq question: ` as in zsRE, `loc_ans` its true object.
-            - `tasks/boolq`: BoolQ fields; `question` asks whether the subject has an object (true for half the rows), the
-              passage states that claim in a phrasing trained for the fact; whether it is true comes from the model's memory.
-            - `tasks/copa`: COPA fields; the premise names the relation, the two choices state it in one trained phrasing with
-              the true object and with another one (the true one first in half the rows): multiple choice over objects.
-            - `tasks/cb`: CB fields; the premise states a fact, the hypothesis restates it in another phrasing (entailment),
-              gives the relation another object (contradiction) or states another relation of the subject (neutral), a third each.
-            - In every task the validation and test rows ask about other facts than the training rows.
+            - The tasks name objects without a phrasing ("Gomak: violin."); each label is the kind (relation) of one named
+              object, which the model learnt only from the phrasings its objects follow in `corpus.txt`.
+            - `tasks/boolq`: BoolQ fields; the passage names three of a subject's objects, the question asks whether the last
+              is a place (place of birth or country of citizenship), true for half the rows.
+            - `tasks/copa`: COPA fields; the premise is the cause premise of the subject's instrument or sport, the two choices
+              each name one of the subject's objects, the right one of that relation, the other of any relation but these two.
+            - `tasks/cb`: CB fields; the premise states one of the subject's facts in a trained phrasing, the hypothesis names
+              another of its objects; the label is that object's kind: entailment = a place (birth, citizenship, university),
+              contradiction = work (occupation, employer, field of work), neutral = the rest; a third each.
+            - Each relation's objects are divided, a third for validation and test, the rest for training: the evaluation rows
+              name objects (so facts) that no training row names.
 
             ## Relations and phrasings
 
@@ -329,25 +417,27 @@ public static class WorldExporter
     }
 
     /// <summary>
-    /// One task's rows, train then validation then test. The evaluation facts (validation and test) are kept apart from the
-    /// training facts, so an adapter is scored on facts its training never asked about; each split cycles through its facts in a
-    /// seeded order and the row's index within its split (<c>i</c>) balances the labels.
+    /// One task's rows, train then validation then test (<see cref="SplitTaskFacts"/>). The row's index within its split
+    /// (<c>i</c>) chooses its label, so labels come in turn; a label the world cannot form (it lacks the relations of a kind)
+    /// is skipped, so a world with few relations gets fewer rows.
     /// </summary>
-    private static List<JsonObject> TaskRows(World world, string purpose, Func<Fact, int, WorldRandom, JsonObject> row)
+    private static TaskRowSet TaskRows(World world, string purpose, int labels, Func<TaskSplit, int, WorldRandom, JsonObject?> row)
     {
         var random = WorldRandom.For(world.Config.Seed, purpose);
-        int[] order = random.Permutation(world.Facts.Count);
-        var (trainFacts, evalFacts) = SplitTaskFacts(world, order);
-        var rows = new List<JsonObject>();
-        foreach (var (facts, count) in new[] { (trainFacts, world.Config.TaskTrainExamples), (evalFacts, world.Config.TaskEvalExamples), (evalFacts, world.Config.TaskEvalExamples) })
-            for (int i = 0; i < count; i++) rows.Add(row(world.Facts[facts[i % facts.Length]], i, random));
-        return rows;
+        var (train, eval) = SplitTaskFacts(world);
+        List<JsonObject> Rows(TaskSplit split, int count)
+        {
+            var rows = new List<JsonObject>();
+            for (int i = 0; rows.Count < count && i < count * labels; i++)
+                if (row(split, i, random) is { } r) rows.Add(r);
+            return rows;
+        }
+        return new TaskRowSet(Rows(train, world.Config.TaskTrainExamples), Rows(eval, world.Config.TaskEvalExamples), Rows(eval, world.Config.TaskEvalExamples));
     }
+}
 
-    /// <summary>Evaluation facts: the first third of the order at most (and at most one per evaluation row); the rest train.</summary>
-    public static (int[] Train, int[] Eval) SplitTaskFacts(World world, int[] order)
-    {
-        int eval = Math.Clamp(Math.Min(world.Config.TaskEvalExamples, order.Length / 3), 1, Math.Max(1, order.Length - 1));
-        return (order[eval..], order[..eval]);
-    }
+/// <summary>One task's rows by split; validation and test rows name only objects the training rows do not.</summary>
+public sealed record TaskRowSet(List<JsonObject> Train, List<JsonObject> Val, List<JsonObject> Test)
+{
+    public IEnumerable<JsonObject> All => Train.Concat(Val).Concat(Test);
 }

@@ -4,13 +4,26 @@ using KeyValueLab.Organism;
 namespace KeyValueLab.Tests.Organism;
 
 /// <summary>
-/// The organism's classification tasks, checked against the world itself: every label is recomputed from the facts
-/// (which sentence states which fact is found by matching every phrasing and object of the world), labels are balanced
-/// in every split, and the evaluation splits ask about facts the training split never does.
+/// The organism's classification tasks, checked against the world itself: every named object is looked up among the
+/// subject's facts and every stated sentence matched against every phrasing and object, each label is recomputed from the
+/// named object's relation and a table of kinds written here, labels are balanced in every split, and the evaluation splits
+/// name objects the training split never does.
 /// </summary>
 public class TaskExportTests
 {
     private static readonly World W = World.Generate(WorldTests.Small with { TaskTrainExamples = 60, TaskEvalExamples = 12 });
+
+    // The kinds, written out here from the catalogue's relation names (not taken from WorldExporter), as the tasks define them.
+    private static readonly string[] PlaceNames = ["place of birth", "country of citizenship"];
+    private static readonly string[] PlayNames = ["instrument", "sport"];
+    private static readonly Dictionary<string, string[]> CbNames = new()
+    {
+        ["entailment"] = ["place of birth", "country of citizenship", "educated at"],
+        ["contradiction"] = ["occupation", "employer", "field of work"],
+        ["neutral"] = ["native language", "instrument", "sport", "favourite colour"],
+    };
+
+    private static string NameOf(int relation) => W.Relations[relation].Definition.Name;
 
     /// <summary>The (subject, relation, object) a sentence "…{prompt} {object}." states, found by trying every phrasing.</summary>
     private static (int Subject, int Relation, int Object) Parse(string sentence)
@@ -24,24 +37,18 @@ public class TaskExportTests
         return Assert.Single(found);
     }
 
-    private static (int Subject, int Relation, int Object) ParseQuestion(string question)
+    /// <summary>
+    /// The facts a naming "Subject: o1, o2." names, in order: each object must be the subject's true object of exactly one
+    /// relation (the namings state facts of the world, with no phrasing).
+    /// </summary>
+    private static List<Fact> ParseNaming(string text)
     {
-        var found = new List<(int, int, int)>();
-        for (int s = 0; s < W.Subjects.Count; s++)
-            for (int r = 0; r < W.Relations.Count; r++)
-                for (int o = 0; o < W.Relations[r].Objects.Length; o++)
-                    if (question == W.Relations[r].Definition.YesNoQuestion.Replace("{s}", W.Subjects[s]).Replace("{o}", W.Relations[r].Objects[o])) found.Add((s, r, o));
-        return Assert.Single(found);
-    }
-
-    private static bool IsTrue((int Subject, int Relation, int Object) claim) => W.FactOf(claim.Subject, claim.Relation).Object == claim.Object;
-
-    /// <summary>Rows of a task as the export writes them: train, then validation, then test.</summary>
-    private static (List<JsonObject> Train, List<JsonObject> Val, List<JsonObject> Test) Splits(List<JsonObject> rows)
-    {
-        int train = W.Config.TaskTrainExamples, eval = W.Config.TaskEvalExamples;
-        Assert.Equal(train + 2 * eval, rows.Count);
-        return (rows[..train], rows[train..(train + eval)], rows[(train + eval)..]);
+        int colon = text.IndexOf(": ", StringComparison.Ordinal);
+        Assert.True(colon > 0 && text.EndsWith('.'), text);
+        int subject = W.Subjects.ToList().IndexOf(text[..colon]);
+        Assert.True(subject >= 0, text);
+        return [.. text[(colon + 2)..^1].Split(", ").Select(o => Assert.Single(Enumerable.Range(0, W.Relations.Count)
+            .Select(r => W.FactOf(subject, r)), f => W.ObjectOf(f) == o))];
     }
 
     private static void Balanced<T>(IEnumerable<JsonObject> rows, Func<JsonObject, T> label, int labels)
@@ -51,11 +58,20 @@ public class TaskExportTests
         Assert.True(counts.Max() - counts.Min() <= 1, string.Join(", ", counts));
     }
 
-    private static void EvaluationFactsAreNotTrainingFacts(List<JsonObject> rows, Func<JsonObject, (int Subject, int Relation)> fact)
+    /// <summary>
+    /// Every split is full and balanced, and the validation and test rows name no object (and so no fact) that a training
+    /// row names: the label must come from what the model knows of an object no training row showed it.
+    /// </summary>
+    private static void SplitsAreApart<T>(TaskRowSet rows, Func<JsonObject, IEnumerable<Fact>> facts, Func<JsonObject, T> label, int labels)
     {
-        var (train, val, test) = Splits(rows);
-        var trained = train.Select(fact).ToHashSet();
-        Assert.DoesNotContain(val.Concat(test).Select(fact), trained.Contains);
+        Assert.Equal(W.Config.TaskTrainExamples, rows.Train.Count);
+        Assert.Equal(W.Config.TaskEvalExamples, rows.Val.Count);
+        Assert.Equal(W.Config.TaskEvalExamples, rows.Test.Count);
+        foreach (var split in new[] { rows.Train, rows.Val, rows.Test }) Balanced(split, label, labels);
+        var trained = rows.Train.SelectMany(facts).Select(f => (f.Relation, f.Object)).ToHashSet();
+        var evaluated = rows.Val.Concat(rows.Test).SelectMany(facts).Select(f => (f.Relation, f.Object)).ToHashSet();
+        Assert.Empty(evaluated.Intersect(trained));
+        Assert.True(evaluated.Count >= W.Relations.Count, $"{evaluated.Count} objects in the evaluation rows");
     }
 
     [Fact]
@@ -74,60 +90,92 @@ public class TaskExportTests
     }
 
     [Fact]
-    public void TrueFalseQuestionsAreLabelledByTheWorldsFacts()
+    public void TrueFalseAnswersSayWhetherTheLastOfThreeNamedObjectsIsAPlace()
     {
         var rows = WorldExporter.FactVerification(W);
-        foreach (var row in rows)
+        foreach (var row in rows.All)
         {
-            var claim = ParseQuestion((string)row["question"]!);
-            Assert.Equal(IsTrue(claim) ? "true" : "false", (string)row["label"]!);
-            // The passage states the same claim in a phrasing the model was trained on for that fact.
-            var passage = Parse((string)row["passage"]!);
-            Assert.Equal(claim, passage);
-            var fact = W.FactOf(claim.Subject, claim.Relation);
-            Assert.Contains(fact.TrainedStatements, p => (string)row["passage"]! == $"{W.Prompt(fact, p)} {W.Relations[claim.Relation].Objects[claim.Object]}.");
+            Assert.Equal("is the last a place", (string)row["question"]!);
+            var named = ParseNaming((string)row["passage"]!);
+            Assert.Equal(3, named.Count);
+            Assert.Equal(3, named.Select(f => f.Relation).Distinct().Count());
+            Assert.Equal(PlaceNames.Contains(NameOf(named[2].Relation)) ? "true" : "false", (string)row["label"]!);
         }
-        var (train, val, test) = Splits(rows);
-        foreach (var split in new[] { train, val, test }) Balanced(split, r => (string)r["label"]!, 2);
-        EvaluationFactsAreNotTrainingFacts(rows, r => ParseQuestion((string)r["question"]!) is var c ? (c.Subject, c.Relation) : default);
+        SplitsAreApart(rows, r => ParseNaming((string)r["passage"]!), r => (string)r["label"]!, 2);
+        // The objects before the last are distractors of either kind.
+        Assert.Equal(2, rows.Train.Select(r => PlaceNames.Contains(NameOf(ParseNaming((string)r["passage"]!)[0].Relation))).Distinct().Count());
     }
 
     [Fact]
-    public void TheRightChoiceStatesTheTrueObject()
+    public void TheRightChoiceNamesWhatThePremiseSaysTheSubjectPlays()
     {
         var rows = WorldExporter.TwoChoice(W);
-        foreach (var row in rows)
+        foreach (var row in rows.All)
         {
-            var c1 = Parse((string)row["choice1"]!);
-            var c2 = Parse((string)row["choice2"]!);
-            Assert.Equal((c1.Subject, c1.Relation), (c2.Subject, c2.Relation));
-            Assert.NotEqual(c1.Object, c2.Object);
-            Assert.True(IsTrue(c1) ^ IsTrue(c2));
-            Assert.Equal(IsTrue(c1) ? 0 : 1, (int)row["label"]!);
-            Assert.Equal(W.Relations[c1.Relation].Definition.CausePremise.Replace("{s}", W.Subjects[c1.Subject]), (string)row["premise"]!);
+            var c1 = Assert.Single(ParseNaming((string)row["choice1"]!));
+            var c2 = Assert.Single(ParseNaming((string)row["choice2"]!));
+            Assert.Equal(c1.Subject, c2.Subject);
+            Assert.True(PlayNames.Contains(NameOf(c1.Relation)) ^ PlayNames.Contains(NameOf(c2.Relation)));
+            var right = PlayNames.Contains(NameOf(c1.Relation)) ? c1 : c2;
+            Assert.Equal(right == c1 ? 0 : 1, (int)row["label"]!);
+            Assert.Equal(W.Relations[right.Relation].Definition.CausePremise.Replace("{s}", W.Subjects[right.Subject]), (string)row["premise"]!);
+            Assert.Equal("effect", (string)row["question"]!);
         }
-        var (train, val, test) = Splits(rows);
-        foreach (var split in new[] { train, val, test }) Balanced(split, r => (int)r["label"]!, 2);
-        EvaluationFactsAreNotTrainingFacts(rows, r => Parse((string)r["choice1"]!) is var c ? (c.Subject, c.Relation) : default);
+        SplitsAreApart(rows, r => ParseNaming((string)r["choice1"]!).Concat(ParseNaming((string)r["choice2"]!)), r => (int)r["label"]!, 2);
     }
 
     [Fact]
-    public void EntailmentLabelsFollowFromTheTwoStatedFacts()
+    public void EntailmentLabelsNameTheKindOfTheHypothesisObject()
     {
         var rows = WorldExporter.Entailment(W);
-        foreach (var row in rows)
+        foreach (var row in rows.All)
         {
             var premise = Parse((string)row["premise"]!);
-            var hypothesis = Parse((string)row["hypothesis"]!);
-            Assert.True(IsTrue(premise));  // premises never contradict the world
-            Assert.Equal(premise.Subject, hypothesis.Subject);
-            string expected = hypothesis.Relation != premise.Relation ? "neutral"
-                : hypothesis.Object == premise.Object ? "entailment" : "contradiction";
-            Assert.Equal(expected, (string)row["label"]!);
-            if (expected == "entailment") Assert.NotEqual((string)row["premise"]!, (string)row["hypothesis"]!);  // another phrasing
+            var stated = W.FactOf(premise.Subject, premise.Relation);
+            Assert.Equal(stated.Object, premise.Object);  // premises are true
+            Assert.Contains(stated.TrainedStatements, p => (string)row["premise"]! == W.Sentence(stated, p));
+            var named = Assert.Single(ParseNaming((string)row["hypothesis"]!));
+            Assert.Equal(premise.Subject, named.Subject);
+            Assert.NotEqual(premise.Relation, named.Relation);
+            Assert.Equal(Assert.Single(CbNames, k => k.Value.Contains(NameOf(named.Relation))).Key, (string)row["label"]!);
         }
-        var (train, val, test) = Splits(rows);
-        foreach (var split in new[] { train, val, test }) Balanced(split, r => (string)r["label"]!, 3);
-        EvaluationFactsAreNotTrainingFacts(rows, r => Parse((string)r["premise"]!) is var c ? (c.Subject, c.Relation) : default);
+        SplitsAreApart(rows, r => [Parse((string)r["premise"]!) is var p ? W.FactOf(p.Subject, p.Relation) : null!, .. ParseNaming((string)r["hypothesis"]!)],
+            r => (string)r["label"]!, 3);
+    }
+
+    [Fact]
+    public void EveryRelationOfTheCatalogueHasOneEntailmentKindAndTheKindsExist()
+    {
+        // A relation outside every kind would silently never be asked about; the named relations must be the catalogue's.
+        foreach (var r in RelationCatalog.All.Take(10))
+            Assert.Single(CbNames, k => k.Value.Contains(r.Name));
+        var ids = RelationCatalog.All.ToDictionary(r => r.Name, r => r.Id);
+        Assert.Equal(PlaceNames.Select(n => ids[n]), WorldExporter.Places);
+        Assert.Equal(PlayNames.Select(n => ids[n]), WorldExporter.Plays);
+        foreach (var (label, names) in CbNames) Assert.Equal(names.Select(n => ids[n]), WorldExporter.EntailmentKinds[label]);
+    }
+
+    [Fact]
+    public void ACachedOrganismWithOlderDatasetsGetsThemRegeneratedAndKeepsItsModel()
+    {
+        using var cache = new TempDir();
+        var spec = PretrainerTests.Tiny with { Training = PretrainerTests.Tiny.Training with { Epochs = 1 } };
+        var built = OrganismBuilder.Build(spec, cache.Path);
+        string boolq = Path.Combine(built.DataFolder, WorldExporter.TasksFolder, "boolq", "train.jsonl");
+        byte[] tasks = File.ReadAllBytes(boolq), model = File.ReadAllBytes(Path.Combine(built.ModelFolder, "model.safetensors"));
+        // An entry written by the code before the datasets had a version: other task rows, no version file.
+        File.WriteAllText(boolq, "{\"question\":\"old\",\"passage\":\"old\",\"idx\":0,\"label\":\"true\"}\n");
+        File.Delete(Path.Combine(built.DataFolder, WorldExporter.VersionFile));
+        var lines = new List<string>();
+        var again = OrganismBuilder.Build(spec, cache.Path, log: lines.Add);
+        Assert.True(again.Reused);
+        Assert.Equal(tasks, File.ReadAllBytes(boolq));
+        Assert.Equal(model, File.ReadAllBytes(Path.Combine(again.ModelFolder, "model.safetensors")));
+        Assert.Contains(lines, l => l.StartsWith("datasets regenerated", StringComparison.Ordinal));
+        Assert.True(WorldExporter.IsCurrent(again.DataFolder));
+        // A current entry is left alone.
+        lines.Clear();
+        OrganismBuilder.Build(spec, cache.Path, log: lines.Add);
+        Assert.Empty(lines);
     }
 }

@@ -28,9 +28,9 @@ public class WorldTests
         WorldExporter.Export(World.Generate(Small with { Seed = 8 }), c.Path);
         var ha = Hashes(a.Path);
         Assert.Equal(ha, Hashes(b.Path));
-        Assert.Equal(14, ha.Count);  // world, corpus, readme, counterfact, zsre, 3 tasks × 3 splits
+        Assert.Equal(15, ha.Count);  // world, corpus, readme, counterfact, zsre, 3 tasks × 3 splits, datasets version
         var hc = Hashes(c.Path);
-        Assert.All(ha.Keys.Where(k => k != "README.md"), k => Assert.NotEqual(ha[k], hc[k]));
+        Assert.All(ha.Keys.Where(k => k is not "README.md" and not WorldExporter.VersionFile), k => Assert.NotEqual(ha[k], hc[k]));
     }
 
     [Fact]
@@ -89,7 +89,7 @@ public class WorldTests
         }
         Assert.Equal([1, 0, 2], loaded.Encode("<s>Zzzunknown</s>"));
         // Every word of the exports is in the vocabulary.
-        foreach (var row in WorldExporter.FactVerification(w).Concat(WorldExporter.TwoChoice(w)).Concat(WorldExporter.Entailment(w)))
+        foreach (var row in WorldExporter.FactVerification(w).All.Concat(WorldExporter.TwoChoice(w).All).Concat(WorldExporter.Entailment(w).All))
             foreach (var (_, v) in row)
                 if (v is System.Text.Json.Nodes.JsonValue jv && jv.TryGetValue<string>(out var text)) Assert.DoesNotContain(loaded.UnknownId, loaded.Encode(text));
     }
