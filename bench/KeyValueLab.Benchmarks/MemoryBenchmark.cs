@@ -325,7 +325,7 @@ internal static class MemoryBenchmark
         var weights = editor.Scope.Matrices(memory).Select(m => m.Weight).ToList();
         double rss0 = ProcessMemory.ResidentBytes();
         using (var frozen = new FrozenParameters(model, weights))
-        using (var batch = new RewriteBatch([prompt], [], padId))
+        using (var batch = new RewriteBatch([prompt], [], padId, model.Device))
         using (var scope = NewDisposeScope())
         {
             var loss = batch.Nll(batch.Forward(model));
